@@ -1,0 +1,130 @@
+//! `toil dev`: build the configured apps and serve them on this machine.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use toil_abi::Tier;
+use toil_build::{build_app, target_path, GuestToolchain};
+use toil_config::{AppConfig, Config};
+use toil_edge::{admin, quic, tcp, tls::DevCert, DomainTable, Edge};
+use toil_metrics::Registry;
+use toil_runtime::request::RequestApp;
+use toil_runtime::{Limits, Runtime, RuntimeConfig};
+
+pub fn run(config_path: &Path, build: bool) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    if build {
+        let tc = GuestToolchain::detect()?;
+        for app in &config.apps {
+            eprintln!("building {} ({})", app.domain, app.dir.display());
+            build_app(&tc, &app.dir, &app.targets, &config.guest_target_dir)?;
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(serve(config))
+}
+
+/// The runtime settings a config asks for.
+pub fn runtime_config(config: &Config) -> RuntimeConfig {
+    let l = &config.limits;
+    RuntimeConfig {
+        limits: Limits {
+            deadline: l.deadline,
+            memory_bytes: l.memory_bytes,
+            max_request_body: l.max_request_body,
+            max_response_body: l.max_response_body,
+            ..Limits::default()
+        },
+        max_instances: l.max_instances,
+        ..RuntimeConfig::default()
+    }
+}
+
+/// Loads every artifact an app has. The request tier is served; the stream
+/// and daemon artifacts are validated and compiled so a bad one fails now.
+fn load_app(runtime: &Runtime, registry: &Registry, app: &AppConfig) -> anyhow::Result<Option<RequestApp>> {
+    let mut request = None;
+    for tier in Tier::ALL {
+        let path = app.artifact(target_path(&app.targets, tier));
+        if !path.exists() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let err = |e: toil_runtime::LoadError| anyhow::anyhow!("{}: {} artifact {}: {e}", app.domain, tier, path.display());
+        match tier {
+            Tier::Request => request = Some(RequestApp::load(runtime, registry, &app.domain, &bytes).map_err(err)?),
+            Tier::Stream | Tier::Daemon => {
+                let loaded = runtime.load(&app.domain, tier, &bytes).map_err(err)?;
+                tracing::info!(domain = %app.domain, tier = %tier, artifact = %path.display(),
+                    streams = ?loaded.info.manifest.streams, tasks = loaded.info.manifest.tasks.len(),
+                    "artifact validated and compiled; this node does not serve the {tier} tier yet");
+            }
+        }
+    }
+    Ok(request)
+}
+
+/// Binds TCP and UDP on the same port (when the port is 0, on the same free port).
+fn bind_pair(addr: SocketAddr, server: quinn::ServerConfig) -> anyhow::Result<(std::net::TcpListener, quinn::Endpoint)> {
+    for _ in 0..20 {
+        let tcp = std::net::TcpListener::bind(addr).with_context(|| format!("binding TCP {addr}"))?;
+        let bound = tcp.local_addr()?;
+        match quinn::Endpoint::server(server.clone(), bound) {
+            Ok(ep) => {
+                tcp.set_nonblocking(true)?;
+                return Ok((tcp, ep));
+            }
+            Err(e) if addr.port() != 0 => return Err(e).with_context(|| format!("binding UDP {bound}")),
+            Err(_) => continue,
+        }
+    }
+    anyhow::bail!("no port free on both TCP and UDP at {}", addr.ip())
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let registry = Registry::new();
+    let runtime = Runtime::new(runtime_config(&config))?;
+    let domains = Arc::new(DomainTable::new());
+    let mut served = Vec::new();
+    for app in &config.apps {
+        if let Some(req) = load_app(&runtime, &registry, app)? {
+            let default = config.default_domain.as_deref() == Some(app.domain.as_str()) || config.apps.len() == 1;
+            served.push((app, req.routes().map(|(m, p)| format!("{m} {p}")).collect::<Vec<_>>()));
+            domains.insert(Arc::new(req), &app.hosts, default);
+        }
+    }
+
+    let cert = DevCert::load_or_create(&config.dev.cert_dir)?;
+    let (tcp_listener, endpoint) = bind_pair(config.dev.listen, quic::server_config(&cert)?)?;
+    let listen = tcp_listener.local_addr()?;
+    let admin_listener = TcpListener::bind(config.dev.admin).await.with_context(|| format!("binding admin {}", config.dev.admin))?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let mut edge = Edge::new(domains, config.limits.max_request_body, registry.clone());
+    edge.alt_svc = http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", listen.port())).ok();
+    let edge = Arc::new(edge);
+
+    let port = listen.port();
+    println!("toil dev: serving {} app(s) from {}", served.len(), config.file.display());
+    for (app, routes) in &served {
+        let host = app.hosts.first().map(String::as_str).unwrap_or("localhost");
+        println!("  {:<8} http://{host}:{port}/  (HTTP/1.1, HTTP/2 cleartext)  https://{host}:{port}/  (HTTP/3)", app.domain);
+        println!("  {:<8} routes: {}", "", routes.join(", "));
+    }
+    println!("  metrics  http://{admin_addr}/metrics");
+    let valid_days = cert.not_after.duration_since(std::time::SystemTime::now()).map(|d| d.as_secs() / 86400).unwrap_or(0);
+    println!("  dev certificate SHA-256 (serverCertificateHashes): {}  (valid {valid_days} more days)", cert.sha256_hex());
+    println!("listening http={listen} h3={listen} admin={admin_addr}");
+
+    let tcp_listener = TcpListener::from_std(tcp_listener)?;
+    tokio::select! {
+        () = tcp::serve(tcp_listener, edge.clone()) => {}
+        () = quic::serve(endpoint, edge.clone()) => {}
+        () = admin::serve(admin_listener, registry) => {}
+        r = tokio::signal::ctrl_c() => { r?; eprintln!("toil dev: shutting down"); }
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! `toil`: the command line of Toil Edge.
+//!
+//! - `toil build [DIR]`: compile a guest crate into its tier artifacts;
+//! - `toil dev [--config FILE]`: build the configured apps and serve them
+//!   locally (HTTP/1.1, HTTP/2, HTTP/3, admin metrics);
+//! - `toil bench`: the L1 benchmark (instance overhead, throughput vs native).
+//!
+//! Each subcommand lives in its own module; the work is done by the library
+//! crates (`toil-build`, `toil-runtime`, `toil-edge`).
+
+mod bench;
+mod build;
+mod dev;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "toil", version, about = "Toil Edge: run WebAssembly apps on edge nodes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a guest crate into release.wasm / release-stream.wasm / release-cold.wasm.
+    Build {
+        /// The guest crate's directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Cargo target directory for the guest build (default: DIR/target/toil).
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+    },
+    /// Build the apps of a toilconfig.json and serve them locally.
+    Dev {
+        /// The config file (default: ./toilconfig.json).
+        #[arg(long, default_value = toil_config::FILE_NAME)]
+        config: PathBuf,
+        /// Serve the artifacts already built instead of building first.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// Benchmark the L1 tier: per-request instance overhead, and HTTP/1.1
+    /// throughput (wrk) against a native hyper server, as a ratio.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TOIL_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Build { dir, target_dir } => build::run(&dir, target_dir.as_deref()),
+        Command::Dev { config, no_build } => dev::run(&config, !no_build),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

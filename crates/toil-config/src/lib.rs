@@ -1,0 +1,422 @@
+//! `toilconfig.json`: the schema, its defaults, and validation whose errors
+//! name the offending key (`limits.deadlineMs: expected a positive integer`).
+//!
+//! One file serves two shapes:
+//! - an **app** config, next to a guest crate, naming where its artifacts go
+//!   (`targets.release.outFile` / `streamFile` / `coldFile`);
+//! - a **node** config listing several apps (`apps: [{domain, dir}]`), each
+//!   served as its own domain, with dev listeners, limits and build settings.
+//!
+//! A file without `apps` is a node config of the single app in its own
+//! directory. Every key is optional; `docs/dev.md` lists them all.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+/// The file name looked for in a directory.
+pub const FILE_NAME: &str = "toilconfig.json";
+
+/// A configuration problem, naming the key (dotted path) and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read { file: PathBuf, source: std::io::Error },
+    #[error("{file}: not valid JSON: {source}")]
+    Json { file: PathBuf, source: serde_json::Error },
+    #[error("{file}: `{key}`: {problem}")]
+    Key { file: PathBuf, key: String, problem: String },
+}
+
+/// Where a crate's three artifacts are written, relative to the crate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Targets {
+    pub out_file: PathBuf,
+    pub stream_file: PathBuf,
+    pub cold_file: PathBuf,
+}
+
+impl Default for Targets {
+    fn default() -> Self {
+        Targets {
+            out_file: "build/server/release.wasm".into(),
+            stream_file: "build/server/release-stream.wasm".into(),
+            cold_file: "build/server/release-cold.wasm".into(),
+        }
+    }
+}
+
+/// One app (domain) served by the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppConfig {
+    pub domain: String,
+    /// The guest crate's directory (absolute).
+    pub dir: PathBuf,
+    /// Host names routed to this domain; default `<domain>.localhost`.
+    pub hosts: Vec<String>,
+    pub targets: Targets,
+}
+
+impl AppConfig {
+    /// Absolute path of an artifact.
+    pub fn artifact(&self, rel: &Path) -> PathBuf {
+        self.dir.join(rel)
+    }
+}
+
+/// Listeners of `toil dev`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DevConfig {
+    /// TCP (HTTP/1.1 and HTTP/2) and UDP (HTTP/3) on the same port.
+    pub listen: SocketAddr,
+    /// Admin/metrics listener (HTTP/1.1).
+    pub admin: SocketAddr,
+    /// Where the dev certificate and key are kept.
+    pub cert_dir: PathBuf,
+}
+
+/// Per-call and per-node limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitsConfig {
+    pub deadline: Duration,
+    pub memory_bytes: usize,
+    pub max_request_body: usize,
+    pub max_response_body: usize,
+    pub max_instances: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            deadline: Duration::from_millis(100),
+            memory_bytes: 64 << 20,
+            max_request_body: 1 << 20,
+            max_response_body: 8 << 20,
+            max_instances: 1000,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was read from (or where it would be).
+    pub file: PathBuf,
+    pub apps: Vec<AppConfig>,
+    /// Domain that answers requests whose host names no app.
+    pub default_domain: Option<String>,
+    pub dev: DevConfig,
+    pub limits: LimitsConfig,
+    /// Shared target directory of guest builds.
+    pub guest_target_dir: PathBuf,
+}
+
+/// Walks a JSON object, tracking the key path and rejecting unknown keys.
+struct Obj<'a> {
+    file: &'a Path,
+    path: String,
+    map: &'a Map<String, Value>,
+}
+
+impl<'a> Obj<'a> {
+    fn new(file: &'a Path, path: String, v: &'a Value) -> Result<Self, ConfigError> {
+        match v {
+            Value::Object(map) => Ok(Obj { file, path, map }),
+            other => Err(err(file, &path, format!("expected an object, found {}", kind(other)))),
+        }
+    }
+
+    fn key(&self, k: &str) -> String {
+        if self.path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{}.{k}", self.path)
+        }
+    }
+
+    fn err(&self, k: &str, problem: impl Into<String>) -> ConfigError {
+        err(self.file, &self.key(k), problem.into())
+    }
+
+    fn only(&self, allowed: &[&str]) -> Result<(), ConfigError> {
+        for k in self.map.keys() {
+            if !allowed.contains(&k.as_str()) {
+                return Err(self.err(k, format!("unknown key (expected one of: {})", allowed.join(", "))));
+            }
+        }
+        Ok(())
+    }
+
+    fn obj(&self, k: &str) -> Result<Option<Obj<'a>>, ConfigError> {
+        self.map.get(k).map(|v| Obj::new(self.file, self.key(k), v)).transpose()
+    }
+
+    fn str(&self, k: &str) -> Result<Option<&'a str>, ConfigError> {
+        match self.map.get(k) {
+            None => Ok(None),
+            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
+            Some(Value::String(_)) => Err(self.err(k, "must not be empty")),
+            Some(other) => Err(self.err(k, format!("expected a string, found {}", kind(other)))),
+        }
+    }
+
+    fn positive(&self, k: &str) -> Result<Option<u64>, ConfigError> {
+        match self.map.get(k) {
+            None => Ok(None),
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v > 0) => Ok(n.as_u64()),
+            Some(other) => Err(self.err(k, format!("expected a positive integer, found {other}"))),
+        }
+    }
+
+    fn addr(&self, k: &str) -> Result<Option<SocketAddr>, ConfigError> {
+        self.str(k)?
+            .map(|s| s.parse().map_err(|_| self.err(k, format!("expected an address like 127.0.0.1:8080, found {s:?}"))))
+            .transpose()
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn err(file: &Path, key: &str, problem: String) -> ConfigError {
+    ConfigError::Key { file: file.to_path_buf(), key: key.to_string(), problem }
+}
+
+/// Checks a domain name: 1-63 of `a-z`, `0-9`, `-`, not starting or ending with `-`.
+pub fn validate_domain(d: &str) -> Result<(), String> {
+    let ok = !d.is_empty()
+        && d.len() <= 63
+        && d.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !d.starts_with('-')
+        && !d.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{d:?} is not a valid domain name (1-63 of a-z, 0-9, '-')"))
+    }
+}
+
+fn read_json(file: &Path) -> Result<Value, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.into(), source })?;
+    serde_json::from_str(&text).map_err(|source| ConfigError::Json { file: file.into(), source })
+}
+
+/// Reads `targets` of an app's own config (or defaults if it has none).
+fn targets_of(file: &Path, root: &Obj<'_>) -> Result<Targets, ConfigError> {
+    let mut t = Targets::default();
+    if let Some(targets) = root.obj("targets")? {
+        targets.only(&["release"])?;
+        if let Some(rel) = targets.obj("release")? {
+            rel.only(&["outFile", "streamFile", "coldFile"])?;
+            for (k, slot) in [("outFile", &mut t.out_file), ("streamFile", &mut t.stream_file), ("coldFile", &mut t.cold_file)] {
+                if let Some(v) = rel.str(k)? {
+                    if !v.ends_with(".wasm") {
+                        return Err(rel.err(k, format!("expected a path ending in .wasm, found {v:?}")));
+                    }
+                    *slot = v.into();
+                }
+            }
+        }
+    }
+    let _ = file;
+    Ok(t)
+}
+
+/// The targets of the crate in `dir`, from `dir/toilconfig.json` if present.
+pub fn load_targets(dir: &Path) -> Result<Targets, ConfigError> {
+    let file = dir.join(FILE_NAME);
+    if !file.exists() {
+        return Ok(Targets::default());
+    }
+    let v = read_json(&file)?;
+    let root = Obj::new(&file, String::new(), &v)?;
+    targets_of(&file, &root)
+}
+
+impl Config {
+    /// Loads a config file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let v = read_json(file)?;
+        Self::from_value(file, &v)
+    }
+
+    /// Parses a config; relative paths resolve against the file's directory.
+    pub fn from_value(file: &Path, v: &Value) -> Result<Config, ConfigError> {
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let base = std::path::absolute(&base).unwrap_or(base);
+        let root = Obj::new(file, String::new(), v)?;
+        root.only(&["$schema", "targets", "apps", "defaultDomain", "dev", "limits", "build"])?;
+
+        let mut apps = Vec::new();
+        match root.map.get("apps") {
+            None => {
+                let domain = base
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(|n| n.to_ascii_lowercase().replace('_', "-"))
+                    .unwrap_or_else(|| "app".into());
+                validate_domain(&domain).map_err(|p| root.err("apps", format!("no apps listed and the directory name is unusable: {p}")))?;
+                apps.push(AppConfig {
+                    hosts: vec![format!("{domain}.localhost")],
+                    domain,
+                    targets: targets_of(file, &root)?,
+                    dir: base.clone(),
+                });
+            }
+            Some(Value::Array(list)) => {
+                for (i, item) in list.iter().enumerate() {
+                    let app = Obj::new(file, format!("apps[{i}]"), item)?;
+                    app.only(&["domain", "dir", "hosts"])?;
+                    let domain = app.str("domain")?.ok_or_else(|| app.err("domain", "is required"))?.to_string();
+                    validate_domain(&domain).map_err(|p| app.err("domain", p))?;
+                    if apps.iter().any(|a: &AppConfig| a.domain == domain) {
+                        return Err(app.err("domain", format!("{domain:?} is listed twice")));
+                    }
+                    let dir = base.join(app.str("dir")?.ok_or_else(|| app.err("dir", "is required"))?);
+                    if !dir.join("Cargo.toml").is_file() {
+                        return Err(app.err("dir", format!("{} has no Cargo.toml", dir.display())));
+                    }
+                    let hosts = match app.map.get("hosts") {
+                        None => vec![format!("{domain}.localhost")],
+                        Some(Value::Array(hs)) => hs
+                            .iter()
+                            .enumerate()
+                            .map(|(j, h)| match h {
+                                Value::String(s) if !s.is_empty() => Ok(s.to_ascii_lowercase()),
+                                other => Err(app.err(&format!("hosts[{j}]"), format!("expected a host name, found {other}"))),
+                            })
+                            .collect::<Result<_, _>>()?,
+                        Some(other) => return Err(app.err("hosts", format!("expected an array of host names, found {}", kind(other)))),
+                    };
+                    let targets = load_targets(&dir)?;
+                    apps.push(AppConfig { domain, dir, hosts, targets });
+                }
+                if apps.is_empty() {
+                    return Err(root.err("apps", "lists no app"));
+                }
+            }
+            Some(other) => return Err(root.err("apps", format!("expected an array, found {}", kind(other)))),
+        }
+
+        let default_domain = root.str("defaultDomain")?.map(String::from);
+        if let Some(d) = &default_domain {
+            if !apps.iter().any(|a| &a.domain == d) {
+                return Err(root.err("defaultDomain", format!("{d:?} is not one of the apps' domains")));
+            }
+        }
+
+        let mut dev = DevConfig {
+            listen: "127.0.0.1:8080".parse().expect("literal"),
+            admin: "127.0.0.1:9090".parse().expect("literal"),
+            cert_dir: base.join("target/toil-dev-cert"),
+        };
+        if let Some(d) = root.obj("dev")? {
+            d.only(&["listen", "admin", "certDir"])?;
+            dev.listen = d.addr("listen")?.unwrap_or(dev.listen);
+            dev.admin = d.addr("admin")?.unwrap_or(dev.admin);
+            if let Some(c) = d.str("certDir")? {
+                dev.cert_dir = base.join(c);
+            }
+        }
+
+        let mut limits = LimitsConfig::default();
+        if let Some(l) = root.obj("limits")? {
+            l.only(&["deadlineMs", "memoryMb", "maxRequestBodyBytes", "maxResponseBodyBytes", "maxInstances"])?;
+            if let Some(v) = l.positive("deadlineMs")? {
+                limits.deadline = Duration::from_millis(v);
+            }
+            if let Some(v) = l.positive("memoryMb")? {
+                if v > 4096 {
+                    return Err(l.err("memoryMb", format!("{v} is over the 4096 MiB a 32-bit wasm memory can address")));
+                }
+                limits.memory_bytes = (v as usize) << 20;
+            }
+            if let Some(v) = l.positive("maxRequestBodyBytes")? {
+                limits.max_request_body = v as usize;
+            }
+            if let Some(v) = l.positive("maxResponseBodyBytes")? {
+                limits.max_response_body = v as usize;
+            }
+            if let Some(v) = l.positive("maxInstances")? {
+                limits.max_instances = u32::try_from(v).map_err(|_| l.err("maxInstances", "too large"))?;
+            }
+        }
+
+        let mut guest_target_dir = base.join("target/guest");
+        if let Some(b) = root.obj("build")? {
+            b.only(&["targetDir"])?;
+            if let Some(t) = b.str("targetDir")? {
+                guest_target_dir = base.join(t);
+            }
+        }
+
+        Ok(Config { file: file.to_path_buf(), apps, default_domain, dev, limits, guest_target_dir })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("toilcfg-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("app")).unwrap();
+        std::fs::write(dir.join("app/Cargo.toml"), "[package]").unwrap();
+        Config::from_value(&dir.join(FILE_NAME), &v)
+    }
+
+    fn key_error(v: Value) -> (String, String) {
+        match parse(v) {
+            Err(ConfigError::Key { key, problem, .. }) => (key, problem),
+            other => panic!("expected a key error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_full_config() {
+        let c = parse(json!({
+            "apps": [{"domain": "hello", "dir": "app", "hosts": ["Hello.Example"]}],
+            "defaultDomain": "hello",
+            "dev": {"listen": "127.0.0.1:1234", "admin": "127.0.0.1:1235"},
+            "limits": {"deadlineMs": 20, "memoryMb": 8, "maxRequestBodyBytes": 10},
+        }))
+        .unwrap();
+        assert_eq!(c.apps[0].hosts, ["hello.example"]);
+        assert_eq!(c.apps[0].targets, Targets::default());
+        assert_eq!(c.dev.listen.port(), 1234);
+        assert_eq!(c.limits.deadline, Duration::from_millis(20));
+        assert_eq!(c.limits.memory_bytes, 8 << 20);
+        assert_eq!(c.limits.max_request_body, 10);
+        assert_eq!(c.limits.max_response_body, LimitsConfig::default().max_response_body);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let app = json!({"domain": "a", "dir": "app"});
+        assert_eq!(key_error(json!({"apps": [app], "limits": {"deadlineMs": "fast"}})).0, "limits.deadlineMs");
+        assert_eq!(key_error(json!({"apps": [app], "limits": {"deadlineMs": 0}})).0, "limits.deadlineMs");
+        assert_eq!(key_error(json!({"apps": [app], "dev": {"listen": "nowhere"}})).0, "dev.listen");
+        assert_eq!(key_error(json!({"apps": [app], "limitz": {}})).0, "limitz");
+        assert_eq!(key_error(json!({"apps": [{"domain": "Bad_Name", "dir": "app"}]})).0, "apps[0].domain");
+        assert_eq!(key_error(json!({"apps": [{"domain": "a", "dir": "missing"}]})).0, "apps[0].dir");
+        assert_eq!(key_error(json!({"apps": [{"domain": "a"}]})).0, "apps[0].dir");
+        assert_eq!(key_error(json!({"apps": [app, app]})).0, "apps[1].domain");
+        assert_eq!(key_error(json!({"apps": [app], "defaultDomain": "zzz"})).0, "defaultDomain");
+        assert_eq!(key_error(json!({"targets": {"release": {"outFile": "x.txt"}}})).0, "targets.release.outFile");
+        let (key, problem) = key_error(json!({"apps": [app], "limits": {"memoryMb": 99999}}));
+        assert_eq!(key, "limits.memoryMb");
+        assert!(problem.contains("4096"), "{problem}");
+    }
+}

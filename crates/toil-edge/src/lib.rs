@@ -1,0 +1,24 @@
+//! The network edge of a Toil node.
+//!
+//! - [`domains`]: which domain (app) a request's host name belongs to;
+//! - [`serve`]: turns an HTTP request of any version into a guest call and the
+//!   outcome into a response (404/405 from the manifest, 413 over the body
+//!   cap, 500/503 on a guest fault), with metrics;
+//! - [`tcp`]: HTTP/1.1 and HTTP/2 (cleartext, h2c prior knowledge) with hyper;
+//! - [`quic`]: HTTP/3 over QUIC with h3 + quinn, on the same port number over UDP;
+//! - [`tls`]: the dev certificate (ECDSA P-256, < 14 days, as browsers
+//!   require for WebTransport `serverCertificateHashes`);
+//! - [`admin`]: the admin listener: Prometheus `/metrics` and `/healthz`.
+//!
+//! Guest calls run on the tokio worker that owns the connection; a guest
+//! yields every epoch tick, so a slow one cannot starve its neighbours.
+
+pub mod admin;
+pub mod domains;
+pub mod quic;
+pub mod serve;
+pub mod tcp;
+pub mod tls;
+
+pub use domains::DomainTable;
+pub use serve::Edge;

@@ -1,0 +1,206 @@
+//! Protocol-independent request serving: host → domain → guest → response.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::{Method, Response, StatusCode};
+use toil_metrics::{Counter, Histogram, Registry};
+use toil_runtime::request::{GuestRequest, Outcome};
+use toil_runtime::GuestFault;
+
+use crate::domains::DomainTable;
+
+/// The HTTP version a request arrived on (a metrics label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+    Http3,
+}
+
+impl Protocol {
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Http3 => "http3",
+        }
+    }
+}
+
+/// A request body as the listener read it.
+pub enum Body {
+    Complete(Bytes),
+    /// Over the cap: answered 413 without running the guest.
+    TooLarge,
+    /// The client broke off mid-body.
+    Broken(String),
+}
+
+/// Shared by every listener of a node.
+pub struct Edge {
+    pub domains: Arc<DomainTable>,
+    /// Request bodies above this are refused with 413.
+    pub max_request_body: usize,
+    /// `Alt-Svc` advertised on TCP responses, pointing at HTTP/3.
+    pub alt_svc: Option<HeaderValue>,
+    registry: Registry,
+    per_domain: RwLock<HashMap<String, Arc<DomainMetrics>>>,
+}
+
+/// Request counters of one domain, by protocol and status class.
+struct DomainMetrics {
+    requests: [[Arc<Counter>; 5]; 3],
+    duration: Arc<Histogram>,
+}
+
+impl DomainMetrics {
+    fn new(registry: &Registry, domain: &str) -> Self {
+        let protos = [Protocol::Http1, Protocol::Http2, Protocol::Http3];
+        DomainMetrics {
+            requests: protos.map(|p| {
+                ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+                    registry.counter(
+                        "toil_http_requests_total",
+                        "HTTP requests answered, by domain, protocol and status class.",
+                        &[("domain", domain), ("protocol", p.label()), ("status", class)],
+                    )
+                })
+            }),
+            duration: registry.histogram(
+                "toil_http_request_duration_seconds",
+                "Time from request head to response, per domain.",
+                &[("domain", domain)],
+            ),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Bytes> {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+impl Edge {
+    pub fn new(domains: Arc<DomainTable>, max_request_body: usize, registry: Registry) -> Self {
+        Edge { domains, max_request_body, alt_svc: None, registry, per_domain: RwLock::default() }
+    }
+
+    fn metrics(&self, domain: &str) -> Arc<DomainMetrics> {
+        if let Some(m) = self.per_domain.read().expect("metrics map").get(domain) {
+            return m.clone();
+        }
+        let mut map = self.per_domain.write().expect("metrics map");
+        map.entry(domain.to_string()).or_insert_with(|| Arc::new(DomainMetrics::new(&self.registry, domain))).clone()
+    }
+
+    /// Serves one request. `host` is the `Host` header or `:authority`.
+    pub async fn serve(&self, proto: Protocol, head: &http::request::Parts, body: Body) -> Response<Bytes> {
+        let started = Instant::now();
+        let host = head.uri.authority().map(|a| a.as_str()).or_else(|| head.headers.get(HOST).and_then(|h| h.to_str().ok()));
+        let Some(app) = self.domains.resolve(host) else {
+            let resp = text(StatusCode::NOT_FOUND, format!("no app on this node serves host {:?}\n", host.unwrap_or("")));
+            self.record("-", proto, &resp, started);
+            return resp;
+        };
+        let mut resp = match body {
+            Body::TooLarge => text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds the {}-byte limit\n", self.max_request_body),
+            ),
+            Body::Broken(why) => text(StatusCode::BAD_REQUEST, format!("request body broken off: {why}\n")),
+            Body::Complete(body) => {
+                let headers: Vec<(&str, &[u8])> = head.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+                let req = GuestRequest {
+                    method: head.method.as_str(),
+                    path: head.uri.path(),
+                    query: head.uri.query().unwrap_or(""),
+                    headers,
+                    body: &body,
+                };
+                let outcome = app.handle(&req).await;
+                to_response(app.domain(), outcome)
+            }
+        };
+        if head.method == Method::HEAD {
+            *resp.body_mut() = Bytes::new();
+        }
+        if proto != Protocol::Http3 {
+            if let Some(alt) = &self.alt_svc {
+                resp.headers_mut().insert(http::header::ALT_SVC, alt.clone());
+            }
+        }
+        self.record(app.domain(), proto, &resp, started);
+        resp
+    }
+
+    fn record(&self, domain: &str, proto: Protocol, resp: &Response<Bytes>, started: Instant) {
+        let m = self.metrics(domain);
+        let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
+        let p = match proto {
+            Protocol::Http1 => 0,
+            Protocol::Http2 => 1,
+            Protocol::Http3 => 2,
+        };
+        m.requests[p][class].inc();
+        m.duration.observe(started.elapsed());
+    }
+}
+
+/// Headers a guest may not set: the host owns framing.
+fn host_owned(name: &HeaderName) -> bool {
+    matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection" | "keep-alive" | "upgrade" | "te" | "trailer")
+}
+
+fn to_response(domain: &str, outcome: Outcome) -> Response<Bytes> {
+    match outcome {
+        Outcome::Response(g) => {
+            let Ok(status) = StatusCode::from_u16(g.status) else {
+                return fault_response(domain, &GuestFault::Abi(format!("invalid status {}", g.status)));
+            };
+            let mut resp = Response::new(Bytes::from(g.body));
+            *resp.status_mut() = status;
+            for (name, value) in g.headers {
+                match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(&value)) {
+                    (Ok(n), Ok(v)) if !host_owned(&n) => {
+                        resp.headers_mut().append(n, v);
+                    }
+                    (Ok(n), Ok(_)) => tracing::debug!(domain, header = %n, "dropped host-owned header set by guest"),
+                    _ => {
+                        let fault = GuestFault::Abi(format!("invalid response header {name:?}"));
+                        tracing::warn!(domain, "{fault}");
+                        return fault_response(domain, &fault);
+                    }
+                }
+            }
+            resp.headers_mut().remove(CONTENT_LENGTH);
+            resp
+        }
+        Outcome::NotFound => text(StatusCode::NOT_FOUND, "not found\n"),
+        Outcome::MethodNotAllowed { allow } => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+                r.headers_mut().insert(ALLOW, v);
+            }
+            r
+        }
+        Outcome::Fault(f) => fault_response(domain, &f),
+    }
+}
+
+/// 503 for resource limits (the request may succeed if retried with less),
+/// 500 for guest bugs. The client learns the kind; the node log has details.
+fn fault_response(domain: &str, fault: &GuestFault) -> Response<Bytes> {
+    let status = match fault {
+        GuestFault::Deadline(_) | GuestFault::Memory { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let mut r = text(status, format!("{}: the {domain} app failed ({})\n", status, fault.kind()));
+    r.headers_mut().insert("x-toil-fault", HeaderValue::from_static(fault.kind()));
+    r
+}

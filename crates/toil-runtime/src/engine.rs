@@ -1,0 +1,134 @@
+//! The node's wasmtime engine: pooling allocator, copy-on-write memory
+//! images, and the epoch ticker behind every deadline.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use toil_abi::Tier;
+use wasmtime::{Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig, Store, UpdateDeadline};
+
+use crate::artifact::{inspect, ArtifactInfo, LoadError};
+use crate::host::{add_to_linker, GuestId, HostState, Limits};
+
+/// How the runtime is sized.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    pub limits: Limits,
+    /// Instances that may be alive at once (pooling allocator slots).
+    pub max_instances: u32,
+    /// Largest artifact accepted, in bytes.
+    pub max_artifact_bytes: usize,
+    /// Epoch ticker period: the granularity of deadlines.
+    pub epoch_tick: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            limits: Limits::default(),
+            max_instances: 1000,
+            max_artifact_bytes: 32 << 20,
+            epoch_tick: Duration::from_millis(1),
+        }
+    }
+}
+
+/// One per node: compiles artifacts and creates stores that share its limits.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    config: Arc<RuntimeConfig>,
+    ticker: Arc<EpochTicker>,
+}
+
+/// Stops the epoch thread when the last runtime clone is dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A compiled, linked artifact, ready to instantiate without further work.
+#[derive(Clone)]
+pub struct Loaded {
+    pub info: ArtifactInfo,
+    pub(crate) pre: InstancePre<HostState>,
+    pub(crate) id: GuestId,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_core_instances(config.max_instances)
+            .total_memories(config.max_instances)
+            .total_tables(config.max_instances)
+            .total_stacks(config.max_instances)
+            .max_memory_size(config.limits.memory_bytes)
+            // Keep returned memory warm for the next request instead of
+            // unmapping it: resets then cost a madvise, not page faults.
+            .linear_memory_keep_resident(64 << 10)
+            .table_keep_resident(16 << 10);
+        let mut wasm = wasmtime::Config::new();
+        wasm.epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .memory_init_cow(true)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&wasm)?;
+        let mut linker = Linker::new(&engine);
+        add_to_linker(&mut linker)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (weak_engine, tick, stop2) = (engine.weak(), config.epoch_tick, stop.clone());
+        std::thread::Builder::new().name("toil-epoch".into()).spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                match weak_engine.upgrade() {
+                    Some(e) => e.increment_epoch(),
+                    None => break,
+                }
+            }
+        })?;
+        Ok(Runtime { engine, linker: Arc::new(linker), config: Arc::new(config), ticker: Arc::new(EpochTicker { stop }) })
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    /// Validates, compiles and links an artifact of `tier` for `domain`.
+    pub fn load(&self, domain: &str, tier: Tier, bytes: &[u8]) -> Result<Loaded, LoadError> {
+        let info = inspect(bytes, tier, self.config.max_artifact_bytes)?;
+        let module = Module::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let pre = self.linker.instantiate_pre(&module).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let _ = &self.ticker;
+        Ok(Loaded { info, pre, id: GuestId { domain: domain.into(), tier } })
+    }
+
+    /// A store for one instance. Every epoch tick a running guest yields to
+    /// the executor (so a busy guest never starves other connections on its
+    /// thread) and is interrupted once its call has run past the deadline.
+    pub(crate) fn store(&self, id: &GuestId) -> Store<HostState> {
+        let mut store = Store::new(&self.engine, HostState::new(id.clone(), &self.config.limits));
+        store.limiter(|s| s.limiter());
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            let state = ctx.data();
+            Ok(if state.call_started.elapsed() >= state.deadline() {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+        store
+    }
+}

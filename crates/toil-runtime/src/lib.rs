@@ -1,0 +1,26 @@
+//! The wasm runtime of a Toil node.
+//!
+//! It owns everything between artifact bytes and a guest call:
+//! - [`artifact`]: reads and validates an artifact *before* any guest code
+//!   runs — wasm validity, the manifest, ABI version, the tier's exports and
+//!   none of another tier's, allowed imports;
+//! - [`Runtime`]: one wasmtime `Engine` per node with the pooling allocator,
+//!   copy-on-write memory images and an epoch ticker for deadlines;
+//! - [`host`]: the per-instance host state, the `toil` import module, the
+//!   guest log (WASI stdout/stderr → `tracing`, tagged with domain and tier)
+//!   and the [`Limits`] enforced on every call;
+//! - [`request`]: the L1 tier — a fresh instance per request from a
+//!   pre-linked `InstancePre`, dropped when the request ends.
+//!
+//! It knows nothing about sockets or HTTP framing; `toil-edge` turns network
+//! requests into [`request::GuestRequest`]s.
+
+pub mod artifact;
+mod engine;
+pub mod host;
+pub mod request;
+
+pub use artifact::{ArtifactInfo, LoadError};
+pub use engine::{Runtime, RuntimeConfig};
+pub use host::{GuestFault, Limits};
+pub use toil_abi::Tier;

@@ -1,0 +1,199 @@
+//! The L1 request tier: a fresh, isolated instance per request.
+//!
+//! The host routes with the manifest first (404/405 cost no instance), then
+//! instantiates the pre-linked module (a pooled slot with a copy-on-write
+//! memory image), calls `handle`, decodes the reply and drops the instance.
+//! Nothing outlives the request.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use toil_abi::request::{encode_request, ResponseView};
+use toil_abi::route::{RouteMatch, RouteTable};
+use toil_abi::{exports, status, Tier};
+use toil_metrics::{Counter, Gauge, Histogram, Registry};
+use wasmtime::{Store, TypedFunc};
+
+use crate::artifact::LoadError;
+use crate::engine::{Loaded, Runtime};
+use crate::host::{GuestFault, HostState};
+
+/// A request as the edge hands it to the runtime.
+#[derive(Debug)]
+pub struct GuestRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub headers: Vec<(&'a str, &'a [u8])>,
+    pub body: &'a [u8],
+}
+
+/// A response produced by a guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestResponse {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+/// What became of a request.
+#[derive(Debug)]
+pub enum Outcome {
+    Response(GuestResponse),
+    /// No route matches the path.
+    NotFound,
+    /// The path matches routes of other methods only.
+    MethodNotAllowed { allow: Vec<String> },
+    /// The guest failed; the edge answers 500 or 503 and logs it.
+    Fault(GuestFault),
+}
+
+/// Metric handles of one domain's request tier.
+struct RequestMetrics {
+    instances: Counter,
+    duration: Arc<Histogram>,
+    live: Arc<Gauge>,
+    faults: [Arc<Counter>; 5],
+}
+
+const FAULT_KINDS: [&str; 5] = ["trap", "deadline", "memory", "output_too_large", "abi"];
+
+impl RequestMetrics {
+    fn new(registry: &Registry, domain: &str) -> Self {
+        let l = [("domain", domain), ("tier", "request")];
+        RequestMetrics {
+            instances: Counter::default(),
+            duration: registry.histogram(
+                "toil_guest_call_duration_seconds",
+                "Time from instantiation to the guest's reply, per call.",
+                &l,
+            ),
+            live: registry.gauge("toil_live_instances", "Guest instances alive now.", &[("tier", "request")]),
+            faults: FAULT_KINDS.map(|kind| {
+                registry.counter(
+                    "toil_guest_faults_total",
+                    "Guest calls that failed, by cause (trap, deadline, memory, output_too_large, abi).",
+                    &[("domain", domain), ("tier", "request"), ("kind", kind)],
+                )
+            }),
+        }
+    }
+
+    fn fault(&self, f: &GuestFault) {
+        let i = FAULT_KINDS.iter().position(|k| *k == f.kind()).expect("every fault kind has a counter");
+        self.faults[i].inc();
+    }
+}
+
+/// A domain's loaded request artifact.
+pub struct RequestApp {
+    runtime: Runtime,
+    loaded: Loaded,
+    routes: RouteTable,
+    handle: wasmtime::ModuleExport,
+    initialize: Option<wasmtime::ModuleExport>,
+    metrics: RequestMetrics,
+}
+
+/// Decrements the live-instance gauge when an instance's store is dropped.
+struct LiveGuard<'a>(&'a Gauge);
+
+impl Drop for LiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl RequestApp {
+    /// Validates, compiles and links `bytes` as `domain`'s request artifact.
+    pub fn load(runtime: &Runtime, registry: &Registry, domain: &str, bytes: &[u8]) -> Result<Self, LoadError> {
+        let loaded = runtime.load(domain, Tier::Request, bytes)?;
+        let routes = RouteTable::new(loaded.info.manifest.routes.iter().map(|r| (r.method.as_str(), r.pattern.as_str())));
+        let module = loaded.pre.module();
+        let handle = module.get_export_index(exports::HANDLE).expect("inspect checked the export");
+        let initialize = if loaded.info.has_initialize { module.get_export_index(exports::INITIALIZE) } else { None };
+        Ok(RequestApp { runtime: runtime.clone(), routes, handle, initialize, metrics: RequestMetrics::new(registry, domain), loaded })
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.loaded.id.domain
+    }
+
+    /// The declared routes, `(method, pattern)`.
+    pub fn routes(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.loaded.info.manifest.routes.iter().map(|r| (r.method.as_str(), r.pattern.as_str()))
+    }
+
+    /// Serves one request on a fresh instance, for at most the deadline.
+    pub async fn handle(&self, req: &GuestRequest<'_>) -> Outcome {
+        let (method, pattern, params) = match self.routes.lookup(req.method, req.path) {
+            RouteMatch::Found { method, pattern, params } => (method, pattern, params),
+            RouteMatch::NotFound => return Outcome::NotFound,
+            RouteMatch::MethodNotAllowed { allow } => {
+                return Outcome::MethodNotAllowed { allow: allow.into_iter().map(String::from).collect() }
+            }
+        };
+        let route_key = format!("{method} {pattern}");
+        let input = encode_request(
+            req.method,
+            req.path,
+            req.query,
+            &route_key,
+            &params,
+            req.headers.iter().copied(),
+            req.body,
+        );
+        let started = Instant::now();
+        let result = self.call(input).await;
+        self.metrics.duration.observe(started.elapsed());
+        match result {
+            Ok(resp) => Outcome::Response(resp),
+            Err(fault) => {
+                self.metrics.fault(&fault);
+                tracing::warn!(domain = %self.domain(), tier = "request", method = req.method, path = req.path,
+                    route = %route_key, fault = fault.kind(), "request failed: {fault}");
+                Outcome::Fault(fault)
+            }
+        }
+    }
+
+    async fn call(&self, input: Vec<u8>) -> Result<GuestResponse, GuestFault> {
+        let mut store = self.runtime.store(&self.loaded.id);
+        self.metrics.instances.inc();
+        self.metrics.live.inc();
+        let _live = LiveGuard(&self.metrics.live);
+        let input_len = input.len() as i32;
+        store.data_mut().begin_call(input);
+        let result = self.instantiate_and_call(&mut store, input_len).await;
+        let rc = store.data_mut().end_call(result)?;
+        match rc {
+            status::OK => {}
+            status::NO_HANDLER => return Err(GuestFault::Abi("guest has no handler for a route its manifest declares".into())),
+            status::BAD_INPUT => return Err(GuestFault::Abi("guest could not decode the request (SDK/host ABI mismatch)".into())),
+            other => return Err(GuestFault::Abi(format!("handle returned unknown status {other}"))),
+        }
+        let output = std::mem::take(&mut store.data_mut().output);
+        let view = ResponseView::decode(&output).map_err(|e| GuestFault::Abi(format!("undecodable response: {e}")))?;
+        Ok(GuestResponse {
+            status: view.status,
+            headers: view.headers.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect(),
+            body: view.body.to_vec(),
+        })
+    }
+
+    async fn instantiate_and_call(&self, store: &mut Store<HostState>, input_len: i32) -> wasmtime::Result<i32> {
+        let instance = self.loaded.pre.instantiate_async(&mut *store).await?;
+        if let Some(init) = &self.initialize {
+            let f = instance.get_module_export(&mut *store, init).and_then(|e| e.into_func());
+            if let Some(f) = f {
+                f.typed::<(), ()>(&*store)?.call_async(&mut *store, ()).await?;
+            }
+        }
+        let handle: TypedFunc<i32, i32> = instance
+            .get_module_export(&mut *store, &self.handle)
+            .and_then(|e| e.into_func())
+            .ok_or_else(|| wasmtime::format_err!("handle export vanished"))?
+            .typed(&*store)?;
+        handle.call_async(&mut *store, input_len).await
+    }
+}

@@ -1,0 +1,80 @@
+//! The host imports (module `toil`), and an in-process stand-in on native
+//! targets so guest logic can be unit-tested with plain `cargo test`.
+
+#[cfg(target_arch = "wasm32")]
+mod imp {
+    #[link(wasm_import_module = "toil")]
+    extern "C" {
+        fn input_read(dst: *mut u8, len: i32) -> i32;
+        fn output_write(src: *const u8, len: i32) -> i32;
+        fn stream_send(kind: i32, src: *const u8, len: i32) -> i32;
+        fn stream_close(code: i32, src: *const u8, len: i32) -> i32;
+    }
+
+    pub fn read_input(len: i32) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(len.max(0) as usize);
+        // SAFETY: the host writes at most `len` bytes into the spare capacity
+        // and returns how many it wrote.
+        unsafe {
+            let n = input_read(buf.as_mut_ptr(), len);
+            buf.set_len(n.clamp(0, len) as usize);
+        }
+        buf
+    }
+
+    pub fn write_output(bytes: &[u8]) {
+        // SAFETY: the host only reads `bytes`.
+        unsafe { output_write(bytes.as_ptr(), bytes.len() as i32) };
+    }
+
+    pub fn send(kind: u8, bytes: &[u8]) -> i32 {
+        // SAFETY: the host only reads `bytes`.
+        unsafe { stream_send(kind as i32, bytes.as_ptr(), bytes.len() as i32) }
+    }
+
+    pub fn close(code: u32, reason: &str) -> i32 {
+        // SAFETY: the host only reads `reason`.
+        unsafe { stream_close(code as i32, reason.as_ptr(), reason.len() as i32) }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod imp {
+    //! Native stand-in: a thread-local "host" for unit tests.
+    use std::cell::RefCell;
+
+    thread_local! {
+        static INPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        static OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        static SENT: RefCell<Vec<(u8, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn read_input(len: i32) -> Vec<u8> {
+        INPUT.with(|i| i.borrow().iter().take(len.max(0) as usize).copied().collect())
+    }
+    pub fn write_output(bytes: &[u8]) {
+        OUTPUT.with(|o| o.borrow_mut().extend_from_slice(bytes));
+    }
+    pub fn send(kind: u8, bytes: &[u8]) -> i32 {
+        SENT.with(|s| s.borrow_mut().push((kind, bytes.to_vec())));
+        0
+    }
+    pub fn close(_code: u32, _reason: &str) -> i32 {
+        0
+    }
+
+    /// Sets the next event's input; returns its length.
+    #[allow(dead_code)]
+    pub fn set_input(bytes: Vec<u8>) -> i32 {
+        let n = bytes.len() as i32;
+        INPUT.with(|i| *i.borrow_mut() = bytes);
+        n
+    }
+    /// Takes what the guest wrote with `output_write`.
+    #[allow(dead_code)]
+    pub fn take_output() -> Vec<u8> {
+        OUTPUT.with(|o| std::mem::take(&mut *o.borrow_mut()))
+    }
+}
+
+pub(crate) use imp::*;
