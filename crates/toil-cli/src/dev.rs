@@ -14,7 +14,7 @@ use toil_metrics::Registry;
 use toil_runtime::request::RequestApp;
 use toil_runtime::{Limits, Runtime, RuntimeConfig};
 
-pub fn run(config_path: &Path, build: bool) -> anyhow::Result<()> {
+pub fn run(config_path: &Path, build: bool, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     if build {
         let tc = GuestToolchain::detect()?;
@@ -24,7 +24,7 @@ pub fn run(config_path: &Path, build: bool) -> anyhow::Result<()> {
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(serve(config))
+    rt.block_on(serve(config, stop_on_stdin_eof))
 }
 
 /// The runtime settings a config asks for.
@@ -84,7 +84,7 @@ fn bind_pair(addr: SocketAddr, server: quinn::ServerConfig) -> anyhow::Result<(s
     anyhow::bail!("no port free on both TCP and UDP at {}", addr.ip())
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
     let registry = Registry::new();
     let runtime = Runtime::new(runtime_config(&config))?;
     let domains = Arc::new(DomainTable::new());
@@ -117,7 +117,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     println!("  metrics  http://{admin_addr}/metrics");
     let valid_days = cert.not_after.duration_since(std::time::SystemTime::now()).map(|d| d.as_secs() / 86400).unwrap_or(0);
     println!("  dev certificate SHA-256 (serverCertificateHashes): {}  (valid {valid_days} more days)", cert.sha256_hex());
-    println!("listening http={listen} h3={listen} admin={admin_addr}");
+    println!("listening http={listen} h3={listen} admin={admin_addr} cert={}", config.dev.cert_dir.join("cert.pem").display());
 
     let tcp_listener = TcpListener::from_std(tcp_listener)?;
     tokio::select! {
@@ -125,6 +125,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         () = quic::serve(endpoint, edge.clone()) => {}
         () = admin::serve(admin_listener, registry) => {}
         r = tokio::signal::ctrl_c() => { r?; eprintln!("toil dev: shutting down"); }
+        () = stdin_closed(), if stop_on_stdin_eof => { eprintln!("toil dev: stdin closed, shutting down"); }
     }
     Ok(())
+}
+
+async fn stdin_closed() {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 256];
+    while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
 }

@@ -42,6 +42,10 @@ enum Command {
         /// Serve the artifacts already built instead of building first.
         #[arg(long)]
         no_build: bool,
+        /// Exit when standard input closes (lets a supervising process, such
+        /// as a test harness, take the server down with it).
+        #[arg(long, hide = true)]
+        stop_on_stdin_eof: bool,
     },
     /// Benchmark the L1 tier: per-request instance overhead, and HTTP/1.1
     /// throughput (wrk) against a native hyper server, as a ratio.
@@ -49,16 +53,20 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    use std::io::IsTerminal;
+    // wasmtime-wasi traces every WASI call at info level; only its warnings matter here.
+    let default_filter = "info,wasmtime_wasi=warn,wiggle=warn";
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TOIL_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("TOIL_LOG").unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build { dir, target_dir } => build::run(&dir, target_dir.as_deref()),
-        Command::Dev { config, no_build } => dev::run(&config, !no_build),
+        Command::Dev { config, no_build, stop_on_stdin_eof } => dev::run(&config, !no_build, stop_on_stdin_eof),
         Command::Bench(args) => bench::run(args),
     };
     match result {
