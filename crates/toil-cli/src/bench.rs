@@ -1,6 +1,199 @@
-//! `toil bench`: placeholder replaced below.
+//! `toil bench`: the L1 request-tier benchmark.
+//!
+//! 1. Per-request instance overhead: instantiate + `handle` + drop of the
+//!    hello example's `GET /`, called in-process, sequentially; median and p99.
+//! 2. HTTP/1.1 keep-alive throughput with `wrk` against the hello example
+//!    served by the real edge, and against a native hyper server answering
+//!    the same bytes, measured in the same run in alternating rounds; the
+//!    table reports medians and the toil/native ratio.
+//!
+//! Run it on a release build: `cargo run --release -p toil-cli -- bench`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use toil_abi::Tier;
+use toil_edge::{tcp, DomainTable, Edge};
+use toil_metrics::Registry;
+use toil_runtime::request::{GuestRequest, Outcome, RequestApp};
+use toil_runtime::{Runtime, RuntimeConfig};
+
 #[derive(clap::Args)]
-pub struct BenchArgs {}
-pub fn run(_: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+pub struct BenchArgs {
+    /// Sequential in-process requests for the overhead measurement.
+    #[arg(long, default_value_t = 20_000)]
+    requests: usize,
+    /// wrk connections.
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// Seconds per wrk round.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// wrk rounds per server (alternating toil and native).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// The request artifact to serve (default: the hello example, built if missing).
+    #[arg(long)]
+    artifact: Option<PathBuf>,
+}
+
+const HELLO_BODY: &str = "Hello from Toil Edge!\n";
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build of toil; run `cargo run --release -p toil-cli -- bench` for real numbers");
+    }
+    let artifact = match args.artifact.clone() {
+        Some(p) => p,
+        None => hello_artifact()?,
+    };
+    let bytes = std::fs::read(&artifact).with_context(|| format!("reading {}", artifact.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let runtime = Runtime::new(RuntimeConfig::default())?;
+        let registry = Registry::new();
+        let app = Arc::new(RequestApp::load(&runtime, &registry, "hello", &bytes)?);
+
+        let overhead = measure_overhead(&app, args.requests).await?;
+
+        let domains = Arc::new(DomainTable::new());
+        domains.insert(app.clone(), &["hello.localhost".into()], true);
+        let edge = Arc::new(Edge::new(domains, 1 << 20, registry));
+        let toil_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let toil_addr = toil_listener.local_addr()?;
+        tokio::spawn(tcp::serve(toil_listener, edge));
+        let native_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let native_addr = native_listener.local_addr()?;
+        tokio::spawn(native_hello(native_listener));
+
+        let (mut toil_rps, mut native_rps) = (Vec::new(), Vec::new());
+        let (mut toil_p99, mut native_p99) = (Vec::new(), Vec::new());
+        for round in 0..args.rounds {
+            for (name, addr, rps, p99) in
+                [("toil", toil_addr, &mut toil_rps, &mut toil_p99), ("native", native_addr, &mut native_rps, &mut native_p99)]
+            {
+                let r = wrk(addr, args.connections, args.seconds).await?;
+                eprintln!("round {}: {name:<6} {:>10.0} req/s  p99 {:>8.0} µs", round + 1, r.rps, r.p99_us);
+                rps.push(r.rps);
+                p99.push(r.p99_us);
+            }
+        }
+        let (t, n) = (median(&mut toil_rps), median(&mut native_rps));
+        println!();
+        println!("| measurement | value |");
+        println!("|---|---|");
+        println!("| instance overhead (instantiate + handle + drop), median | {:.2} µs |", overhead.0);
+        println!("| instance overhead, p99 | {:.2} µs |", overhead.1);
+        println!("| HTTP/1.1 throughput, toil (wrk -c{}, median of {} × {}s) | {t:.0} req/s |", args.connections, args.rounds, args.seconds);
+        println!("| HTTP/1.1 throughput, native hyper (same run) | {n:.0} req/s |");
+        println!("| throughput ratio toil / native | {:.2} |", t / n);
+        println!("| wrk p99 latency, toil / native | {:.0} µs / {:.0} µs |", median(&mut toil_p99), median(&mut native_p99));
+        Ok(())
+    })
+}
+
+/// Builds the hello example if its artifact is missing.
+fn hello_artifact() -> anyhow::Result<PathBuf> {
+    let root = std::env::current_dir()?;
+    let dir = root.join("examples/hello");
+    let targets = toil_config::load_targets(&dir)?;
+    let path = dir.join(toil_build::target_path(&targets, Tier::Request));
+    if !path.exists() {
+        let tc = toil_build::GuestToolchain::detect()?;
+        toil_build::build_app(&tc, &dir, &targets, &root.join("target/guest"))?;
+    }
+    Ok(path)
+}
+
+/// Median and p99, in µs, of in-process `GET /` calls.
+async fn measure_overhead(app: &RequestApp, n: usize) -> anyhow::Result<(f64, f64)> {
+    let req = GuestRequest { method: "GET", path: "/", query: "", headers: vec![("host", b"hello.localhost")], body: b"" };
+    for _ in 0..n.min(2000) {
+        app.handle(&req).await;
+    }
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let out = app.handle(&req).await;
+        samples.push(t.elapsed());
+        anyhow::ensure!(matches!(&out, Outcome::Response(r) if r.status == 200), "GET / failed: {out:?}");
+    }
+    samples.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    Ok((us(samples[n / 2]), us(samples[(n * 99 / 100).min(n - 1)])))
+}
+
+/// The native baseline: hyper answering the bytes the hello example answers.
+async fn native_hello(listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|_req| async {
+                let mut r = http::Response::new(Full::new(Bytes::from_static(HELLO_BODY.as_bytes())));
+                r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+                Ok::<_, std::convert::Infallible>(r)
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+struct WrkResult {
+    rps: f64,
+    p99_us: f64,
+}
+
+/// Runs `wrk --latency` and parses requests/s and the 99th percentile.
+async fn wrk(addr: SocketAddr, connections: u32, seconds: u32) -> anyhow::Result<WrkResult> {
+    let url = format!("http://{addr}/");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("wrk")
+            .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", &url])
+            .output()
+    })
+    .await?
+    .context("running wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(!text.contains("Non-2xx"), "wrk saw errors:\n{text}");
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| parse_wrk_duration(v.trim()))
+        .unwrap_or(f64::NAN);
+    Ok(WrkResult { rps, p99_us: p99 })
+}
+
+/// `"1.23ms"` → 1230.0 (µs).
+fn parse_wrk_duration(s: &str) -> f64 {
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => v,
+        "ms" => v * 1e3,
+        "s" => v * 1e6,
+        _ => f64::NAN,
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }

@@ -4,7 +4,7 @@
 //! per tier into `release.wasm` (L1 request), `release-stream.wasm` (L2/L3
 //! stream) and `release-cold.wasm` (L4 daemon).
 //!
-//! ```ignore
+//! ```
 //! use toil::prelude::*;
 //!
 //! struct Api;

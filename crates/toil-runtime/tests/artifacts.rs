@@ -1,0 +1,163 @@
+//! Every class of bad artifact is refused before any guest code runs, with
+//! an error naming the cause; and the runtime contains faulting guests.
+
+use toil_abi::manifest::{encode_route, header_record, HEADER};
+use toil_abi::{Tier, ABI_VERSION};
+use toil_metrics::Registry;
+use toil_runtime::artifact::inspect;
+use toil_runtime::request::{GuestRequest, Outcome, RequestApp};
+use toil_runtime::{GuestFault, Limits, LoadError, Runtime, RuntimeConfig};
+
+/// A `(@custom "toil.manifest" ...)` annotation carrying `bytes`.
+fn manifest_section(bytes: &[u8]) -> String {
+    let escaped: String = bytes.iter().map(|b| format!("\\{b:02x}")).collect();
+    format!("(@custom \"toil.manifest\" \"{escaped}\")")
+}
+
+fn request_manifest() -> Vec<u8> {
+    let mut m = header_record(Tier::Request).to_vec();
+    encode_route(&mut m, "GET", "/");
+    m
+}
+
+/// A request-tier module whose `handle` runs `body` (WAT instructions).
+fn module(manifest: &[u8], extra: &str, body: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+            (import "toil" "output_write" (func $out (param i32 i32) (result i32)))
+            {extra}
+            (memory (export "memory") 1)
+            ;; status 200, no headers, body "hi"
+            (data (i32.const 0) "\c8\00\00\00\00\00\02\00\00\00hi")
+            (func (export "handle") (param i32) (result i32) {body})
+            {section})"#,
+        section = manifest_section(manifest),
+    ))
+    .unwrap()
+}
+
+const REPLY: &str = "(drop (call $out (i32.const 0) (i32.const 12))) (i32.const 0)";
+
+fn err(bytes: &[u8], tier: Tier) -> LoadError {
+    inspect(bytes, tier, 1 << 20).expect_err("artifact must be refused")
+}
+
+#[test]
+fn a_valid_module_passes() {
+    let info = inspect(&module(&request_manifest(), "", REPLY), Tier::Request, 1 << 20).unwrap();
+    assert_eq!(info.manifest.routes[0].pattern, "/");
+}
+
+#[test]
+fn malformed_wasm() {
+    let e = err(b"\0asm\x01\0\0\0\x99garbage", Tier::Request);
+    assert!(matches!(e, LoadError::Malformed(_)), "{e}");
+    assert!(e.to_string().starts_with("not a valid wasm module"), "{e}");
+    assert!(matches!(err(b"hello world", Tier::Request), LoadError::Malformed(_)));
+}
+
+#[test]
+fn missing_manifest() {
+    let m = wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "handle") (param i32) (result i32) i32.const 0))"#).unwrap();
+    assert!(matches!(err(&m, Tier::Request), LoadError::MissingManifest));
+}
+
+#[test]
+fn abi_version_mismatch() {
+    let mut m = request_manifest();
+    m[5..9].copy_from_slice(&(ABI_VERSION + 1).to_le_bytes());
+    let e = err(&module(&m, "", REPLY), Tier::Request);
+    assert!(matches!(e, LoadError::AbiVersion { found } if found == ABI_VERSION + 1), "{e}");
+    assert!(e.to_string().contains("ABI v2"), "{e}");
+}
+
+#[test]
+fn wrong_tier_and_foreign_exports() {
+    // Declared as a stream artifact, loaded as request.
+    let mut m = header_record(Tier::Stream).to_vec();
+    toil_abi::manifest::encode_stream(&mut m, "echo");
+    let e = err(&module(&m, "", REPLY), Tier::Request);
+    assert!(matches!(e, LoadError::WrongTier { found: Tier::Stream, expected: Tier::Request }), "{e}");
+    // A request artifact that also exports another tier's entry point.
+    let extra = r#"(func (export "stream_dispatch") (param i32 i32) (result i32) i32.const 0)"#;
+    let e = err(&module(&request_manifest(), extra, REPLY), Tier::Request);
+    assert!(matches!(&e, LoadError::ForeignExport { export, .. } if export == "stream_dispatch"), "{e}");
+}
+
+#[test]
+fn missing_or_mistyped_exports() {
+    let m = wat::parse_str(format!(r#"(module (memory (export "memory") 1) {})"#, manifest_section(&request_manifest()))).unwrap();
+    let e = err(&m, Tier::Request);
+    assert!(matches!(e, LoadError::MissingExport { export: "handle", .. }), "{e}");
+    let m = wat::parse_str(format!(
+        r#"(module (memory (export "memory") 1) (func (export "handle") (result i32) i32.const 0) {})"#,
+        manifest_section(&request_manifest())
+    ))
+    .unwrap();
+    assert!(matches!(err(&m, Tier::Request), LoadError::ExportSignature { export: "handle", .. }));
+    let m = wat::parse_str(format!(
+        r#"(module (func (export "handle") (param i32) (result i32) i32.const 0) {})"#,
+        manifest_section(&request_manifest())
+    ))
+    .unwrap();
+    assert!(matches!(err(&m, Tier::Request), LoadError::MissingExport { export: "memory", .. }));
+}
+
+#[test]
+fn disallowed_imports() {
+    let extra = r#"(import "env" "socket" (func (param i32) (result i32)))"#;
+    let e = err(&module(&request_manifest(), extra, REPLY), Tier::Request);
+    assert!(matches!(&e, LoadError::DisallowedImport { module, name, .. } if module == "env" && name == "socket"), "{e}");
+    // Stream-tier host functions are not provided to the request tier.
+    let extra = r#"(import "toil" "stream_send" (func (param i32 i32 i32) (result i32)))"#;
+    assert!(matches!(err(&module(&request_manifest(), extra, REPLY), Tier::Request), LoadError::DisallowedImport { .. }));
+}
+
+#[test]
+fn invalid_declarations() {
+    let mut m = header_record(Tier::Request).to_vec();
+    encode_route(&mut m, "GET", "no-slash");
+    let e = err(&module(&m, "", REPLY), Tier::Request);
+    assert!(matches!(e, LoadError::InvalidRoute { .. }), "{e}");
+    let e = err(&module(&header_record(Tier::Request), "", REPLY), Tier::Request);
+    assert!(matches!(e, LoadError::EmptyManifest { what: "route" }), "{e}");
+    let mut dup = request_manifest();
+    dup.extend_from_slice(&[HEADER, 5, 0, 0, 0, 1, 0, 0, 0, 1]);
+    assert!(matches!(err(&module(&dup, "", REPLY), Tier::Request), LoadError::Manifest(_)));
+    assert!(matches!(inspect(&module(&request_manifest(), "", REPLY), Tier::Request, 10), Err(LoadError::TooLarge { .. })));
+}
+
+fn app(body: &str, limits: Limits) -> RequestApp {
+    let rt = Runtime::new(RuntimeConfig { limits, max_instances: 8, ..RuntimeConfig::default() }).unwrap();
+    RequestApp::load(&rt, &Registry::new(), "t", &module(&request_manifest(), "", body)).unwrap()
+}
+
+fn get() -> GuestRequest<'static> {
+    GuestRequest { method: "GET", path: "/", query: "", headers: vec![], body: b"" }
+}
+
+#[tokio::test]
+async fn faults_are_classified_and_contained() {
+    let limits = Limits { deadline: std::time::Duration::from_millis(20), memory_bytes: 2 << 16, ..Limits::default() };
+    match app(REPLY, limits.clone()).handle(&get()).await {
+        Outcome::Response(r) => assert_eq!((r.status, r.body), (200, b"hi".to_vec())),
+        other => panic!("{other:?}"),
+    }
+    let cases = [
+        ("unreachable", "trap"),
+        ("(loop (br 0)) (i32.const 0)", "deadline"),
+        ("(drop (memory.grow (i32.const 10))) (i32.const 0)", "memory"),
+        ("(i32.const 7)", "abi"),
+    ];
+    for (body, kind) in cases {
+        let a = app(body, limits.clone());
+        for _ in 0..2 {
+            match a.handle(&get()).await {
+                Outcome::Fault(f) => assert_eq!(f.kind(), kind, "{body}: {f}"),
+                other => panic!("{body}: expected a {kind} fault, got {other:?}"),
+            }
+        }
+    }
+    let a = app("(drop (memory.grow (i32.const 10))) (i32.const 0)", limits);
+    assert!(matches!(a.handle(&get()).await, Outcome::Fault(GuestFault::Memory { limit }) if limit == 2 << 16));
+}
