@@ -46,6 +46,7 @@ pub fn server() -> &'static Server {
             "apps": [
                 {"domain": "hello", "dir": root.join("examples/hello")},
                 {"domain": "echo", "dir": root.join("examples/echo")},
+                {"domain": "jobs", "dir": root.join("examples/jobs")},
                 {"domain": "misbehave", "dir": root.join("crates/toil-cli/tests/guests/misbehave")},
             ],
             "defaultDomain": "hello",
