@@ -212,7 +212,7 @@ fn read_json(file: &Path) -> Result<Value, ConfigError> {
 }
 
 /// Reads `targets` of an app's own config (or defaults if it has none).
-fn targets_of(file: &Path, root: &Obj<'_>) -> Result<Targets, ConfigError> {
+fn targets_of(root: &Obj<'_>) -> Result<Targets, ConfigError> {
     let mut t = Targets::default();
     if let Some(targets) = root.obj("targets")? {
         targets.only(&["release"])?;
@@ -228,7 +228,6 @@ fn targets_of(file: &Path, root: &Obj<'_>) -> Result<Targets, ConfigError> {
             }
         }
     }
-    let _ = file;
     Ok(t)
 }
 
@@ -240,7 +239,7 @@ pub fn load_targets(dir: &Path) -> Result<Targets, ConfigError> {
     }
     let v = read_json(&file)?;
     let root = Obj::new(&file, String::new(), &v)?;
-    targets_of(&file, &root)
+    targets_of(&root)
 }
 
 impl Config {
@@ -270,7 +269,7 @@ impl Config {
                 apps.push(AppConfig {
                     hosts: vec![format!("{domain}.localhost")],
                     domain,
-                    targets: targets_of(file, &root)?,
+                    targets: targets_of(&root)?,
                     dir: base.clone(),
                 });
             }

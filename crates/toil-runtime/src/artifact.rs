@@ -125,11 +125,10 @@ pub fn inspect(bytes: &[u8], expected: Tier, max_size: usize) -> Result<Artifact
     }
 
     // Exports: the tier's entry points with their signatures, memory, nothing of another tier.
-    for (name, kind, index) in &exported {
+    for (name, _, _) in &exported {
         if exports::TIER_ENTRY_POINTS.contains(&name.as_str()) && !tier.required_exports().contains(&name.as_str()) {
             return Err(LoadError::ForeignExport { export: name.clone(), tier });
         }
-        let _ = (kind, index);
     }
     for &required in tier.required_exports() {
         let Some((_, kind, index)) = exported.iter().find(|(n, _, _)| n == required) else {

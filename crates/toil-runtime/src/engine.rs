@@ -44,7 +44,8 @@ pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     config: Arc<RuntimeConfig>,
-    ticker: Arc<EpochTicker>,
+    /// Held for its `Drop`: the epoch thread stops with the last clone.
+    _ticker: Arc<EpochTicker>,
 }
 
 /// Stops the epoch thread when the last runtime clone is dropped.
@@ -102,7 +103,7 @@ impl Runtime {
                 }
             }
         })?;
-        Ok(Runtime { engine, linker: Arc::new(linker), config: Arc::new(config), ticker: Arc::new(EpochTicker { stop }) })
+        Ok(Runtime { engine, linker: Arc::new(linker), config: Arc::new(config), _ticker: Arc::new(EpochTicker { stop }) })
     }
 
     pub fn config(&self) -> &RuntimeConfig {
@@ -118,7 +119,6 @@ impl Runtime {
         let info = inspect(bytes, tier, self.config.max_artifact_bytes)?;
         let module = Module::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         let pre = self.linker.instantiate_pre(&module).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let _ = &self.ticker;
         Ok(Loaded { info, pre, id: GuestId { domain: domain.into(), tier } })
     }
 

@@ -50,7 +50,7 @@ pub enum Outcome {
 
 /// Metric handles of one domain's request tier.
 struct RequestMetrics {
-    instances: Counter,
+    instances: Arc<Counter>,
     duration: Arc<Histogram>,
     live: Arc<Gauge>,
     faults: [Arc<Counter>; 5],
@@ -62,7 +62,7 @@ impl RequestMetrics {
     fn new(registry: &Registry, domain: &str) -> Self {
         let l = [("domain", domain), ("tier", "request")];
         RequestMetrics {
-            instances: Counter::default(),
+            instances: registry.counter("toil_instances_created_total", "Guest instances created.", &l),
             duration: registry.histogram(
                 "toil_guest_call_duration_seconds",
                 "Time from instantiation to the guest's reply, per call.",
