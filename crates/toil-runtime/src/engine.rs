@@ -74,15 +74,19 @@ impl Runtime {
             .total_memories(config.max_instances)
             .total_tables(config.max_instances)
             .total_stacks(config.max_instances)
-            .max_memory_size(config.limits.memory_bytes)
+            .max_memory_size(config.limits.memory_bytes);
+        if PoolingAllocationConfig::is_pagemap_scan_available() {
             // Reset a returned slot in place instead of with madvise: the
             // kernel's PAGEMAP_SCAN (Linux 6.7+) finds the pages the guest
             // dirtied and only those are re-copied from the image or zeroed.
             // The next request then takes no page faults and no TLB
-            // shootdown. On older kernels this degrades to madvise.
-            .pagemap_scan(wasmtime::Enabled::Auto)
-            .linear_memory_keep_resident(KEEP_RESIDENT)
-            .table_keep_resident(64 << 10);
+            // shootdown. Without it, keeping memory resident would mean a
+            // memset of all of it per request, so older kernels keep
+            // wasmtime's madvise reset.
+            pool.pagemap_scan(wasmtime::Enabled::Yes)
+                .linear_memory_keep_resident(KEEP_RESIDENT)
+                .table_keep_resident(64 << 10);
+        }
         let mut wasm = wasmtime::Config::new();
         wasm.epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))

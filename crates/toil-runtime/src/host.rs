@@ -119,15 +119,14 @@ pub struct HostState {
     output_overflow: bool,
     /// When the current call started; the epoch callback measures the deadline from it.
     pub(crate) call_started: std::time::Instant,
-    /// Built on the first WASI call: most requests never make one.
-    wasi: Option<WasiP1Ctx>,
-    log: Arc<Mutex<LogState>>,
+    /// Built on the first WASI call, with the log behind its stdout and
+    /// stderr: most requests never make one.
+    wasi: Option<(WasiP1Ctx, Arc<Mutex<LogState>>)>,
     pub stream: Option<Box<dyn StreamSink>>,
 }
 
 impl HostState {
     pub fn new(id: GuestId, limits: &Limits) -> Self {
-        let log = Arc::new(Mutex::new(LogState::new(id.clone(), limits.max_log_bytes_per_call)));
         HostState {
             limiter: GuestLimiter { memory_bytes: limits.memory_bytes, denied: false },
             limits: limits.clone(),
@@ -137,7 +136,6 @@ impl HostState {
             output_overflow: false,
             call_started: std::time::Instant::now(),
             wasi: None,
-            log,
             stream: None,
         }
     }
@@ -155,13 +153,18 @@ impl HostState {
     }
 
     fn wasi(&mut self) -> &mut WasiP1Ctx {
-        let log = &self.log;
-        self.wasi.get_or_insert_with(|| {
-            wasmtime_wasi::WasiCtxBuilder::new()
-                .stdout(GuestLog { state: log.clone(), stream: "stdout" })
-                .stderr(GuestLog { state: log.clone(), stream: "stderr" })
-                .build_p1()
-        })
+        let (id, budget) = (&self.id, self.limits.max_log_bytes_per_call);
+        &mut self
+            .wasi
+            .get_or_insert_with(|| {
+                let log = Arc::new(Mutex::new(LogState::new(id.clone(), budget)));
+                let ctx = wasmtime_wasi::WasiCtxBuilder::new()
+                    .stdout(GuestLog { state: log.clone(), stream: "stdout" })
+                    .stderr(GuestLog { state: log.clone(), stream: "stderr" })
+                    .build_p1();
+                (ctx, log)
+            })
+            .0
     }
 
     /// Prepares for a call with `input`.
@@ -174,7 +177,9 @@ impl HostState {
 
     /// Ends a call: flushes partial log lines and classifies an error.
     pub(crate) fn end_call(&mut self, result: wasmtime::Result<i32>) -> Result<i32, GuestFault> {
-        self.log.lock().expect("guest log").end_call();
+        if let Some((_, log)) = &self.wasi {
+            log.lock().expect("guest log").end_call();
+        }
         self.input = Vec::new();
         result.map_err(|e| self.classify(e))
     }
