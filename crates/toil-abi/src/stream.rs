@@ -66,6 +66,121 @@ impl SendError {
     }
 }
 
+/// Session close codes the host uses. They travel as the application error
+/// code of the closing connection, next to a UTF-8 reason. Guests close with
+/// their own codes; `0x1000..=0x10ff` is reserved for the host.
+pub mod close_code {
+    /// Closed normally (by the client, the guest, or a drained node).
+    pub const NORMAL: u32 = 0;
+    /// The box trapped, ran past its deadline or hit its memory cap.
+    pub const GUEST_FAULT: u32 = 0x1001;
+    /// An inbound frame was larger than the session's frame limit.
+    pub const FRAME_TOO_LARGE: u32 = 0x1002;
+    /// The client sent bytes that are not a valid frame sequence.
+    pub const MALFORMED_FRAME: u32 = 0x1003;
+    /// The client did not read the box's frames in time (outbound stall).
+    pub const CLIENT_TOO_SLOW: u32 = 0x1004;
+    /// The node is shutting down.
+    pub const SHUTDOWN: u32 = 0x1005;
+    /// The domain was redeployed and the session outlived the drain timeout.
+    pub const REDEPLOYED: u32 = 0x1006;
+    /// Dev mode reloaded the app after a source change.
+    pub const RELOADED: u32 = 0x1007;
+    /// The reserved range.
+    pub const HOST_RESERVED: core::ops::RangeInclusive<u32> = 0x1000..=0x10ff;
+}
+
+/// Length-delimited framing of stream-kind frames on a WebTransport
+/// bidirectional stream: each frame is a 4-byte big-endian length followed by
+/// that many bytes. A datagram carries exactly one frame and needs no header.
+pub mod framing {
+    /// Bytes of the length prefix.
+    pub const HEADER_LEN: usize = 4;
+
+    /// The prefix for a frame of `len` bytes.
+    pub const fn header(len: u32) -> [u8; HEADER_LEN] {
+        len.to_be_bytes()
+    }
+
+    /// Why a byte sequence is not a valid frame sequence.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum FramingError {
+        /// A frame announced more bytes than the limit.
+        TooLarge { len: usize, max: usize },
+        /// The stream ended inside a frame.
+        Truncated { missing: usize },
+    }
+
+    impl core::fmt::Display for FramingError {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            match self {
+                FramingError::TooLarge { len, max } => write!(f, "frame of {len} bytes exceeds the {max}-byte limit"),
+                FramingError::Truncated { missing } => write!(f, "stream ended {missing} bytes short of a frame"),
+            }
+        }
+    }
+
+    /// Incremental decoder: feed it whatever arrived, take whole frames out.
+    /// It never buffers more than one frame (header + `max` bytes).
+    #[cfg(feature = "alloc")]
+    #[derive(Debug)]
+    pub struct FrameDecoder {
+        max: usize,
+        buf: alloc::vec::Vec<u8>,
+        want: Option<usize>,
+    }
+
+    #[cfg(feature = "alloc")]
+    impl FrameDecoder {
+        pub fn new(max_frame: usize) -> Self {
+            FrameDecoder { max: max_frame, buf: alloc::vec::Vec::new(), want: None }
+        }
+
+        /// Consumes bytes from `input` until a frame is complete (returned) or
+        /// `input` is exhausted (`Ok(None)`). Call again with the rest of
+        /// `input` (it is advanced past what was consumed).
+        pub fn decode(&mut self, input: &mut &[u8]) -> Result<Option<alloc::vec::Vec<u8>>, FramingError> {
+            loop {
+                let need = match self.want {
+                    None => HEADER_LEN,
+                    Some(len) => len,
+                };
+                let take = (need - self.buf.len()).min(input.len());
+                self.buf.extend_from_slice(&input[..take]);
+                *input = &input[take..];
+                if self.buf.len() < need {
+                    return Ok(None);
+                }
+                match self.want {
+                    None => {
+                        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+                        if len > self.max {
+                            return Err(FramingError::TooLarge { len, max: self.max });
+                        }
+                        self.buf.clear();
+                        self.buf.reserve_exact(len);
+                        self.want = Some(len);
+                    }
+                    Some(_) => {
+                        self.want = None;
+                        return Ok(Some(core::mem::take(&mut self.buf)));
+                    }
+                }
+            }
+        }
+
+        /// Checks that the stream ended on a frame boundary.
+        pub fn finish(&self) -> Result<(), FramingError> {
+            let missing = match self.want {
+                None if self.buf.is_empty() => return Ok(()),
+                None => HEADER_LEN - self.buf.len(),
+                Some(len) => len - self.buf.len(),
+            };
+            Err(FramingError::Truncated { missing })
+        }
+    }
+}
+
 /// A decoded stream event, borrowing the input buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StreamEvent<'a> {
@@ -143,5 +258,33 @@ mod tests {
         }
         assert!(StreamEvent::decode(99, &[]).is_err());
         assert_eq!(StreamEvent::decode(MESSAGE, &[7, 0, 0, 0, 0]), Err(DecodeError::Invalid("frame kind")));
+    }
+
+    #[test]
+    fn frames_split_anywhere_decode_whole() {
+        use framing::*;
+        let mut wire = alloc::vec::Vec::new();
+        for f in [&b"hello"[..], b"", b"x"] {
+            wire.extend_from_slice(&header(f.len() as u32));
+            wire.extend_from_slice(f);
+        }
+        for chunk in 1..wire.len() {
+            let mut d = FrameDecoder::new(16);
+            let mut out = alloc::vec::Vec::new();
+            for mut piece in wire.chunks(chunk) {
+                while let Some(f) = d.decode(&mut piece).unwrap() {
+                    out.push(f);
+                }
+            }
+            assert_eq!(out, [&b"hello"[..], b"", b"x"]);
+            d.finish().unwrap();
+        }
+        let mut d = FrameDecoder::new(4);
+        let mut big = &[0u8, 0, 0, 5, 1][..];
+        assert_eq!(d.decode(&mut big), Err(FramingError::TooLarge { len: 5, max: 4 }));
+        let mut d = FrameDecoder::new(4);
+        let mut part = &[0u8, 0, 0, 3, 1][..];
+        assert_eq!(d.decode(&mut part), Ok(None));
+        assert_eq!(d.finish(), Err(FramingError::Truncated { missing: 2 }));
     }
 }

@@ -21,6 +21,8 @@ use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use toil_abi::Tier;
+use toil_edge::domains::Domain;
+use toil_edge::sessions::SessionLimits;
 use toil_edge::{tcp, DomainTable, Edge};
 use toil_metrics::Registry;
 use toil_runtime::request::{GuestRequest, Outcome, RequestApp};
@@ -65,8 +67,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let overhead = measure_overhead(&app, args.requests).await?;
 
         let domains = Arc::new(DomainTable::new());
-        domains.insert(app.clone(), &["hello.localhost".into()], true);
-        let edge = Arc::new(Edge::new(domains, 1 << 20, registry));
+        let domain = Domain { name: "hello".into(), request: Some(app.clone()), stream: None };
+        domains.insert(domain, &["hello.localhost".into()], true);
+        let edge = Arc::new(Edge::new(domains, 1 << 20, SessionLimits::default(), registry));
         let toil_listener = TcpListener::bind("127.0.0.1:0").await?;
         let toil_addr = toil_listener.local_addr()?;
         tokio::spawn(tcp::serve(toil_listener, edge));

@@ -9,9 +9,12 @@ use tokio::net::TcpListener;
 use toil_abi::Tier;
 use toil_build::{build_app, target_path, GuestToolchain};
 use toil_config::{AppConfig, Config};
+use toil_edge::domains::Domain;
+use toil_edge::sessions::SessionLimits;
 use toil_edge::{admin, quic, tcp, tls::DevCert, DomainTable, Edge};
 use toil_metrics::Registry;
 use toil_runtime::request::RequestApp;
+use toil_runtime::stream::StreamApp;
 use toil_runtime::{Limits, Runtime, RuntimeConfig};
 
 pub fn run(config_path: &Path, build: bool, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
@@ -36,6 +39,8 @@ pub fn runtime_config(config: &Config) -> RuntimeConfig {
             memory_bytes: l.memory_bytes,
             max_request_body: l.max_request_body,
             max_response_body: l.max_response_body,
+            max_frame_bytes: l.max_frame_bytes,
+            max_outbound_bytes_per_event: l.max_outbound_bytes_per_event,
             ..Limits::default()
         },
         max_instances: l.max_instances,
@@ -43,10 +48,21 @@ pub fn runtime_config(config: &Config) -> RuntimeConfig {
     }
 }
 
-/// Loads every artifact an app has. The request tier is served; the stream
-/// and daemon artifacts are validated and compiled so a bad one fails now.
-fn load_app(runtime: &Runtime, registry: &Registry, app: &AppConfig) -> anyhow::Result<Option<RequestApp>> {
-    let mut request = None;
+/// The session caps a config asks for.
+pub fn session_limits(config: &Config) -> SessionLimits {
+    let l = &config.limits;
+    SessionLimits {
+        max_sessions: l.max_sessions,
+        max_sessions_per_domain: l.max_sessions_per_domain,
+        send_stall_timeout: l.send_stall_timeout,
+        ..SessionLimits::default()
+    }
+}
+
+/// Loads every artifact an app has: the request and stream tiers are
+/// served; the daemon artifact is validated and compiled so a bad one fails now.
+fn load_app(runtime: &Runtime, registry: &Registry, app: &AppConfig) -> anyhow::Result<Domain> {
+    let mut domain = Domain { name: app.domain.clone(), request: None, stream: None };
     for tier in Tier::ALL {
         let path = app.artifact(target_path(&app.targets, tier));
         if !path.exists() {
@@ -55,16 +71,17 @@ fn load_app(runtime: &Runtime, registry: &Registry, app: &AppConfig) -> anyhow::
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let err = |e: toil_runtime::LoadError| anyhow::anyhow!("{}: {} artifact {}: {e}", app.domain, tier, path.display());
         match tier {
-            Tier::Request => request = Some(RequestApp::load(runtime, registry, &app.domain, &bytes).map_err(err)?),
-            Tier::Stream | Tier::Daemon => {
+            Tier::Request => domain.request = Some(Arc::new(RequestApp::load(runtime, registry, &app.domain, &bytes).map_err(err)?)),
+            Tier::Stream => domain.stream = Some(Arc::new(StreamApp::load(runtime, registry, &app.domain, &bytes).map_err(err)?)),
+            Tier::Daemon => {
                 let loaded = runtime.load(&app.domain, tier, &bytes).map_err(err)?;
                 tracing::info!(domain = %app.domain, tier = %tier, artifact = %path.display(),
-                    streams = ?loaded.info.manifest.streams, tasks = loaded.info.manifest.tasks.len(),
+                    tasks = loaded.info.manifest.tasks.len(),
                     "artifact validated and compiled; this node does not serve the {tier} tier yet");
             }
         }
     }
-    Ok(request)
+    Ok(domain)
 }
 
 /// Binds TCP and UDP on the same port (when the port is 0, on the same free port).
@@ -90,34 +107,44 @@ async fn serve(config: Config, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
     let domains = Arc::new(DomainTable::new());
     let mut served = Vec::new();
     for app in &config.apps {
-        if let Some(req) = load_app(&runtime, &registry, app)? {
-            let default = config.default_domain.as_deref() == Some(app.domain.as_str()) || config.apps.len() == 1;
-            served.push((app, req.routes().map(|(m, p)| format!("{m} {p}")).collect::<Vec<_>>()));
-            domains.insert(Arc::new(req), &app.hosts, default);
-        }
+        let domain = load_app(&runtime, &registry, app)?;
+        let default = config.default_domain.as_deref() == Some(app.domain.as_str()) || config.apps.len() == 1;
+        let routes: Vec<String> = domain.request.iter().flat_map(|r| r.routes().map(|(m, p)| format!("{m} {p}"))).collect();
+        let streams: Vec<String> = domain.stream.iter().flat_map(|s| s.names().map(|n| format!("/{n}"))).collect();
+        served.push((app, routes, streams));
+        domains.insert(domain, &app.hosts, default);
     }
 
     let cert = DevCert::load_or_create(&config.dev.cert_dir)?;
-    let (tcp_listener, endpoint) = bind_pair(config.dev.listen, quic::server_config(&cert)?)?;
+    let (tcp_listener, endpoint) = bind_pair(config.dev.listen, quic::server_config(&cert, config.limits.idle_timeout)?)?;
     let listen = tcp_listener.local_addr()?;
     let admin_listener = TcpListener::bind(config.dev.admin).await.with_context(|| format!("binding admin {}", config.dev.admin))?;
     let admin_addr = admin_listener.local_addr()?;
 
-    let mut edge = Edge::new(domains, config.limits.max_request_body, registry.clone());
+    let mut edge = Edge::new(domains, config.limits.max_request_body, session_limits(&config), registry.clone());
     edge.alt_svc = http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", listen.port())).ok();
     let edge = Arc::new(edge);
 
     let port = listen.port();
     println!("toil dev: serving {} app(s) from {}", served.len(), config.file.display());
-    for (app, routes) in &served {
+    for (app, routes, streams) in &served {
         let host = app.hosts.first().map(String::as_str).unwrap_or("localhost");
         println!("  {:<8} http://{host}:{port}/  (HTTP/1.1, HTTP/2 cleartext)  https://{host}:{port}/  (HTTP/3)", app.domain);
-        println!("  {:<8} routes: {}", "", routes.join(", "));
+        if !routes.is_empty() {
+            println!("  {:<8} routes: {}", "", routes.join(", "));
+        }
+        if !streams.is_empty() {
+            println!("  {:<8} WebTransport streams: {}", "", streams.iter().map(|s| format!("https://{host}:{port}{s}")).collect::<Vec<_>>().join(", "));
+        }
     }
     println!("  metrics  http://{admin_addr}/metrics");
     let valid_days = cert.not_after.duration_since(std::time::SystemTime::now()).map(|d| d.as_secs() / 86400).unwrap_or(0);
     println!("  dev certificate SHA-256 (serverCertificateHashes): {}  (valid {valid_days} more days)", cert.sha256_hex());
-    println!("listening http={listen} h3={listen} admin={admin_addr} cert={}", config.dev.cert_dir.join("cert.pem").display());
+    println!(
+        "listening http={listen} h3={listen} admin={admin_addr} cert={} cert-sha256={}",
+        config.dev.cert_dir.join("cert.pem").display(),
+        cert.sha256_hex()
+    );
 
     let tcp_listener = TcpListener::from_std(tcp_listener)?;
     tokio::select! {

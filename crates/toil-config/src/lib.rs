@@ -85,6 +85,14 @@ pub struct LimitsConfig {
     pub max_request_body: usize,
     pub max_response_body: usize,
     pub max_instances: u32,
+    /// Open stream sessions (resident boxes) per node and per domain.
+    pub max_sessions: usize,
+    pub max_sessions_per_domain: usize,
+    pub max_frame_bytes: usize,
+    pub max_outbound_bytes_per_event: usize,
+    pub send_stall_timeout: Duration,
+    /// A QUIC connection silent this long is lost (stream boxes get `disconnect`).
+    pub idle_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -95,6 +103,12 @@ impl Default for LimitsConfig {
             max_request_body: 1 << 20,
             max_response_body: 8 << 20,
             max_instances: 1000,
+            max_sessions: 500,
+            max_sessions_per_domain: 500,
+            max_frame_bytes: 64 << 10,
+            max_outbound_bytes_per_event: 1 << 20,
+            send_stall_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -331,7 +345,19 @@ impl Config {
 
         let mut limits = LimitsConfig::default();
         if let Some(l) = root.obj("limits")? {
-            l.only(&["deadlineMs", "memoryMb", "maxRequestBodyBytes", "maxResponseBodyBytes", "maxInstances"])?;
+            l.only(&[
+                "deadlineMs",
+                "memoryMb",
+                "maxRequestBodyBytes",
+                "maxResponseBodyBytes",
+                "maxInstances",
+                "maxSessions",
+                "maxSessionsPerDomain",
+                "maxFrameBytes",
+                "maxOutboundBytesPerEvent",
+                "sendStallTimeoutMs",
+                "idleTimeoutMs",
+            ])?;
             if let Some(v) = l.positive("deadlineMs")? {
                 limits.deadline = Duration::from_millis(v);
             }
@@ -349,6 +375,38 @@ impl Config {
             }
             if let Some(v) = l.positive("maxInstances")? {
                 limits.max_instances = u32::try_from(v).map_err(|_| l.err("maxInstances", "too large"))?;
+            }
+            let per_domain_given = l.positive("maxSessionsPerDomain")?;
+            if let Some(v) = l.positive("maxSessions")? {
+                limits.max_sessions = v as usize;
+                limits.max_sessions_per_domain = v as usize;
+            }
+            if let Some(v) = per_domain_given {
+                limits.max_sessions_per_domain = v as usize;
+            }
+            if limits.max_sessions >= limits.max_instances as usize {
+                return Err(l.err(
+                    "maxSessions",
+                    format!(
+                        "{} leaves no instance for requests: every session holds one of the {} instances (maxInstances)",
+                        limits.max_sessions, limits.max_instances
+                    ),
+                ));
+            }
+            if let Some(v) = l.positive("maxFrameBytes")? {
+                if v > 16 << 20 {
+                    return Err(l.err("maxFrameBytes", format!("{v} is over the 16 MiB frame ceiling")));
+                }
+                limits.max_frame_bytes = v as usize;
+            }
+            if let Some(v) = l.positive("maxOutboundBytesPerEvent")? {
+                limits.max_outbound_bytes_per_event = v as usize;
+            }
+            if let Some(v) = l.positive("sendStallTimeoutMs")? {
+                limits.send_stall_timeout = Duration::from_millis(v);
+            }
+            if let Some(v) = l.positive("idleTimeoutMs")? {
+                limits.idle_timeout = Duration::from_millis(v);
             }
         }
 
@@ -406,6 +464,9 @@ mod tests {
         let app = json!({"domain": "a", "dir": "app"});
         assert_eq!(key_error(json!({"apps": [app], "limits": {"deadlineMs": "fast"}})).0, "limits.deadlineMs");
         assert_eq!(key_error(json!({"apps": [app], "limits": {"deadlineMs": 0}})).0, "limits.deadlineMs");
+        let (key, problem) = key_error(json!({"apps": [app], "limits": {"maxInstances": 10, "maxSessions": 10}}));
+        assert_eq!(key, "limits.maxSessions");
+        assert!(problem.contains("maxInstances"), "{problem}");
         assert_eq!(key_error(json!({"apps": [app], "dev": {"listen": "nowhere"}})).0, "dev.listen");
         assert_eq!(key_error(json!({"apps": [app], "limitz": {}})).0, "limitz");
         assert_eq!(key_error(json!({"apps": [{"domain": "Bad_Name", "dir": "app"}]})).0, "apps[0].domain");

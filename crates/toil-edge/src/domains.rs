@@ -4,8 +4,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use toil_runtime::request::RequestApp;
+use toil_runtime::stream::StreamApp;
 
-/// The apps a node serves, by host name. Swapped whole when an app is
+/// What a node serves of one domain: its request tier and its stream tier,
+/// each present only if the domain has that artifact.
+pub struct Domain {
+    pub name: String,
+    pub request: Option<Arc<RequestApp>>,
+    pub stream: Option<Arc<StreamApp>>,
+}
+
+/// The domains a node serves, by host name. Swapped whole when a domain is
 /// (re)loaded, so a request sees one consistent version from start to end.
 #[derive(Default)]
 pub struct DomainTable {
@@ -14,8 +23,8 @@ pub struct DomainTable {
 
 #[derive(Default, Clone)]
 struct Snapshot {
-    by_host: HashMap<String, Arc<RequestApp>>,
-    default: Option<Arc<RequestApp>>,
+    by_host: HashMap<String, Arc<Domain>>,
+    default: Option<Arc<Domain>>,
 }
 
 impl DomainTable {
@@ -23,23 +32,25 @@ impl DomainTable {
         Self::default()
     }
 
-    /// Serves `app` for `hosts` (lower-case, without port); `default` also
-    /// makes it answer hosts no app names.
-    pub fn insert(&self, app: Arc<RequestApp>, hosts: &[String], default: bool) {
+    /// Serves `domain` for `hosts` (lower-case, without port), replacing
+    /// any earlier version of it; `default` also makes it answer hosts no
+    /// domain names.
+    pub fn insert(&self, domain: Domain, hosts: &[String], default: bool) {
+        let domain = Arc::new(domain);
         let mut guard = self.inner.write().expect("domain table");
         let mut next = (**guard).clone();
-        next.by_host.retain(|_, a| a.domain() != app.domain());
+        next.by_host.retain(|_, d| d.name != domain.name);
         for h in hosts {
-            next.by_host.insert(h.to_ascii_lowercase(), app.clone());
+            next.by_host.insert(h.to_ascii_lowercase(), domain.clone());
         }
-        if default || next.default.as_ref().is_some_and(|d| d.domain() == app.domain()) {
-            next.default = Some(app);
+        if default || next.default.as_ref().is_some_and(|d| d.name == domain.name) {
+            next.default = Some(domain);
         }
         *guard = Arc::new(next);
     }
 
-    /// The app for a `Host` header value or URI authority (port ignored).
-    pub fn resolve(&self, host: Option<&str>) -> Option<Arc<RequestApp>> {
+    /// The domain for a `Host` header value or URI authority (port ignored).
+    pub fn resolve(&self, host: Option<&str>) -> Option<Arc<Domain>> {
         let snap = self.inner.read().expect("domain table").clone();
         let name = host.map(strip_port).map(str::to_ascii_lowercase);
         name.and_then(|n| snap.by_host.get(&n).cloned()).or_else(|| snap.default.clone())

@@ -5,7 +5,12 @@
 //!   outcome into a response (404/405 from the manifest, 413 over the body
 //!   cap, 500/503 on a guest fault), with metrics;
 //! - [`tcp`]: HTTP/1.1 and HTTP/2 (cleartext, h2c prior knowledge) with hyper;
-//! - [`quic`]: HTTP/3 over QUIC with h3 + quinn, on the same port number over UDP;
+//! - [`quic`]: HTTP/3 over QUIC with h3 + quinn, on the same port number over
+//!   UDP, and the WebTransport CONNECTs that open stream sessions;
+//! - [`webtransport`]: a stream session: its resident box, frames both ways,
+//!   backpressure, and how it ends;
+//! - [`sessions`]: session admission (per-node and per-domain caps) and
+//!   session metrics;
 //! - [`tls`]: the dev certificate (ECDSA P-256, < 14 days, as browsers
 //!   require for WebTransport `serverCertificateHashes`);
 //! - [`admin`]: the admin listener: Prometheus `/metrics` and `/healthz`.
@@ -17,8 +22,10 @@ pub mod admin;
 pub mod domains;
 pub mod quic;
 pub mod serve;
+pub mod sessions;
 pub mod tcp;
 pub mod tls;
+pub mod webtransport;
 
 pub use domains::DomainTable;
 pub use serve::Edge;

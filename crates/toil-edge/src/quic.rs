@@ -4,13 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use h3::server::RequestResolver;
 
 use crate::serve::{Body, Edge, Protocol};
 use crate::tls::DevCert;
+use crate::webtransport::{self, RequestStream};
 
-/// A quinn server config for HTTP/3 (ALPN `h3`, TLS 1.3) with `cert`.
-pub fn server_config(cert: &DevCert) -> anyhow::Result<quinn::ServerConfig> {
+/// A quinn server config for HTTP/3 and WebTransport (ALPN `h3`, TLS 1.3)
+/// with `cert`; a connection silent for `idle_timeout` is lost.
+pub fn server_config(cert: &DevCert, idle_timeout: Duration) -> anyhow::Result<quinn::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -20,7 +21,7 @@ pub fn server_config(cert: &DevCert) -> anyhow::Result<quinn::ServerConfig> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport.max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
+    transport.max_idle_timeout(Some(idle_timeout.try_into()?));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
@@ -28,42 +29,63 @@ pub fn server_config(cert: &DevCert) -> anyhow::Result<quinn::ServerConfig> {
 /// Accepts QUIC connections until the endpoint closes.
 pub async fn serve(endpoint: quinn::Endpoint, edge: Arc<Edge>) {
     while let Some(incoming) = endpoint.accept().await {
-        let edge = edge.clone();
-        tokio::spawn(async move {
-            let conn = match incoming.await {
-                Ok(c) => c,
-                Err(e) => return tracing::debug!("QUIC handshake failed: {e}"),
-            };
-            let mut h3 = match h3::server::builder().build(h3_quinn::Connection::new(conn)).await {
-                Ok(h) => h,
-                Err(e) => return tracing::debug!("HTTP/3 setup failed: {e}"),
-            };
-            loop {
-                match h3.accept().await {
-                    Ok(Some(resolver)) => {
-                        let edge = edge.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = handle(&edge, resolver).await {
-                                tracing::debug!("HTTP/3 request failed: {e}");
-                            }
-                        });
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!("HTTP/3 connection ended: {e}");
-                        break;
-                    }
-                }
-            }
-        });
+        tokio::spawn(connection(incoming, edge.clone()));
     }
 }
 
-async fn handle(
-    edge: &Edge,
-    resolver: RequestResolver<h3_quinn::Connection, bytes::Bytes>,
-) -> anyhow::Result<()> {
-    let (req, mut stream) = resolver.resolve_request().await?;
+/// Serves one QUIC connection: HTTP/3 requests, each on its own task, until
+/// the client opens a WebTransport session; the session then owns the
+/// connection (see [`crate::webtransport`]).
+async fn connection(incoming: quinn::Incoming, edge: Arc<Edge>) {
+    let quic = match incoming.await {
+        Ok(c) => c,
+        Err(e) => return tracing::debug!("QUIC handshake failed: {e}"),
+    };
+    let mut h3 = match h3::server::builder()
+        .enable_extended_connect(true)
+        .enable_webtransport(true)
+        .enable_datagram(true)
+        .max_webtransport_sessions(1)
+        .send_grease(true)
+        .build(h3_quinn::Connection::new(quic.clone()))
+        .await
+    {
+        Ok(h) => h,
+        Err(e) => return tracing::debug!("HTTP/3 setup failed: {e}"),
+    };
+    loop {
+        let resolver = match h3.accept().await {
+            Ok(Some(resolver)) => resolver,
+            Ok(None) => return,
+            Err(e) => return tracing::debug!("HTTP/3 connection ended: {e}"),
+        };
+        // Headers first: a WebTransport CONNECT takes over the connection.
+        let (req, mut stream) = match resolver.resolve_request().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("HTTP/3 request head failed: {e}");
+                continue;
+            }
+        };
+        if webtransport::is_connect(&req) {
+            if let Some(admitted) = webtransport::admit(&edge, &req, &mut stream).await {
+                return webtransport::run(edge, admitted, req, stream, h3, quic).await;
+            }
+            continue;
+        }
+        let edge = edge.clone();
+        tokio::spawn(async move { serve_request(&edge, req, stream).await });
+    }
+}
+
+/// Serves one HTTP/3 request.
+pub(crate) async fn serve_request(edge: &Edge, req: http::Request<()>, stream: RequestStream) {
+    if let Err(e) = respond(edge, req, stream).await {
+        tracing::debug!("HTTP/3 request failed: {e}");
+    }
+}
+
+async fn respond(edge: &Edge, req: http::Request<()>, mut stream: RequestStream) -> anyhow::Result<()> {
     let (head, ()) = req.into_parts();
     let mut buf = BytesMut::new();
     let body = loop {

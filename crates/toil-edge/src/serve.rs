@@ -12,6 +12,7 @@ use toil_runtime::request::{GuestRequest, Outcome};
 use toil_runtime::GuestFault;
 
 use crate::domains::DomainTable;
+use crate::sessions::{SessionLimits, SessionTable};
 
 /// The HTTP version a request arrived on (a metrics label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +48,8 @@ pub struct Edge {
     pub max_request_body: usize,
     /// `Alt-Svc` advertised on TCP responses, pointing at HTTP/3.
     pub alt_svc: Option<HeaderValue>,
+    /// Open WebTransport sessions and their caps.
+    pub sessions: Arc<SessionTable>,
     registry: Registry,
     per_domain: RwLock<HashMap<String, Arc<DomainMetrics>>>,
 }
@@ -87,8 +90,9 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Bytes> {
 }
 
 impl Edge {
-    pub fn new(domains: Arc<DomainTable>, max_request_body: usize, registry: Registry) -> Self {
-        Edge { domains, max_request_body, alt_svc: None, registry, per_domain: RwLock::default() }
+    pub fn new(domains: Arc<DomainTable>, max_request_body: usize, sessions: SessionLimits, registry: Registry) -> Self {
+        let sessions = SessionTable::new(sessions, registry.clone());
+        Edge { domains, max_request_body, alt_svc: None, sessions, registry, per_domain: RwLock::default() }
     }
 
     fn metrics(&self, domain: &str) -> Arc<DomainMetrics> {
@@ -103,9 +107,13 @@ impl Edge {
     pub async fn serve(&self, proto: Protocol, head: &http::request::Parts, body: Body) -> Response<Bytes> {
         let started = Instant::now();
         let host = head.uri.authority().map(|a| a.as_str()).or_else(|| head.headers.get(HOST).and_then(|h| h.to_str().ok()));
-        let Some(app) = self.domains.resolve(host) else {
-            let resp = text(StatusCode::NOT_FOUND, format!("no app on this node serves host {:?}\n", host.unwrap_or("")));
-            self.record("-", proto, &resp, started);
+        let domain = self.domains.resolve(host);
+        let Some(app) = domain.as_ref().and_then(|d| d.request.as_ref()) else {
+            let resp = match &domain {
+                Some(d) => text(StatusCode::NOT_FOUND, format!("the {} app has no request tier\n", d.name)),
+                None => text(StatusCode::NOT_FOUND, format!("no app on this node serves host {:?}\n", host.unwrap_or(""))),
+            };
+            self.record(domain.as_ref().map_or("-", |d| d.name.as_str()), proto, &resp, started);
             return resp;
         };
         let mut resp = match body {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use toil_abi::stream::{FrameKind, SendError};
+
 use toil_abi::{imports, Tier};
 use wasmtime::{Caller, Linker, ResourceLimiter, Trap};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -29,6 +30,11 @@ pub struct Limits {
     pub max_response_body: usize,
     /// Cap on guest stdout+stderr logged per call; the rest is dropped and counted.
     pub max_log_bytes_per_call: usize,
+    /// Largest stream frame, either way, in bytes.
+    pub max_frame_bytes: usize,
+    /// Cap on the frames a stream box queues in one event, in bytes; past
+    /// it `stream_send` returns `QueueFull`.
+    pub max_outbound_bytes_per_event: usize,
 }
 
 impl Default for Limits {
@@ -39,6 +45,8 @@ impl Default for Limits {
             max_request_body: 1 << 20,
             max_response_body: 8 << 20,
             max_log_bytes_per_call: 64 << 10,
+            max_frame_bytes: 64 << 10,
+            max_outbound_bytes_per_event: 1 << 20,
         }
     }
 }
@@ -94,13 +102,6 @@ impl ResourceLimiter for GuestLimiter {
     }
 }
 
-/// Where a stream box's `stream_send` / `stream_close` go (the L2/L3 tier
-/// plugs in its session here).
-pub trait StreamSink: Send {
-    fn send(&mut self, kind: FrameKind, bytes: &[u8]) -> Result<(), SendError>;
-    fn close(&mut self, code: u32, reason: String);
-}
-
 /// Identity of a guest in logs and metrics.
 #[derive(Clone, Debug)]
 pub struct GuestId {
@@ -122,7 +123,10 @@ pub struct HostState {
     /// Built on the first WASI call, with the log behind its stdout and
     /// stderr: most requests never make one.
     wasi: Option<(WasiP1Ctx, Arc<Mutex<LogState>>)>,
-    pub stream: Option<Box<dyn StreamSink>>,
+    /// A stream box's outbound frames (`stream_send` / `stream_close`).
+    pub(crate) stream: Option<crate::stream::Outbox>,
+    /// A resident instance (stream, daemon) keeps its handle here.
+    pub(crate) instance: Option<wasmtime::Instance>,
 }
 
 impl HostState {
@@ -137,6 +141,7 @@ impl HostState {
             call_started: std::time::Instant::now(),
             wasi: None,
             stream: None,
+            instance: None,
         }
     }
 
@@ -238,7 +243,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 return Ok(SendError::BadKind as i32);
             };
             Ok(match state.stream.as_mut() {
-                Some(sink) => sink.send(kind, frame).map_or_else(|e| e as i32, |()| 0),
+                Some(outbox) => outbox.send(kind, frame).map_or_else(|e| e as i32, |()| 0),
                 None => SendError::Closed as i32,
             })
         },
@@ -252,8 +257,8 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let (bytes, state) = mem.data_and_store_mut(&mut caller);
             let reason = String::from_utf8_lossy(guest_slice(bytes, src, len.min(1024), "stream_close")?).into_owned();
             match state.stream.as_mut() {
-                Some(sink) => {
-                    sink.close(code as u32, reason);
+                Some(outbox) => {
+                    outbox.close(code as u32, reason);
                     Ok(0i32)
                 }
                 None => Ok(SendError::Closed as i32),

@@ -10,15 +10,21 @@
 //!   guest log (WASI stdout/stderr → `tracing`, tagged with domain and tier)
 //!   and the [`Limits`] enforced on every call;
 //! - [`request`]: the L1 tier — a fresh instance per request from a
-//!   pre-linked `InstancePre`, dropped when the request ends.
+//!   pre-linked `InstancePre`, dropped when the request ends;
+//! - [`stream`]: the L2/L3 tier — a resident box per connection that
+//!   receives the connection's events in order and queues outbound frames
+//!   in a bounded [`stream::Outbox`].
 //!
 //! It knows nothing about sockets or HTTP framing; `toil-edge` turns network
-//! requests into [`request::GuestRequest`]s.
+//! requests into [`request::GuestRequest`]s and WebTransport sessions into
+//! stream events.
 
 pub mod artifact;
 mod engine;
 pub mod host;
+mod metrics;
 pub mod request;
+pub mod stream;
 
 pub use artifact::{ArtifactInfo, LoadError};
 pub use engine::{Runtime, RuntimeConfig};

@@ -5,18 +5,18 @@
 //! memory image), calls `handle`, decodes the reply and drops the instance.
 //! Nothing outlives the request.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use toil_abi::request::{encode_request, ResponseView};
 use toil_abi::route::{RouteMatch, RouteTable};
 use toil_abi::{exports, status, Tier};
-use toil_metrics::{Counter, Gauge, Histogram, Registry};
+use toil_metrics::Registry;
 use wasmtime::{Store, TypedFunc};
 
 use crate::artifact::LoadError;
 use crate::engine::{Loaded, Runtime};
 use crate::host::{GuestFault, HostState};
+use crate::metrics::GuestMetrics;
 
 /// A request as the edge hands it to the runtime.
 #[derive(Debug)]
@@ -48,43 +48,6 @@ pub enum Outcome {
     Fault(GuestFault),
 }
 
-/// Metric handles of one domain's request tier.
-struct RequestMetrics {
-    instances: Arc<Counter>,
-    duration: Arc<Histogram>,
-    live: Arc<Gauge>,
-    faults: [Arc<Counter>; 5],
-}
-
-const FAULT_KINDS: [&str; 5] = ["trap", "deadline", "memory", "output_too_large", "abi"];
-
-impl RequestMetrics {
-    fn new(registry: &Registry, domain: &str) -> Self {
-        let l = [("domain", domain), ("tier", "request")];
-        RequestMetrics {
-            instances: registry.counter("toil_instances_created_total", "Guest instances created.", &l),
-            duration: registry.histogram(
-                "toil_guest_call_duration_seconds",
-                "Time from instantiation to the guest's reply, per call.",
-                &l,
-            ),
-            live: registry.gauge("toil_live_instances", "Guest instances alive now.", &[("tier", "request")]),
-            faults: FAULT_KINDS.map(|kind| {
-                registry.counter(
-                    "toil_guest_faults_total",
-                    "Guest calls that failed, by cause (trap, deadline, memory, output_too_large, abi).",
-                    &[("domain", domain), ("tier", "request"), ("kind", kind)],
-                )
-            }),
-        }
-    }
-
-    fn fault(&self, f: &GuestFault) {
-        let i = FAULT_KINDS.iter().position(|k| *k == f.kind()).expect("every fault kind has a counter");
-        self.faults[i].inc();
-    }
-}
-
 /// A domain's loaded request artifact.
 pub struct RequestApp {
     runtime: Runtime,
@@ -92,16 +55,7 @@ pub struct RequestApp {
     routes: RouteTable,
     handle: wasmtime::ModuleExport,
     initialize: Option<wasmtime::ModuleExport>,
-    metrics: RequestMetrics,
-}
-
-/// Decrements the live-instance gauge when an instance's store is dropped.
-struct LiveGuard<'a>(&'a Gauge);
-
-impl Drop for LiveGuard<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
+    metrics: GuestMetrics,
 }
 
 impl RequestApp {
@@ -112,7 +66,7 @@ impl RequestApp {
         let module = loaded.pre.module();
         let handle = module.get_export_index(exports::HANDLE).expect("inspect checked the export");
         let initialize = if loaded.info.has_initialize { module.get_export_index(exports::INITIALIZE) } else { None };
-        Ok(RequestApp { runtime: runtime.clone(), routes, handle, initialize, metrics: RequestMetrics::new(registry, domain), loaded })
+        Ok(RequestApp { runtime: runtime.clone(), routes, handle, initialize, metrics: GuestMetrics::new(registry, domain, Tier::Request), loaded })
     }
 
     pub fn domain(&self) -> &str {
@@ -159,9 +113,7 @@ impl RequestApp {
 
     async fn call(&self, input: Vec<u8>) -> Result<GuestResponse, GuestFault> {
         let mut store = self.runtime.store(&self.loaded.id);
-        self.metrics.instances.inc();
-        self.metrics.live.inc();
-        let _live = LiveGuard(&self.metrics.live);
+        let _live = self.metrics.live_instance();
         let input_len = input.len() as i32;
         store.data_mut().begin_call(input);
         let result = self.instantiate_and_call(&mut store, input_len).await;

@@ -45,7 +45,7 @@ pub mod stream;
 pub mod prelude {
     pub use crate::daemon::{StartInfo, Tick};
     pub use crate::http::{IntoResponse, Request, Response};
-    pub use crate::stream::{Frame, Session};
+    pub use crate::stream::{Frame, FrameKind, SendError, Session};
 }
 
 /// Entry-point glue called by the code `export!` generates. Not a public API.

@@ -26,7 +26,10 @@ pub struct Server {
     pub http: SocketAddr,
     pub admin: SocketAddr,
     pub cert: PathBuf,
+    /// Hex SHA-256 of the dev certificate (what browsers pin).
+    pub cert_sha256: String,
     pub dir: PathBuf,
+    pub pid: u32,
     _child: Child,
 }
 
@@ -35,6 +38,9 @@ pub const DEADLINE_MS: u64 = 50;
 pub const MEMORY_MB: u64 = 16;
 pub const MAX_REQUEST_BODY: usize = 65536;
 pub const MAX_RESPONSE_BODY: usize = 1 << 20;
+pub const MAX_FRAME_BYTES: usize = 65536;
+pub const SEND_STALL_MS: u64 = 1000;
+pub const IDLE_TIMEOUT_MS: u64 = 2000;
 
 pub fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
@@ -53,7 +59,8 @@ pub fn server() -> &'static Server {
             "dev": {"listen": "127.0.0.1:0", "admin": "127.0.0.1:0", "certDir": dir.join("cert")},
             "limits": {
                 "deadlineMs": DEADLINE_MS, "memoryMb": MEMORY_MB,
-                "maxRequestBodyBytes": MAX_REQUEST_BODY, "maxResponseBodyBytes": MAX_RESPONSE_BODY
+                "maxRequestBodyBytes": MAX_REQUEST_BODY, "maxResponseBodyBytes": MAX_RESPONSE_BODY,
+                "maxFrameBytes": MAX_FRAME_BYTES, "sendStallTimeoutMs": SEND_STALL_MS, "idleTimeoutMs": IDLE_TIMEOUT_MS
             },
             "build": {"targetDir": root.join("target/guest")},
         });
@@ -86,7 +93,9 @@ pub fn server() -> &'static Server {
             http: field("http").parse().unwrap(),
             admin: field("admin").parse().unwrap(),
             cert: field("cert").into(),
+            cert_sha256: field("cert-sha256"),
             dir,
+            pid: child.id(),
             _child: child,
         }
     })
@@ -208,4 +217,158 @@ pub async fn http3(addr: SocketAddr, cert: &Path, req: http::Request<Full<Bytes>
 pub async fn admin_get(path: &str) -> Resp {
     let s = server();
     http1(s.admin, request("GET", "admin", path, Bytes::new())).await
+}
+
+// ------------------------------------------------------------ WebTransport
+
+/// Resolves every host name to the dev server, so clients can use the
+/// per-domain host names (`echo.localhost`) without touching DNS.
+#[derive(Debug)]
+struct ToDevServer(SocketAddr);
+
+impl wtransport::config::DnsResolver for ToDevServer {
+    fn resolve(&self, _host: &str) -> std::pin::Pin<Box<dyn wtransport::config::DnsLookupFuture>> {
+        let addr = self.0;
+        Box::pin(async move { Ok(Some(addr)) })
+    }
+}
+
+/// A wtransport client endpoint that trusts the dev certificate the way a
+/// browser does (`serverCertificateHashes`) and reaches `to` for any host.
+pub fn wt_endpoint(to: SocketAddr) -> wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client> {
+    let s = server();
+    let hash: [u8; 32] = (0..32).map(|i| u8::from_str_radix(&s.cert_sha256[2 * i..2 * i + 2], 16).unwrap()).collect::<Vec<_>>().try_into().unwrap();
+    let mut config = wtransport::ClientConfig::builder()
+        .with_bind_default()
+        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)])
+        .build();
+    config.set_dns_resolver(ToDevServer(to));
+    wtransport::Endpoint::client(config).unwrap()
+}
+
+/// Opens a WebTransport session to `https://{host}{path}` on the dev server.
+pub async fn wt_connect(host: &str, path: &str) -> Result<wtransport::Connection, wtransport::error::ConnectingError> {
+    let s = server();
+    wt_endpoint(s.http).connect(format!("https://{host}:{}{path}", s.http.port())).await
+}
+
+/// A client's length-delimited frame stream on one bidirectional stream.
+pub struct Frames {
+    pub send: wtransport::SendStream,
+    pub recv: wtransport::RecvStream,
+    decoder: toil_abi::stream::framing::FrameDecoder,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl Frames {
+    pub async fn open(conn: &wtransport::Connection) -> Frames {
+        let (send, recv) = conn.open_bi().await.unwrap().await.unwrap();
+        Frames { send, recv, decoder: toil_abi::stream::framing::FrameDecoder::new(16 << 20), buf: vec![0; 64 << 10], at: 0 }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.send.write_all(&toil_abi::stream::framing::header(bytes.len() as u32)).await.unwrap();
+        self.send.write_all(bytes).await.unwrap();
+    }
+
+    /// The next frame, or `None` when the stream or connection ended.
+    pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if self.at > 0 {
+                let mut input = &self.buf[..self.at];
+                let before = input.len();
+                let frame = self.decoder.decode(&mut input).unwrap();
+                let used = before - input.len();
+                self.buf.copy_within(used..self.at, 0);
+                self.at -= used;
+                if frame.is_some() {
+                    return frame;
+                }
+            }
+            match self.recv.read(&mut self.buf[self.at..]).await {
+                Ok(Some(n)) => self.at += n,
+                _ => return None,
+            }
+        }
+    }
+
+    pub async fn recv_text(&mut self) -> String {
+        String::from_utf8(self.recv().await.expect("a frame")).unwrap()
+    }
+}
+
+/// How a connection was closed, as the client saw it: `(code, reason)` for
+/// an application close, or the error's text otherwise.
+pub async fn closed(conn: &wtransport::Connection) -> Result<(u64, String), String> {
+    match tokio::time::timeout(std::time::Duration::from_secs(15), conn.closed()).await {
+        Ok(wtransport::error::ConnectionError::ApplicationClosed(c)) => {
+            Ok((c.code().into_inner(), String::from_utf8_lossy(c.reason()).into_owned()))
+        }
+        Ok(other) => Err(other.to_string()),
+        Err(_) => Err("not closed within 15 s".into()),
+    }
+}
+
+/// Waits until the dev server's log contains `needle`.
+pub async fn log_contains(needle: &str) -> bool {
+    for _ in 0..100 {
+        if server().log().contains(needle) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Reads one metric sample (`name{labels}`) from the admin endpoint.
+pub async fn metric(sample: &str) -> f64 {
+    let text = admin_get("/metrics").await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// A UDP relay between one client and the dev server that can be cut, so a
+/// client "vanishes" without closing anything (as a phone losing signal).
+pub struct UdpRelay {
+    pub addr: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl UdpRelay {
+    pub async fn start(to: SocketAddr) -> UdpRelay {
+        use std::sync::atomic::Ordering;
+        let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        back.connect(to).await.unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let client = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+        let (f, b, c, k) = (front.clone(), back.clone(), client.clone(), cut.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = f.recv_from(&mut buf).await {
+                *c.lock().unwrap() = Some(from);
+                if !k.load(Ordering::Relaxed) {
+                    let _ = b.send(&buf[..n]).await;
+                }
+            }
+        });
+        let (f, b, c, k) = (front.clone(), back, client, cut.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = b.recv(&mut buf).await {
+                let to = *c.lock().unwrap();
+                if let (Some(to), false) = (to, k.load(Ordering::Relaxed)) {
+                    let _ = f.send_to(&buf[..n], to).await;
+                }
+            }
+        });
+        UdpRelay { addr: front.local_addr().unwrap(), cut }
+    }
+
+    /// Drops every packet from now on, both ways.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }

@@ -1,0 +1,226 @@
+//! Admission of stream sessions: the per-node and per-domain caps, and the
+//! session counters. No I/O: the WebTransport driver asks for a permit before
+//! it creates a box and holds it for the session's life.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use toil_metrics::{Counter, Gauge, Registry};
+
+/// How many sessions a node accepts and how it treats them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Open sessions on this node, all domains together.
+    pub max_sessions: usize,
+    /// Open sessions of any one domain.
+    pub max_sessions_per_domain: usize,
+    /// Inbound frames read ahead of the box; a full queue stops reading, and
+    /// QUIC flow control then slows the client.
+    pub inbound_queue_frames: usize,
+    /// How long writing a box's frames to a client that does not read may
+    /// stall before the session is closed as too slow.
+    pub send_stall_timeout: Duration,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            max_sessions: 10_000,
+            max_sessions_per_domain: 10_000,
+            inbound_queue_frames: 32,
+            send_stall_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a session was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("the node's limit of {0} open sessions is reached")]
+    NodeFull(usize),
+    #[error("the domain's limit of {0} open sessions is reached")]
+    DomainFull(usize),
+}
+
+/// How a session ended (a metrics label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Closed gracefully, by the client or by the guest.
+    Closed,
+    /// The transport was lost (idle timeout, reset, client vanished).
+    Disconnected,
+    /// The host closed it: guest fault, bad frame, stalled client, shutdown.
+    Aborted,
+}
+
+impl Ending {
+    const ALL: [Ending; 3] = [Ending::Closed, Ending::Disconnected, Ending::Aborted];
+
+    fn label(self) -> &'static str {
+        match self {
+            Ending::Closed => "closed",
+            Ending::Disconnected => "disconnected",
+            Ending::Aborted => "aborted",
+        }
+    }
+}
+
+/// The open sessions of a node, by domain.
+pub struct SessionTable {
+    limits: SessionLimits,
+    state: Mutex<Open>,
+    next_id: AtomicU64,
+    registry: Registry,
+    metrics: Mutex<HashMap<String, Arc<DomainSessionMetrics>>>,
+}
+
+#[derive(Default)]
+struct Open {
+    total: usize,
+    by_domain: HashMap<String, usize>,
+}
+
+/// Session and frame counters of one domain.
+pub struct DomainSessionMetrics {
+    pub opened: Arc<Counter>,
+    pub refused: Arc<Counter>,
+    ended: [Arc<Counter>; 3],
+    pub open: Arc<Gauge>,
+    /// Frames by direction (in, out) and kind (stream, datagram).
+    pub frames: [[Arc<Counter>; 2]; 2],
+    /// Outbound frames dropped (datagrams the connection could not take).
+    pub dropped: Arc<Counter>,
+}
+
+impl DomainSessionMetrics {
+    fn new(r: &Registry, domain: &str) -> Self {
+        let d = [("domain", domain)];
+        let frames = |dir: &str| {
+            ["stream", "datagram"].map(|kind| {
+                r.counter(
+                    "toil_stream_frames_total",
+                    "Stream frames by domain, direction (in, out) and kind (stream, datagram).",
+                    &[("domain", domain), ("direction", dir), ("kind", kind)],
+                )
+            })
+        };
+        DomainSessionMetrics {
+            opened: r.counter("toil_stream_sessions_opened_total", "Stream sessions opened (box created).", &d),
+            refused: r.counter("toil_stream_sessions_refused_total", "Stream sessions refused at a session limit.", &d),
+            ended: Ending::ALL.map(|e| {
+                r.counter(
+                    "toil_stream_sessions_ended_total",
+                    "Stream sessions ended, by how (closed, disconnected, aborted).",
+                    &[("domain", domain), ("how", e.label())],
+                )
+            }),
+            open: r.gauge("toil_stream_sessions_open", "Stream sessions open now.", &d),
+            frames: [frames("in"), frames("out")],
+            dropped: r.counter("toil_stream_frames_dropped_total", "Outbound frames dropped.", &d),
+        }
+    }
+
+    pub fn ended(&self, how: Ending) {
+        self.ended[Ending::ALL.iter().position(|e| *e == how).expect("every ending has a counter")].inc();
+    }
+}
+
+/// Held by a session while it is open; releases its slot on drop.
+pub struct SessionPermit {
+    table: Arc<SessionTable>,
+    domain: String,
+    pub id: u64,
+    pub metrics: Arc<DomainSessionMetrics>,
+}
+
+impl Drop for SessionPermit {
+    fn drop(&mut self) {
+        let mut open = self.table.state.lock().expect("session table");
+        open.total -= 1;
+        if let Some(n) = open.by_domain.get_mut(&self.domain) {
+            *n -= 1;
+            if *n == 0 {
+                open.by_domain.remove(&self.domain);
+            }
+        }
+        self.metrics.open.dec();
+    }
+}
+
+impl SessionTable {
+    pub fn new(limits: SessionLimits, registry: Registry) -> Arc<Self> {
+        Arc::new(SessionTable {
+            limits,
+            state: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            registry,
+            metrics: Mutex::default(),
+        })
+    }
+
+    pub fn limits(&self) -> &SessionLimits {
+        &self.limits
+    }
+
+    pub fn metrics(&self, domain: &str) -> Arc<DomainSessionMetrics> {
+        let mut map = self.metrics.lock().expect("session metrics");
+        map.entry(domain.to_string()).or_insert_with(|| Arc::new(DomainSessionMetrics::new(&self.registry, domain))).clone()
+    }
+
+    /// A slot for a new session of `domain`, or why there is none.
+    pub fn admit(self: &Arc<Self>, domain: &str) -> Result<SessionPermit, Refused> {
+        let metrics = self.metrics(domain);
+        let mut open = self.state.lock().expect("session table");
+        let refused = if open.total >= self.limits.max_sessions {
+            Some(Refused::NodeFull(self.limits.max_sessions))
+        } else if open.by_domain.get(domain).copied().unwrap_or(0) >= self.limits.max_sessions_per_domain {
+            Some(Refused::DomainFull(self.limits.max_sessions_per_domain))
+        } else {
+            None
+        };
+        if let Some(r) = refused {
+            metrics.refused.inc();
+            return Err(r);
+        }
+        open.total += 1;
+        *open.by_domain.entry(domain.to_string()).or_default() += 1;
+        drop(open);
+        metrics.opened.inc();
+        metrics.open.inc();
+        Ok(SessionPermit {
+            table: self.clone(),
+            domain: domain.to_string(),
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            metrics,
+        })
+    }
+
+    /// Open sessions on the node.
+    pub fn open(&self) -> usize {
+        self.state.lock().expect("session table").total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_are_enforced_and_released() {
+        let limits = SessionLimits { max_sessions: 3, max_sessions_per_domain: 2, ..SessionLimits::default() };
+        let table = SessionTable::new(limits, Registry::new());
+        let a1 = table.admit("a").unwrap();
+        let _a2 = table.admit("a").unwrap();
+        assert_eq!(table.admit("a").err(), Some(Refused::DomainFull(2)));
+        let _b1 = table.admit("b").unwrap();
+        assert_eq!(table.admit("b").err(), Some(Refused::NodeFull(3)));
+        assert_ne!(a1.id, _b1.id);
+        drop(a1);
+        assert_eq!(table.open(), 2);
+        assert!(table.admit("a").is_ok());
+        assert_eq!(table.metrics("a").refused.get(), 1);
+        assert_eq!(table.metrics("b").refused.get(), 1);
+    }
+}

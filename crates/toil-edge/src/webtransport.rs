@@ -1,0 +1,385 @@
+//! WebTransport sessions: one resident stream box per connection.
+//!
+//! A WebTransport session is an HTTP/3 extended CONNECT to `/<name>` on the
+//! same UDP port as HTTP/3 requests. [`open`] answers it: 404 when the
+//! domain's stream artifact declares no stream `name` (before any box
+//! exists), 503 at a session limit, otherwise it accepts the session,
+//! creates the box and drives it until the connection ends.
+//!
+//! One task drives a session and delivers events to the box strictly in
+//! order. Around it:
+//! - an acceptor task takes the client's bidirectional streams; each gets a
+//!   reader task that cuts it into length-delimited frames
+//!   ([`toil_abi::stream::framing`]);
+//! - a datagram task reads datagrams, one frame each;
+//! - all of them feed one bounded queue. When the box is slower than the
+//!   client, the queue fills, the readers stop reading, and QUIC flow
+//!   control pushes back on the client. Datagrams beyond quinn's receive
+//!   buffer are dropped by quinn, as datagrams may be.
+//!
+//! After every event the driver writes the box's outbox before it takes
+//! the next inbound frame: stream frames go to the session's *primary*
+//! stream (the first bidirectional stream the client opened), datagrams
+//! as datagrams. A client that does not read stalls that write; past
+//! [`SessionLimits::send_stall_timeout`](crate::sessions::SessionLimits)
+//! the session is closed with `CLIENT_TOO_SLOW`. So a session holds at most
+//! one event's outbox plus the inbound queue, whatever the client does.
+//!
+//! A session ends in one of three ways. The client closes the connection
+//! with an application code: the box gets `close(code, reason)`. The
+//! transport is lost (idle timeout, reset): the box gets `disconnect`. The
+//! guest calls `close`, or the host closes it (guest fault, bad frame,
+//! stalled client): the connection is closed with that code and reason and
+//! the box gets `close` (unless it faulted). Codes travel as the QUIC
+//! application error code: one session per connection, so closing the
+//! session closes its connection.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h3::quic::BidiStream as _;
+use h3_webtransport::server::{AcceptedBi, WebTransportSession};
+use http::{Request, Response, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use toil_abi::stream::{close_code, framing, FrameKind};
+use toil_runtime::stream::{OutFrame, StreamApp, StreamBox};
+
+use crate::serve::Edge;
+use crate::sessions::{Ending, SessionPermit};
+
+type Session = WebTransportSession<h3_quinn::Connection, Bytes>;
+pub(crate) type RequestStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+type SendHalf = h3_webtransport::stream::SendStream<h3_quinn::SendStream<Bytes>, Bytes>;
+type RecvHalf = h3_webtransport::stream::RecvStream<h3_quinn::RecvStream, Bytes>;
+
+/// Whether a request is a WebTransport extended CONNECT.
+pub fn is_connect(req: &Request<()>) -> bool {
+    req.method() == http::Method::CONNECT
+        && req.extensions().get::<h3::ext::Protocol>() == Some(&h3::ext::Protocol::WEB_TRANSPORT)
+}
+
+/// What the session driver learns from the tasks around it.
+enum Inbound {
+    Frame(FrameKind, Vec<u8>),
+    /// A client bidirectional stream's sending half (ours to write).
+    Stream(SendHalf),
+    /// The client broke the framing; close the session with this code.
+    Violation(u32, String),
+}
+
+/// A CONNECT that may open a session: its box's app and a session slot.
+pub struct Admitted {
+    app: Arc<StreamApp>,
+    permit: SessionPermit,
+}
+
+/// Decides a WebTransport CONNECT before anything is created: 404 when the
+/// host's domain declares no stream named by the path, 503 at a session cap.
+/// A refused CONNECT is answered and the connection keeps serving.
+pub async fn admit(edge: &Edge, req: &Request<()>, stream: &mut RequestStream) -> Option<Admitted> {
+    let host = req.uri().authority().map(|a| a.as_str().to_string());
+    let name = req.uri().path().trim_start_matches('/');
+    let domain = edge.domains.resolve(host.as_deref());
+    let Some(app) = domain.as_ref().and_then(|d| d.stream.clone()).filter(|app| app.has_stream(name)) else {
+        let why = match &domain {
+            None => format!("no app on this node serves host {:?}", host.unwrap_or_default()),
+            Some(d) if d.stream.is_none() => format!("the {} app has no stream tier", d.name),
+            Some(d) => format!("the {} app declares no stream {name:?}", d.name),
+        };
+        tracing::debug!(path = req.uri().path(), "WebTransport session refused: {why}");
+        refuse(stream, StatusCode::NOT_FOUND).await;
+        return None;
+    };
+    match edge.sessions.admit(app.domain()) {
+        Ok(permit) => Some(Admitted { app, permit }),
+        Err(why) => {
+            tracing::warn!(domain = %app.domain(), stream = name, "WebTransport session refused: {why}");
+            refuse(stream, StatusCode::SERVICE_UNAVAILABLE).await;
+            None
+        }
+    }
+}
+
+/// Accepts an admitted session on `conn` and drives it until it ends. The
+/// session owns the HTTP/3 connection (requests sent on it are still served).
+pub async fn run(
+    edge: Arc<Edge>,
+    admitted: Admitted,
+    req: Request<()>,
+    stream: RequestStream,
+    conn: h3::server::Connection<h3_quinn::Connection, Bytes>,
+    quic: quinn::Connection,
+) {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let session = match WebTransportSession::accept(req, stream, conn).await {
+        Ok(s) => Arc::new(s),
+        Err(e) => return tracing::debug!("WebTransport accept failed: {e}"),
+    };
+    let Admitted { app, permit } = admitted;
+    let name = path.trim_start_matches('/').to_string();
+    let driver = Driver { edge, app, quic, permit, primary: None, pending: Vec::new() };
+    driver.run(session, &name, &path, &query).await;
+}
+
+async fn refuse(stream: &mut RequestStream, status: StatusCode) {
+    let resp = Response::builder().status(status).body(()).expect("static response");
+    if stream.send_response(resp).await.is_ok() {
+        let _ = stream.finish().await;
+    }
+}
+
+struct Driver {
+    edge: Arc<Edge>,
+    app: Arc<StreamApp>,
+    quic: quinn::Connection,
+    permit: SessionPermit,
+    /// Where stream-kind frames go: the client's first bidirectional stream.
+    primary: Option<SendHalf>,
+    /// Stream frames sent before the client opened a stream.
+    pending: Vec<Vec<u8>>,
+}
+
+/// How the driver's loop ended.
+enum End {
+    /// The client closed with this code and reason.
+    PeerClosed(u32, String),
+    /// The transport was lost.
+    Lost(String),
+    /// We close: the guest asked to, or the host must.
+    Close { code: u32, reason: String, by_host: bool },
+    /// The box faulted; it gets no further events.
+    Fault(String),
+}
+
+impl Driver {
+    async fn run(mut self, session: Arc<Session>, name: &str, path: &str, query: &str) {
+        let limits = self.edge.sessions.limits().clone();
+        let max_frame = self.app.limits().max_frame_bytes;
+        let (tx, mut rx) = mpsc::channel(limits.inbound_queue_frames.max(1));
+        let acceptor = tokio::spawn(accept_streams(session.clone(), tx.clone(), max_frame, self.edge.clone()));
+        let datagrams = tokio::spawn(read_datagrams(session.clone(), tx, max_frame));
+        let id = self.permit.id;
+        let metrics = self.permit.metrics.clone();
+
+        let mut boxed = match self.app.open(name, id, path, query).await {
+            Ok(b) => b,
+            Err(fault) => {
+                self.quic.close(close_code::GUEST_FAULT.into(), format!("stream box failed: {}", fault.kind()).as_bytes());
+                metrics.ended(Ending::Aborted);
+                acceptor.abort();
+                datagrams.abort();
+                return;
+            }
+        };
+        tracing::debug!(domain = %self.app.domain(), stream = name, session = id, peer = %self.quic.remote_address(), "session opened");
+
+        let mut end = self.flush(&session, &mut boxed).await;
+        while end.is_none() {
+            boxed.set_max_datagram(self.quic.max_datagram_size().unwrap_or(0));
+            let inbound = tokio::select! {
+                biased;
+                inbound = rx.recv() => inbound,
+                err = self.quic.closed() => { end = Some(classify(err)); break; }
+            };
+            let result = match inbound {
+                Some(Inbound::Frame(kind, bytes)) => {
+                    metrics.frames[0][kind as usize].inc();
+                    boxed.message(kind, &bytes).await
+                }
+                Some(Inbound::Stream(send)) => {
+                    self.adopt_stream(send).await;
+                    Ok(())
+                }
+                Some(Inbound::Violation(code, reason)) => {
+                    end = Some(End::Close { code, reason, by_host: true });
+                    break;
+                }
+                None => {
+                    end = Some(classify(self.quic.closed().await));
+                    break;
+                }
+            };
+            end = match result {
+                Ok(()) => self.flush(&session, &mut boxed).await,
+                Err(fault) => Some(End::Fault(fault.to_string())),
+            };
+        }
+        acceptor.abort();
+        datagrams.abort();
+
+        let domain = self.app.domain().to_string();
+        let (how, outcome) = match end.expect("loop ends with a reason") {
+            End::PeerClosed(code, reason) => (Ending::Closed, boxed.close(code, &reason).await),
+            End::Lost(reason) => (Ending::Disconnected, boxed.disconnect(&reason).await),
+            End::Close { code, reason, by_host } => {
+                if by_host {
+                    tracing::info!(domain, stream = name, session = id, code, "closing session: {reason}");
+                }
+                self.quic.close(code.into(), reason.as_bytes());
+                let how = if by_host { Ending::Aborted } else { Ending::Closed };
+                (how, boxed.close(code, &reason).await)
+            }
+            End::Fault(why) => {
+                let reason = format!("stream box failed: {why}");
+                self.quic.close(close_code::GUEST_FAULT.into(), truncate(&reason, 512).as_bytes());
+                drop(boxed);
+                (Ending::Aborted, Ok(()))
+            }
+        };
+        let _ = outcome; // a fault in the last hook is logged and counted by the runtime
+        metrics.ended(how);
+        tracing::debug!(domain, stream = name, session = id, how = ?how, "session ended");
+    }
+
+    /// Writes what the box queued; returns why the session must end, if it must.
+    async fn flush(&mut self, session: &Session, boxed: &mut StreamBox) -> Option<End> {
+        let metrics = self.permit.metrics.clone();
+        let stall = self.edge.sessions.limits().send_stall_timeout;
+        for OutFrame { kind, bytes } in boxed.take_frames() {
+            match kind {
+                FrameKind::Datagram => {
+                    let mut sender = session.datagram_sender();
+                    match sender.send_datagram(Bytes::from(bytes)) {
+                        Ok(()) => metrics.frames[1][1].inc(),
+                        Err(_) => metrics.dropped.inc(),
+                    }
+                }
+                FrameKind::Stream => {
+                    let Some(send) = self.primary.as_mut() else {
+                        self.pending.push(bytes);
+                        continue;
+                    };
+                    match tokio::time::timeout(stall, write_frame(send, &bytes)).await {
+                        Ok(Ok(())) => metrics.frames[1][0].inc(),
+                        Ok(Err(e)) => return Some(End::Lost(format!("stream write failed: {e}"))),
+                        Err(_) => {
+                            return Some(End::Close {
+                                code: close_code::CLIENT_TOO_SLOW,
+                                reason: format!("client did not read for {stall:?}"),
+                                by_host: true,
+                            })
+                        }
+                    }
+                }
+            }
+        }
+        boxed.close_requested().map(|(code, reason)| End::Close { code, reason, by_host: false })
+    }
+
+    /// The first client stream becomes the primary one and receives any
+    /// frames sent before it existed; later streams are input only.
+    async fn adopt_stream(&mut self, mut send: SendHalf) {
+        if self.primary.is_some() {
+            let _ = send.shutdown().await;
+            return;
+        }
+        for bytes in std::mem::take(&mut self.pending) {
+            if write_frame(&mut send, &bytes).await.is_err() {
+                return;
+            }
+            self.permit.metrics.frames[1][0].inc();
+        }
+        self.primary = Some(send);
+    }
+}
+
+async fn write_frame(send: &mut SendHalf, bytes: &[u8]) -> std::io::Result<()> {
+    send.write_all(&framing::header(bytes.len() as u32)).await?;
+    send.write_all(bytes).await
+}
+
+fn classify(err: quinn::ConnectionError) -> End {
+    match err {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            let code = u32::try_from(c.error_code.into_inner()).unwrap_or(u32::MAX);
+            End::PeerClosed(code, String::from_utf8_lossy(&c.reason).into_owned())
+        }
+        other => End::Lost(other.to_string()),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Takes the client's bidirectional streams (and HTTP/3 requests sent on
+/// the session's connection) until the connection ends.
+async fn accept_streams(session: Arc<Session>, tx: mpsc::Sender<Inbound>, max_frame: usize, edge: Arc<Edge>) {
+    loop {
+        match session.accept_bi().await {
+            Ok(Some(AcceptedBi::BidiStream(_, stream))) => {
+                let (send, recv) = stream.split();
+                if tx.send(Inbound::Stream(send)).await.is_err() {
+                    return;
+                }
+                tokio::spawn(read_frames(recv, tx.clone(), max_frame));
+            }
+            Ok(Some(AcceptedBi::Request(req, stream))) => {
+                let edge = edge.clone();
+                tokio::spawn(async move { crate::quic::serve_request(&edge, req, stream).await });
+            }
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// Cuts one client stream into frames.
+async fn read_frames(mut recv: RecvHalf, tx: mpsc::Sender<Inbound>, max_frame: usize) {
+    let mut decoder = framing::FrameDecoder::new(max_frame);
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = match recv.read(&mut buf).await {
+            Ok(n) => n,
+            Err(_) => return, // the connection went; the driver sees why
+        };
+        if n == 0 {
+            if let Err(e) = decoder.finish() {
+                let _ = tx.send(Inbound::Violation(close_code::MALFORMED_FRAME, e.to_string())).await;
+            }
+            return;
+        }
+        let mut input = &buf[..n];
+        loop {
+            match decoder.decode(&mut input) {
+                Ok(Some(frame)) => {
+                    if tx.send(Inbound::Frame(FrameKind::Stream, frame)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let code = match e {
+                        framing::FramingError::TooLarge { .. } => close_code::FRAME_TOO_LARGE,
+                        framing::FramingError::Truncated { .. } => close_code::MALFORMED_FRAME,
+                    };
+                    let _ = tx.send(Inbound::Violation(code, e.to_string())).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn read_datagrams(session: Arc<Session>, tx: mpsc::Sender<Inbound>, max_frame: usize) {
+    let mut reader = session.datagram_reader();
+    while let Ok(datagram) = reader.read_datagram().await {
+        let bytes = datagram.into_payload();
+        let inbound = if bytes.len() > max_frame {
+            Inbound::Violation(
+                close_code::FRAME_TOO_LARGE,
+                format!("datagram of {} bytes exceeds the {max_frame}-byte limit", bytes.len()),
+            )
+        } else {
+            Inbound::Frame(FrameKind::Datagram, bytes.to_vec())
+        };
+        if tx.send(inbound).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Metric handles every tier's executor records into, labelled by domain and tier.
+
+use std::sync::Arc;
+
+use toil_abi::Tier;
+use toil_metrics::{Counter, Gauge, Histogram, Registry};
+
+use crate::host::GuestFault;
+
+const FAULT_KINDS: [&str; 5] = ["trap", "deadline", "memory", "output_too_large", "abi"];
+
+/// The guest metrics of one domain's tier.
+pub(crate) struct GuestMetrics {
+    pub instances: Arc<Counter>,
+    pub duration: Arc<Histogram>,
+    pub live: Arc<Gauge>,
+    faults: [Arc<Counter>; 5],
+}
+
+impl GuestMetrics {
+    pub fn new(registry: &Registry, domain: &str, tier: Tier) -> Self {
+        let tier = tier.name();
+        let l = [("domain", domain), ("tier", tier)];
+        GuestMetrics {
+            instances: registry.counter("toil_instances_created_total", "Guest instances created.", &l),
+            duration: registry.histogram(
+                "toil_guest_call_duration_seconds",
+                "Time of one guest call (a request from instantiation to reply, a stream event, a tick).",
+                &l,
+            ),
+            live: registry.gauge("toil_live_instances", "Guest instances alive now.", &l),
+            faults: FAULT_KINDS.map(|kind| {
+                registry.counter(
+                    "toil_guest_faults_total",
+                    "Guest calls that failed, by cause (trap, deadline, memory, output_too_large, abi).",
+                    &[("domain", domain), ("tier", tier), ("kind", kind)],
+                )
+            }),
+        }
+    }
+
+    pub fn fault(&self, f: &GuestFault) {
+        let i = FAULT_KINDS.iter().position(|k| *k == f.kind()).expect("every fault kind has a counter");
+        self.faults[i].inc();
+    }
+
+    /// Counts an instance as alive until the guard drops.
+    pub fn live_instance(&self) -> LiveGuard {
+        self.instances.inc();
+        self.live.inc();
+        LiveGuard(self.live.clone())
+    }
+}
+
+/// Decrements the live-instance gauge when its instance's store is dropped.
+pub(crate) struct LiveGuard(Arc<Gauge>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
