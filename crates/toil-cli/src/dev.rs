@@ -3,14 +3,17 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use toil_abi::Tier;
 use toil_build::{build_app, target_path, GuestToolchain};
-use toil_config::{AppConfig, Config};
+use toil_config::{AppConfig, Config, QuicConfig};
 use toil_edge::domains::Domain;
 use toil_edge::sessions::SessionLimits;
+use toil_edge::keys::NodeKeys;
+use toil_edge::workers::{QuicWorkers, Steering, UdpGroup};
 use toil_edge::{admin, quic, tcp, tls::DevCert, DomainTable, Edge};
 use toil_metrics::Registry;
 use toil_runtime::request::RequestApp;
@@ -84,17 +87,23 @@ fn load_app(runtime: &Runtime, registry: &Registry, app: &AppConfig) -> anyhow::
     Ok(domain)
 }
 
-/// Binds TCP and UDP on the same port (when the port is 0, on the same free port).
-fn bind_pair(addr: SocketAddr, server: quinn::ServerConfig) -> anyhow::Result<(std::net::TcpListener, quinn::Endpoint)> {
+/// Binds TCP and the QUIC workers' UDP sockets on the same port (when the
+/// port is 0, on the same free port).
+fn bind_pair(addr: SocketAddr, quic: &QuicConfig) -> anyhow::Result<(std::net::TcpListener, UdpGroup)> {
+    let steering = match quic.steering.as_deref() {
+        Some("userspace") => Steering::Userspace,
+        Some(_) => Steering::Bpf,
+        None => Steering::default_for_platform(),
+    };
     for _ in 0..20 {
         let tcp = std::net::TcpListener::bind(addr).with_context(|| format!("binding TCP {addr}"))?;
         let bound = tcp.local_addr()?;
-        match quinn::Endpoint::server(server.clone(), bound) {
-            Ok(ep) => {
+        match UdpGroup::bind(bound, quic.workers, steering) {
+            Ok(group) => {
                 tcp.set_nonblocking(true)?;
-                return Ok((tcp, ep));
+                return Ok((tcp, group));
             }
-            Err(e) if addr.port() != 0 => return Err(e).with_context(|| format!("binding UDP {bound}")),
+            Err(e) if addr.port() != 0 => return Err(e).with_context(|| format!("binding UDP {bound} ({steering:?} steering)")),
             Err(_) => continue,
         }
     }
@@ -116,7 +125,10 @@ async fn serve(config: Config, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
     }
 
     let cert = DevCert::load_or_create(&config.dev.cert_dir)?;
-    let (tcp_listener, endpoint) = bind_pair(config.dev.listen, quic::server_config(&cert, config.limits.idle_timeout)?)?;
+    let keys = NodeKeys::load_or_create(&config.dev.cert_dir)?;
+    let server_config = quic::server_config(&cert, &keys, config.limits.idle_timeout)?;
+    let (tcp_listener, udp) = bind_pair(config.dev.listen, &config.quic)?;
+    let (workers, steering) = (udp.workers(), if matches!(udp, UdpGroup::Bpf(_)) { "bpf" } else { "userspace" });
     let listen = tcp_listener.local_addr()?;
     let admin_listener = TcpListener::bind(config.dev.admin).await.with_context(|| format!("binding admin {}", config.dev.admin))?;
     let admin_addr = admin_listener.local_addr()?;
@@ -137,6 +149,7 @@ async fn serve(config: Config, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
             println!("  {:<8} WebTransport streams: {}", "", streams.iter().map(|s| format!("https://{host}:{port}{s}")).collect::<Vec<_>>().join(", "));
         }
     }
+    println!("  quic     {workers} worker(s), {steering} steering");
     println!("  metrics  http://{admin_addr}/metrics");
     let valid_days = cert.not_after.duration_since(std::time::SystemTime::now()).map(|d| d.as_secs() / 86400).unwrap_or(0);
     println!("  dev certificate SHA-256 (serverCertificateHashes): {}  (valid {valid_days} more days)", cert.sha256_hex());
@@ -146,14 +159,16 @@ async fn serve(config: Config, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
         cert.sha256_hex()
     );
 
+    let quic_workers = QuicWorkers::start(udp, server_config, &keys, edge.clone())?;
     let tcp_listener = TcpListener::from_std(tcp_listener)?;
     tokio::select! {
         () = tcp::serve(tcp_listener, edge.clone()) => {}
-        () = quic::serve(endpoint, edge.clone()) => {}
         () = admin::serve(admin_listener, registry) => {}
         r = tokio::signal::ctrl_c() => { r?; eprintln!("toil dev: shutting down"); }
         () = stdin_closed(), if stop_on_stdin_eof => { eprintln!("toil dev: stdin closed, shutting down"); }
     }
+    // Open sessions are closed with SHUTDOWN; their boxes run `close`.
+    tokio::task::spawn_blocking(move || quic_workers.shutdown(Duration::from_secs(3))).await?;
     Ok(())
 }
 

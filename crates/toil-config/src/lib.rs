@@ -123,8 +123,25 @@ pub struct Config {
     pub default_domain: Option<String>,
     pub dev: DevConfig,
     pub limits: LimitsConfig,
+    pub quic: QuicConfig,
     /// Shared target directory of guest builds.
     pub guest_target_dir: PathBuf,
+}
+
+/// How QUIC traffic is spread over worker threads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuicConfig {
+    /// Worker threads, each with its own endpoint (default: the number of cores).
+    pub workers: usize,
+    /// `bpf` (Linux: SO_REUSEPORT + a BPF program) or `userspace` (a dispatcher thread).
+    /// `None`: the platform's best.
+    pub steering: Option<String>,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        QuicConfig { workers: std::thread::available_parallelism().map_or(1, |n| n.get()), steering: None }
+    }
 }
 
 /// Walks a JSON object, tracking the key path and rejecting unknown keys.
@@ -269,7 +286,7 @@ impl Config {
         let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
         let base = std::path::absolute(&base).unwrap_or(base);
         let root = Obj::new(file, String::new(), v)?;
-        root.only(&["$schema", "targets", "apps", "defaultDomain", "dev", "limits", "build"])?;
+        root.only(&["$schema", "targets", "apps", "defaultDomain", "dev", "limits", "quic", "build"])?;
 
         let mut apps = Vec::new();
         match root.map.get("apps") {
@@ -410,6 +427,23 @@ impl Config {
             }
         }
 
+        let mut quic = QuicConfig::default();
+        if let Some(q) = root.obj("quic")? {
+            q.only(&["workers", "steering"])?;
+            if let Some(n) = q.positive("workers")? {
+                if n > 255 {
+                    return Err(q.err("workers", format!("{n} is over the 255 workers a connection ID can name")));
+                }
+                quic.workers = n as usize;
+            }
+            if let Some(s) = q.str("steering")? {
+                if s != "bpf" && s != "userspace" {
+                    return Err(q.err("steering", format!("{s:?} is not one of \"bpf\", \"userspace\"")));
+                }
+                quic.steering = Some(s.to_string());
+            }
+        }
+
         let mut guest_target_dir = base.join("target/guest");
         if let Some(b) = root.obj("build")? {
             b.only(&["targetDir"])?;
@@ -418,7 +452,7 @@ impl Config {
             }
         }
 
-        Ok(Config { file: file.to_path_buf(), apps, default_domain, dev, limits, guest_target_dir })
+        Ok(Config { file: file.to_path_buf(), apps, default_domain, dev, limits, quic, guest_target_dir })
     }
 }
 
@@ -467,6 +501,9 @@ mod tests {
         let (key, problem) = key_error(json!({"apps": [app], "limits": {"maxInstances": 10, "maxSessions": 10}}));
         assert_eq!(key, "limits.maxSessions");
         assert!(problem.contains("maxInstances"), "{problem}");
+        let (key, problem) = key_error(json!({"apps": [app], "quic": {"steering": "magic"}}));
+        assert_eq!(key, "quic.steering");
+        assert!(problem.contains("userspace"), "{problem}");
         assert_eq!(key_error(json!({"apps": [app], "dev": {"listen": "nowhere"}})).0, "dev.listen");
         assert_eq!(key_error(json!({"apps": [app], "limitz": {}})).0, "limitz");
         assert_eq!(key_error(json!({"apps": [{"domain": "Bad_Name", "dir": "app"}]})).0, "apps[0].domain");

@@ -7,6 +7,9 @@
 //! - [`tcp`]: HTTP/1.1 and HTTP/2 (cleartext, h2c prior knowledge) with hyper;
 //! - [`quic`]: HTTP/3 over QUIC with h3 + quinn, on the same port number over
 //!   UDP, and the WebTransport CONNECTs that open stream sessions;
+//! - [`workers`]: the QUIC worker threads, one quinn endpoint each, and how
+//!   packets reach them ([`steering`]: connection IDs that name their
+//!   worker; [`keys`]: the secrets all workers share);
 //! - [`webtransport`]: a stream session: its resident box, frames both ways,
 //!   backpressure, and how it ends;
 //! - [`sessions`]: session admission (per-node and per-domain caps) and
@@ -20,12 +23,15 @@
 
 pub mod admin;
 pub mod domains;
+pub mod keys;
 pub mod quic;
 pub mod serve;
 pub mod sessions;
+pub mod steering;
 pub mod tcp;
 pub mod tls;
 pub mod webtransport;
+pub mod workers;
 
 pub use domains::DomainTable;
 pub use serve::Edge;

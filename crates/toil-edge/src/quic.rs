@@ -6,12 +6,14 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 
 use crate::serve::{Body, Edge, Protocol};
+use crate::keys::NodeKeys;
 use crate::tls::DevCert;
 use crate::webtransport::{self, RequestStream};
 
 /// A quinn server config for HTTP/3 and WebTransport (ALPN `h3`, TLS 1.3)
-/// with `cert`; a connection silent for `idle_timeout` is lost.
-pub fn server_config(cert: &DevCert, idle_timeout: Duration) -> anyhow::Result<quinn::ServerConfig> {
+/// with `cert` and the node's token key; a connection silent for
+/// `idle_timeout` is lost. One config is shared by all QUIC workers.
+pub fn server_config(cert: &DevCert, keys: &NodeKeys, idle_timeout: Duration) -> anyhow::Result<quinn::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -19,7 +21,7 @@ pub fn server_config(cert: &DevCert, idle_timeout: Duration) -> anyhow::Result<q
         .with_single_cert(vec![cert.cert_der.clone()], cert.key_der.clone_key())?;
     tls.alpn_protocols = vec![b"h3".to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut config = quinn::ServerConfig::new(Arc::new(crypto), keys.token_key());
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(idle_timeout.try_into()?));
     config.transport_config(Arc::new(transport));

@@ -74,6 +74,7 @@ pub struct SessionTable {
     next_id: AtomicU64,
     registry: Registry,
     metrics: Mutex<HashMap<String, Arc<DomainSessionMetrics>>>,
+    worker_boxes: Mutex<HashMap<Option<usize>, Arc<Gauge>>>,
 }
 
 #[derive(Default)]
@@ -133,6 +134,7 @@ pub struct SessionPermit {
     domain: String,
     pub id: u64,
     pub metrics: Arc<DomainSessionMetrics>,
+    worker_boxes: Arc<Gauge>,
 }
 
 impl Drop for SessionPermit {
@@ -146,6 +148,7 @@ impl Drop for SessionPermit {
             }
         }
         self.metrics.open.dec();
+        self.worker_boxes.dec();
     }
 }
 
@@ -157,6 +160,7 @@ impl SessionTable {
             next_id: AtomicU64::new(1),
             registry,
             metrics: Mutex::default(),
+            worker_boxes: Mutex::default(),
         })
     }
 
@@ -189,12 +193,26 @@ impl SessionTable {
         drop(open);
         metrics.opened.inc();
         metrics.open.inc();
+        let worker_boxes = self.worker_boxes(crate::workers::current_worker());
+        worker_boxes.inc();
         Ok(SessionPermit {
             table: self.clone(),
             domain: domain.to_string(),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             metrics,
+            worker_boxes,
         })
+    }
+
+    /// The gauge of resident boxes on a QUIC worker (`None`: not on one).
+    fn worker_boxes(&self, worker: Option<usize>) -> Arc<Gauge> {
+        let mut map = self.worker_boxes.lock().expect("worker gauges");
+        map.entry(worker)
+            .or_insert_with(|| {
+                let label = worker.map_or_else(|| "-".to_string(), |w| w.to_string());
+                self.registry.gauge("toil_stream_live_boxes", "Resident stream boxes, by QUIC worker.", &[("worker", &label)])
+            })
+            .clone()
     }
 
     /// Open sessions on the node.
