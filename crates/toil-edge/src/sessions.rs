@@ -74,7 +74,7 @@ pub struct SessionTable {
     next_id: AtomicU64,
     registry: Registry,
     metrics: Mutex<HashMap<String, Arc<DomainSessionMetrics>>>,
-    worker_boxes: Mutex<HashMap<Option<usize>, Arc<Gauge>>>,
+    worker_boxes: Mutex<HashMap<Option<usize>, (Arc<Gauge>, Arc<Counter>)>>,
 }
 
 #[derive(Default)]
@@ -193,8 +193,9 @@ impl SessionTable {
         drop(open);
         metrics.opened.inc();
         metrics.open.inc();
-        let worker_boxes = self.worker_boxes(crate::workers::current_worker());
+        let (worker_boxes, worker_sessions) = self.worker_metrics(crate::workers::current_worker());
         worker_boxes.inc();
+        worker_sessions.inc();
         Ok(SessionPermit {
             table: self.clone(),
             domain: domain.to_string(),
@@ -204,13 +205,17 @@ impl SessionTable {
         })
     }
 
-    /// The gauge of resident boxes on a QUIC worker (`None`: not on one).
-    fn worker_boxes(&self, worker: Option<usize>) -> Arc<Gauge> {
+    /// Resident boxes now and sessions so far on a QUIC worker (`None`: not on one).
+    fn worker_metrics(&self, worker: Option<usize>) -> (Arc<Gauge>, Arc<Counter>) {
         let mut map = self.worker_boxes.lock().expect("worker gauges");
         map.entry(worker)
             .or_insert_with(|| {
                 let label = worker.map_or_else(|| "-".to_string(), |w| w.to_string());
-                self.registry.gauge("toil_stream_live_boxes", "Resident stream boxes, by QUIC worker.", &[("worker", &label)])
+                let l = [("worker", label.as_str())];
+                (
+                    self.registry.gauge("toil_stream_live_boxes", "Resident stream boxes, by QUIC worker.", &l),
+                    self.registry.counter("toil_stream_sessions_by_worker_total", "Stream sessions opened, by QUIC worker.", &l),
+                )
             })
             .clone()
     }

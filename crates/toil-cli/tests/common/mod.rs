@@ -42,13 +42,20 @@ pub const MAX_FRAME_BYTES: usize = 65536;
 pub const SEND_STALL_MS: u64 = 1000;
 pub const IDLE_TIMEOUT_MS: u64 = 2000;
 
+/// The shared `toil dev` of this test binary, on the default settings.
 pub fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(|| {
+    SERVER.get_or_init(|| start_server("dev", serde_json::json!({})))
+}
+
+/// Starts a `toil dev` whose config is the tests' standard one with the
+/// top-level keys of `extra` replacing it.
+pub fn start_server(tag: &str, extra: serde_json::Value) -> Server {
+    {
         let root = repo_root();
-        let dir = root.join("target/e2e").join(format!("dev-{}", std::process::id()));
+        let dir = root.join("target/e2e").join(format!("{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "apps": [
                 {"domain": "hello", "dir": root.join("examples/hello")},
                 {"domain": "echo", "dir": root.join("examples/echo")},
@@ -64,6 +71,9 @@ pub fn server() -> &'static Server {
             },
             "build": {"targetDir": root.join("target/guest")},
         });
+        for (k, v) in extra.as_object().unwrap() {
+            config[k] = v.clone();
+        }
         let file = dir.join("toilconfig.json");
         std::fs::write(&file, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         let mut child = toil()
@@ -98,7 +108,7 @@ pub fn server() -> &'static Server {
             pid: child.id(),
             _child: child,
         }
-    })
+    }
 }
 
 impl Server {
@@ -236,7 +246,11 @@ impl wtransport::config::DnsResolver for ToDevServer {
 /// A wtransport client endpoint that trusts the dev certificate the way a
 /// browser does (`serverCertificateHashes`) and reaches `to` for any host.
 pub fn wt_endpoint(to: SocketAddr) -> wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client> {
-    let s = server();
+    wt_endpoint_for(server(), to)
+}
+
+/// [`wt_endpoint`] for a server other than the shared one.
+pub fn wt_endpoint_for(s: &Server, to: SocketAddr) -> wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client> {
     let hash: [u8; 32] = (0..32).map(|i| u8::from_str_radix(&s.cert_sha256[2 * i..2 * i + 2], 16).unwrap()).collect::<Vec<_>>().try_into().unwrap();
     let mut config = wtransport::ClientConfig::builder()
         .with_bind_default()
@@ -329,10 +343,15 @@ pub async fn metric(sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A UDP relay between one client and the dev server that can be cut, so a
-/// client "vanishes" without closing anything (as a phone losing signal).
+/// A UDP relay between one client and a server, standing for the client's
+/// NAT. It can change the port the server sees (as `Endpoint::rebind` or a
+/// NAT rebinding does) and it can be cut, so a client "vanishes" without
+/// closing anything (as a phone losing signal).
 pub struct UdpRelay {
     pub addr: SocketAddr,
+    back: Arc<std::sync::Mutex<Arc<tokio::net::UdpSocket>>>,
+    front: Arc<tokio::net::UdpSocket>,
+    client: Arc<std::sync::Mutex<Option<SocketAddr>>>,
     cut: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -340,31 +359,55 @@ impl UdpRelay {
     pub async fn start(to: SocketAddr) -> UdpRelay {
         use std::sync::atomic::Ordering;
         let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        back.connect(to).await.unwrap();
-        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let client = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
-        let (f, b, c, k) = (front.clone(), back.clone(), client.clone(), cut.clone());
+        let relay = UdpRelay {
+            addr: front.local_addr().unwrap(),
+            back: Arc::new(std::sync::Mutex::new(Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap()))),
+            front: front.clone(),
+            client: Arc::new(std::sync::Mutex::new(None)),
+            cut: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        };
+        let (back, c, k) = (relay.back.clone(), relay.client.clone(), relay.cut.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65536];
-            while let Ok((n, from)) = f.recv_from(&mut buf).await {
+            while let Ok((n, from)) = front.recv_from(&mut buf).await {
                 *c.lock().unwrap() = Some(from);
+                let out = back.lock().unwrap().clone();
                 if !k.load(Ordering::Relaxed) {
-                    let _ = b.send(&buf[..n]).await;
+                    let _ = out.send_to(&buf[..n], to).await;
                 }
             }
         });
-        let (f, b, c, k) = (front.clone(), back, client, cut.clone());
+        let first = relay.back.lock().unwrap().clone();
+        relay.relay_replies(first);
+        relay
+    }
+
+    fn relay_replies(&self, back: Arc<tokio::net::UdpSocket>) {
+        use std::sync::atomic::Ordering;
+        let (f, c, k) = (self.front.clone(), self.client.clone(), self.cut.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65536];
-            while let Ok(n) = b.recv(&mut buf).await {
+            while let Ok(n) = back.recv(&mut buf).await {
                 let to = *c.lock().unwrap();
                 if let (Some(to), false) = (to, k.load(Ordering::Relaxed)) {
                     let _ = f.send_to(&buf[..n], to).await;
                 }
             }
         });
-        UdpRelay { addr: front.local_addr().unwrap(), cut }
+    }
+
+    /// From now on the server sees the client on a new UDP port.
+    pub async fn rebind(&self) -> SocketAddr {
+        let socket = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = socket.local_addr().unwrap();
+        *self.back.lock().unwrap() = socket.clone();
+        self.relay_replies(socket);
+        addr
+    }
+
+    /// The address the server currently sees the client at.
+    pub fn client_side(&self) -> SocketAddr {
+        self.back.lock().unwrap().local_addr().unwrap()
     }
 
     /// Drops every packet from now on, both ways.
