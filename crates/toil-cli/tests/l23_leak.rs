@@ -1,0 +1,88 @@
+//! Nothing leaks: after rounds of sessions that end every way a session can
+//! end (client close, guest close, guest trap, vanished client), the box
+//! count returns to zero and the server's memory to its level after the
+//! first round. Its own `toil dev`, so other tests do not disturb the count.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const PER_ROUND: usize = 40;
+const ROUNDS: usize = 4;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
+}
+
+async fn metric_of(server: &Server, sample: &str) -> f64 {
+    let text = http1(server.admin, request("GET", "admin", "/metrics", bytes::Bytes::new())).await.text();
+    text.lines().find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+/// One session that ends in the way its index picks.
+async fn session(server: &'static Server, i: usize) {
+    let relay = UdpRelay::start(server.http).await;
+    let conn = wt_endpoint_for(server, relay.addr)
+        .connect(format!("https://misbehave.localhost:{}/chaos", relay.addr.port()))
+        .await
+        .unwrap();
+    let mut f = Frames::open(&conn).await;
+    f.recv().await.unwrap();
+    for _ in 0..5 {
+        f.send(&[b'x'; 1000]).await;
+        f.recv().await.unwrap();
+    }
+    match i % 4 {
+        0 => conn.close(wtransport::VarInt::from_u32(0), b"done"),
+        1 => {
+            f.send(b"close 4000 guest done").await;
+            closed(&conn).await.unwrap();
+        }
+        2 => {
+            f.send(b"trap").await;
+            closed(&conn).await.unwrap();
+        }
+        _ => {
+            relay.cut(); // the server finds out at the idle timeout
+            std::mem::forget(conn);
+        }
+    }
+}
+
+async fn wait_for_zero(server: &Server, sample: &str) {
+    for _ in 0..200 {
+        if metric_of(server, sample).await == 0.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{sample} did not return to 0: {}", metric_of(server, sample).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boxes_and_memory_return_to_baseline() {
+    let server: &'static Server = Box::leak(Box::new(start_server("leak", serde_json::json!({}))));
+    let mut rss = Vec::new();
+    for round in 0..ROUNDS {
+        let tasks: Vec<_> = (0..PER_ROUND).map(|i| tokio::spawn(session(server, i))).collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        wait_for_zero(server, "toil_live_instances{domain=\"misbehave\",tier=\"stream\"}").await;
+        wait_for_zero(server, "toil_stream_sessions_open{domain=\"misbehave\"}").await;
+        rss.push(rss_kib(server.pid));
+        eprintln!("round {round}: RSS {} KiB", rss[round]);
+    }
+    let opened = metric_of(server, "toil_stream_sessions_opened_total{domain=\"misbehave\"}").await;
+    assert_eq!(opened, (PER_ROUND * ROUNDS) as f64);
+    for how in ["closed", "aborted", "disconnected"] {
+        let n = metric_of(server, &format!("toil_stream_sessions_ended_total{{domain=\"misbehave\",how=\"{how}\"}}")).await;
+        assert!(n > 0.0, "some sessions ended {how}");
+    }
+    // The first round sizes the pool and the allocator; later rounds reuse them.
+    let growth = rss[ROUNDS - 1] as i64 - rss[0] as i64;
+    assert!(growth < 8 << 10, "RSS grew {growth} KiB over {} more rounds of {PER_ROUND} sessions: {rss:?}", ROUNDS - 1);
+}
