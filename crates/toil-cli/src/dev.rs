@@ -87,27 +87,54 @@ fn load_app(runtime: &Runtime, registry: &Registry, app: &AppConfig) -> anyhow::
     Ok(domain)
 }
 
+/// TCP listeners and QUIC worker sockets, all on one port.
+struct Listeners {
+    tcp: Vec<std::net::TcpListener>,
+    udp: Vec<UdpGroup>,
+    steering: Steering,
+}
+
 /// Binds TCP and the QUIC workers' UDP sockets on the same port (when the
-/// port is 0, on the same free port).
-fn bind_pair(addr: SocketAddr, quic: &QuicConfig) -> anyhow::Result<(std::net::TcpListener, UdpGroup)> {
+/// port is 0, on the same free port). A 127.0.0.1 address also binds [::1]
+/// when it can, as `localhost` means both: browsers try `*.localhost` over
+/// IPv6 first, and WebTransport does not fall back to IPv4.
+fn bind(addr: SocketAddr, quic: &QuicConfig) -> anyhow::Result<Listeners> {
     let steering = match quic.steering.as_deref() {
         Some("userspace") => Steering::Userspace,
         Some(_) => Steering::Bpf,
         None => Steering::default_for_platform(),
     };
-    for _ in 0..20 {
+    let bind_one = |addr: SocketAddr| -> anyhow::Result<(std::net::TcpListener, UdpGroup)> {
         let tcp = std::net::TcpListener::bind(addr).with_context(|| format!("binding TCP {addr}"))?;
-        let bound = tcp.local_addr()?;
-        match UdpGroup::bind(bound, quic.workers, steering) {
-            Ok(group) => {
-                tcp.set_nonblocking(true)?;
-                return Ok((tcp, group));
+        let group = UdpGroup::bind(tcp.local_addr()?, quic.workers, steering)
+            .with_context(|| format!("binding UDP {} ({steering:?} steering)", tcp.local_addr().unwrap_or(addr)))?;
+        tcp.set_nonblocking(true)?;
+        Ok((tcp, group))
+    };
+    for attempt in 0.. {
+        let (tcp, udp) = match bind_one(addr) {
+            Ok(pair) => pair,
+            Err(_) if addr.port() == 0 && attempt < 20 => continue,
+            Err(e) => return Err(e),
+        };
+        let mut listeners = Listeners { tcp: vec![tcp], udp: vec![udp], steering };
+        if addr.ip() == std::net::Ipv4Addr::LOCALHOST {
+            let port = listeners.tcp[0].local_addr()?.port();
+            match bind_one(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))) {
+                Ok((tcp, udp)) => {
+                    listeners.tcp.push(tcp);
+                    listeners.udp.push(udp);
+                }
+                Err(e) if addr.port() == 0 && attempt < 20 => {
+                    tracing::debug!("port {port} is taken on [::1] ({e:#}); trying another");
+                    continue;
+                }
+                Err(e) => tracing::warn!("serving IPv4 loopback only: {e:#}"),
             }
-            Err(e) if addr.port() != 0 => return Err(e).with_context(|| format!("binding UDP {bound} ({steering:?} steering)")),
-            Err(_) => continue,
         }
+        return Ok(listeners);
     }
-    anyhow::bail!("no port free on both TCP and UDP at {}", addr.ip())
+    unreachable!()
 }
 
 async fn serve(config: Config, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
@@ -127,14 +154,21 @@ async fn serve(config: Config, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
     let cert = DevCert::load_or_create(&config.dev.cert_dir)?;
     let keys = NodeKeys::load_or_create(&config.dev.cert_dir)?;
     let server_config = quic::server_config(&cert, &keys, config.limits.idle_timeout)?;
-    let (tcp_listener, udp) = bind_pair(config.dev.listen, &config.quic)?;
-    let (workers, steering) = (udp.workers(), if matches!(udp, UdpGroup::Bpf(_)) { "bpf" } else { "userspace" });
-    let listen = tcp_listener.local_addr()?;
+    let listeners = bind(config.dev.listen, &config.quic)?;
+    let (workers, steering) = (config.quic.workers, listeners.steering);
+    let listen = listeners.tcp[0].local_addr()?;
+    let also = listeners.tcp.iter().skip(1).map(|l| l.local_addr().map(|a| format!(" and {a}"))).collect::<Result<String, _>>()?;
     let admin_listener = TcpListener::bind(config.dev.admin).await.with_context(|| format!("binding admin {}", config.dev.admin))?;
     let admin_addr = admin_listener.local_addr()?;
 
     let mut edge = Edge::new(domains, config.limits.max_request_body, session_limits(&config), registry.clone());
     edge.alt_svc = http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", listen.port())).ok();
+    let dev_info = serde_json::json!({
+        "certificateSha256": cert.sha256_hex(),
+        "h3Port": listen.port(),
+        "certificateNotAfter": cert.not_after.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+    });
+    edge.dev_info = Some(serde_json::to_vec(&dev_info)?.into());
     let edge = Arc::new(edge);
 
     let port = listen.port();
@@ -149,7 +183,7 @@ async fn serve(config: Config, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
             println!("  {:<8} WebTransport streams: {}", "", streams.iter().map(|s| format!("https://{host}:{port}{s}")).collect::<Vec<_>>().join(", "));
         }
     }
-    println!("  quic     {workers} worker(s), {steering} steering");
+    println!("  quic     {workers} worker(s), {steering:?} steering; listening on {listen}{also}");
     println!("  metrics  http://{admin_addr}/metrics");
     let valid_days = cert.not_after.duration_since(std::time::SystemTime::now()).map(|d| d.as_secs() / 86400).unwrap_or(0);
     println!("  dev certificate SHA-256 (serverCertificateHashes): {}  (valid {valid_days} more days)", cert.sha256_hex());
@@ -159,10 +193,11 @@ async fn serve(config: Config, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
         cert.sha256_hex()
     );
 
-    let quic_workers = QuicWorkers::start(udp, server_config, &keys, edge.clone())?;
-    let tcp_listener = TcpListener::from_std(tcp_listener)?;
+    let quic_workers = QuicWorkers::start(listeners.udp, server_config, &keys, edge.clone())?;
+    for l in listeners.tcp {
+        tokio::spawn(tcp::serve(TcpListener::from_std(l)?, edge.clone()));
+    }
     tokio::select! {
-        () = tcp::serve(tcp_listener, edge.clone()) => {}
         () = admin::serve(admin_listener, registry) => {}
         r = tokio::signal::ctrl_c() => { r?; eprintln!("toil dev: shutting down"); }
         () = stdin_closed(), if stop_on_stdin_eof => { eprintln!("toil dev: stdin closed, shutting down"); }

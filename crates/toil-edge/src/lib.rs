@@ -10,6 +10,8 @@
 //! - [`workers`]: the QUIC worker threads, one quinn endpoint each, and how
 //!   packets reach them ([`steering`]: connection IDs that name their
 //!   worker; [`keys`]: the secrets all workers share);
+//! - [`wt`]: the WebTransport-over-HTTP/3 session layer (CONNECT, session
+//!   streams, datagrams, close capsules);
 //! - [`webtransport`]: a stream session: its resident box, frames both ways,
 //!   backpressure, and how it ends;
 //! - [`sessions`]: session admission (per-node and per-domain caps) and
@@ -32,6 +34,7 @@ pub mod tcp;
 pub mod tls;
 pub mod webtransport;
 pub mod workers;
+pub mod wt;
 
 pub use domains::DomainTable;
 pub use serve::Edge;

@@ -8,7 +8,8 @@ use bytes::{Buf, BytesMut};
 use crate::serve::{Body, Edge, Protocol};
 use crate::keys::NodeKeys;
 use crate::tls::DevCert;
-use crate::webtransport::{self, RequestStream};
+use crate::webtransport;
+use crate::wt::RequestStream;
 
 /// A quinn server config for HTTP/3 and WebTransport (ALPN `h3`, TLS 1.3)
 /// with `cert` and the node's token key; a connection silent for

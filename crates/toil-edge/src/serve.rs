@@ -32,6 +32,9 @@ impl Protocol {
     }
 }
 
+/// Where dev mode publishes [`Edge::dev_info`].
+pub const DEV_INFO_PATH: &str = "/.well-known/toil/dev.json";
+
 /// A request body as the listener read it.
 pub enum Body {
     Complete(Bytes),
@@ -50,6 +53,9 @@ pub struct Edge {
     pub alt_svc: Option<HeaderValue>,
     /// Open WebTransport sessions and their caps.
     pub sessions: Arc<SessionTable>,
+    /// Dev mode only: JSON served at [`DEV_INFO_PATH`] on every host, so a
+    /// dev page can open WebTransport (certificate hash, HTTP/3 port).
+    pub dev_info: Option<Bytes>,
     registry: Registry,
     per_domain: RwLock<HashMap<String, Arc<DomainMetrics>>>,
 }
@@ -92,7 +98,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Bytes> {
 impl Edge {
     pub fn new(domains: Arc<DomainTable>, max_request_body: usize, sessions: SessionLimits, registry: Registry) -> Self {
         let sessions = SessionTable::new(sessions, registry.clone());
-        Edge { domains, max_request_body, alt_svc: None, sessions, registry, per_domain: RwLock::default() }
+        Edge { domains, max_request_body, alt_svc: None, sessions, dev_info: None, registry, per_domain: RwLock::default() }
     }
 
     fn metrics(&self, domain: &str) -> Arc<DomainMetrics> {
@@ -106,6 +112,12 @@ impl Edge {
     /// Serves one request. `host` is the `Host` header or `:authority`.
     pub async fn serve(&self, proto: Protocol, head: &http::request::Parts, body: Body) -> Response<Bytes> {
         let started = Instant::now();
+        if let (Some(info), DEV_INFO_PATH) = (&self.dev_info, head.uri.path()) {
+            let mut r = Response::new(info.clone());
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return r;
+        }
         let host = head.uri.authority().map(|a| a.as_str()).or_else(|| head.headers.get(HOST).and_then(|h| h.to_str().ok()));
         let domain = self.domains.resolve(host);
         let Some(app) = domain.as_ref().and_then(|d| d.request.as_ref()) else {

@@ -36,9 +36,9 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use h3::quic::BidiStream as _;
-use h3_webtransport::server::{AcceptedBi, WebTransportSession};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
 use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -47,17 +47,12 @@ use toil_runtime::stream::{OutFrame, StreamApp, StreamBox};
 
 use crate::serve::Edge;
 use crate::sessions::{Ending, SessionPermit};
+use crate::wt::{self, Accepted, Capsule, H3Connection, RecvHalf, RequestStream, SendHalf, Session};
 
-type Session = WebTransportSession<h3_quinn::Connection, Bytes>;
-pub(crate) type RequestStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
-type SendHalf = h3_webtransport::stream::SendStream<h3_quinn::SendStream<Bytes>, Bytes>;
-type RecvHalf = h3_webtransport::stream::RecvStream<h3_quinn::RecvStream, Bytes>;
+pub use crate::wt::is_connect;
 
-/// Whether a request is a WebTransport extended CONNECT.
-pub fn is_connect(req: &Request<()>) -> bool {
-    req.method() == http::Method::CONNECT
-        && req.extensions().get::<h3::ext::Protocol>() == Some(&h3::ext::Protocol::WEB_TRANSPORT)
-}
+/// HTTP/3's "no error" code, which clients close a finished connection with.
+const H3_NO_ERROR: u64 = 0x100;
 
 /// What the session driver learns from the tasks around it.
 enum Inbound {
@@ -66,6 +61,8 @@ enum Inbound {
     Stream(SendHalf),
     /// The client broke the framing; close the session with this code.
     Violation(u32, String),
+    /// The client closed the session (a close capsule, or the CONNECT stream ended).
+    PeerClose(u32, String),
 }
 
 /// A CONNECT that may open a session: its box's app and a session slot.
@@ -108,19 +105,19 @@ pub async fn run(
     admitted: Admitted,
     req: Request<()>,
     stream: RequestStream,
-    conn: h3::server::Connection<h3_quinn::Connection, Bytes>,
+    conn: H3Connection,
     quic: quinn::Connection,
 ) {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let session = match WebTransportSession::accept(req, stream, conn).await {
-        Ok(s) => Arc::new(s),
+    let (session, connect) = match wt::accept(stream, conn).await {
+        Ok((s, c)) => (Arc::new(s), c),
         Err(e) => return tracing::debug!("WebTransport accept failed: {e}"),
     };
     let Admitted { app, permit } = admitted;
     let name = path.trim_start_matches('/').to_string();
     let driver = Driver { edge, app, quic, permit, primary: None, pending: Vec::new() };
-    driver.run(session, &name, &path, &query).await;
+    driver.run(session, connect, &name, &path, &query).await;
 }
 
 async fn refuse(stream: &mut RequestStream, status: StatusCode) {
@@ -154,22 +151,26 @@ enum End {
 }
 
 impl Driver {
-    async fn run(mut self, session: Arc<Session>, name: &str, path: &str, query: &str) {
+    async fn run(mut self, session: Arc<Session>, connect: wt::ConnectStream, name: &str, path: &str, query: &str) {
         let limits = self.edge.sessions.limits().clone();
         let max_frame = self.app.limits().max_frame_bytes;
         let (tx, mut rx) = mpsc::channel(limits.inbound_queue_frames.max(1));
+        let wt::ConnectStream { recv: connect_recv, send: mut connect_send } = connect;
         let acceptor = tokio::spawn(accept_streams(session.clone(), tx.clone(), max_frame, self.edge.clone()));
-        let datagrams = tokio::spawn(read_datagrams(session.clone(), tx, max_frame));
+        let datagrams = tokio::spawn(read_datagrams(session.clone(), tx.clone(), max_frame));
+        let capsules = tokio::spawn(read_capsules(connect_recv, tx));
         let id = self.permit.id;
         let metrics = self.permit.metrics.clone();
 
         let mut boxed = match self.app.open(name, id, path, query).await {
             Ok(b) => b,
             Err(fault) => {
-                self.quic.close(close_code::GUEST_FAULT.into(), format!("stream box failed: {}", fault.kind()).as_bytes());
+                let reason = format!("stream box failed: {}", fault.kind());
+                close_session(&session, &self.quic, &mut connect_send, close_code::GUEST_FAULT, &reason).await;
                 metrics.ended(Ending::Aborted);
                 acceptor.abort();
                 datagrams.abort();
+                capsules.abort();
                 return;
             }
         };
@@ -196,6 +197,10 @@ impl Driver {
                     end = Some(End::Close { code, reason, by_host: true });
                     break;
                 }
+                Some(Inbound::PeerClose(code, reason)) => {
+                    end = Some(End::PeerClosed(code, reason));
+                    break;
+                }
                 None => {
                     end = Some(classify(self.quic.closed().await));
                     break;
@@ -208,23 +213,27 @@ impl Driver {
         }
         acceptor.abort();
         datagrams.abort();
+        capsules.abort();
 
         let domain = self.app.domain().to_string();
         let (how, outcome) = match end.expect("loop ends with a reason") {
-            End::PeerClosed(code, reason) => (Ending::Closed, boxed.close(code, &reason).await),
+            End::PeerClosed(code, reason) => {
+                let outcome = boxed.close(code, &reason).await;
+                close_session(&session, &self.quic, &mut connect_send, close_code::NORMAL, "").await;
+                (Ending::Closed, outcome)
+            }
             End::Lost(reason) => (Ending::Disconnected, boxed.disconnect(&reason).await),
             End::Close { code, reason, by_host } => {
                 if by_host {
                     tracing::info!(domain, stream = name, session = id, code, "closing session: {reason}");
                 }
-                self.quic.close(code.into(), reason.as_bytes());
+                close_session(&session, &self.quic, &mut connect_send, code, &reason).await;
                 let how = if by_host { Ending::Aborted } else { Ending::Closed };
                 (how, boxed.close(code, &reason).await)
             }
             End::Fault(why) => {
-                let reason = format!("stream box failed: {why}");
-                self.quic.close(close_code::GUEST_FAULT.into(), truncate(&reason, 512).as_bytes());
                 drop(boxed);
+                close_session(&session, &self.quic, &mut connect_send, close_code::GUEST_FAULT, &format!("stream box failed: {why}")).await;
                 (Ending::Aborted, Ok(()))
             }
         };
@@ -290,37 +299,65 @@ async fn write_frame(send: &mut SendHalf, bytes: &[u8]) -> std::io::Result<()> {
     send.write_all(bytes).await
 }
 
+/// How the connection's end looks to the box: a deliberate close by the
+/// client (with its code) is `close`; anything else is `disconnect`.
 fn classify(err: quinn::ConnectionError) -> End {
+    let reason = |r: &[u8]| String::from_utf8_lossy(r).into_owned();
     match err {
         quinn::ConnectionError::ApplicationClosed(c) => {
-            let code = u32::try_from(c.error_code.into_inner()).unwrap_or(u32::MAX);
-            End::PeerClosed(code, String::from_utf8_lossy(&c.reason).into_owned())
+            let code = match c.error_code.into_inner() {
+                H3_NO_ERROR => close_code::NORMAL,
+                other => u32::try_from(other).unwrap_or(u32::MAX),
+            };
+            End::PeerClosed(code, reason(&c.reason))
+        }
+        quinn::ConnectionError::ConnectionClosed(c) if c.error_code == quinn::TransportErrorCode::NO_ERROR => {
+            End::PeerClosed(close_code::NORMAL, reason(&c.reason))
         }
         other => End::Lost(other.to_string()),
     }
 }
 
-fn truncate(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+/// Closes the session: a `CLOSE_WEBTRANSPORT_SESSION` capsule on the
+/// CONNECT stream (what browsers report from `closed`), then, once the
+/// capsule has had time to arrive, the connection with the same code and
+/// reason (what clients that only watch the connection see). The session
+/// owns its connection, so closing one closes both.
+async fn close_session(
+    session: &Arc<Session>,
+    quic: &quinn::Connection,
+    connect: &mut h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
+    code: u32,
+    reason: &str,
+) {
+    let capsule = wt::close_capsule(code, reason);
+    let sent = connect.send_data(capsule).await.is_ok() && connect.finish().await.is_ok();
+    let (quic, reason) = (quic.clone(), reason.as_bytes()[..reason.len().min(wt::MAX_CLOSE_REASON)].to_vec());
+    let grace = if sent { quic.rtt() * 3 + Duration::from_millis(25) } else { Duration::ZERO };
+    // The h3 connection closes the QUIC connection when dropped, so the
+    // session lives until then.
+    let session = session.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = quic.closed() => {}
+            () = tokio::time::sleep(grace) => quic.close(code.into(), &reason),
+        }
+        drop(session);
+    });
 }
 
 /// Takes the client's bidirectional streams (and HTTP/3 requests sent on
 /// the session's connection) until the connection ends.
 async fn accept_streams(session: Arc<Session>, tx: mpsc::Sender<Inbound>, max_frame: usize, edge: Arc<Edge>) {
     loop {
-        match session.accept_bi().await {
-            Ok(Some(AcceptedBi::BidiStream(_, stream))) => {
-                let (send, recv) = stream.split();
+        match session.accept().await {
+            Ok(Some(Accepted::Stream(send, recv))) => {
                 if tx.send(Inbound::Stream(send)).await.is_err() {
                     return;
                 }
                 tokio::spawn(read_frames(recv, tx.clone(), max_frame));
             }
-            Ok(Some(AcceptedBi::Request(req, stream))) => {
+            Ok(Some(Accepted::Request(req, stream))) => {
                 let edge = edge.clone();
                 tokio::spawn(async move { crate::quic::serve_request(&edge, req, stream).await });
             }
@@ -379,6 +416,32 @@ async fn read_datagrams(session: Arc<Session>, tx: mpsc::Sender<Inbound>, max_fr
             Inbound::Frame(FrameKind::Datagram, bytes.to_vec())
         };
         if tx.send(inbound).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Watches the CONNECT stream for the client's close.
+async fn read_capsules(mut connect: h3::server::RequestStream<h3_quinn::RecvStream, Bytes>, tx: mpsc::Sender<Inbound>) {
+    let mut decoder = wt::CapsuleDecoder::default();
+    loop {
+        let close = match connect.recv_data().await {
+            Ok(Some(mut data)) => {
+                let bytes = data.copy_to_bytes(data.remaining());
+                match decoder.push(&bytes) {
+                    Ok(capsules) => capsules.into_iter().find_map(|c| match c {
+                        Capsule::Close { code, reason } => Some(Inbound::PeerClose(code, reason)),
+                        Capsule::Other(_) => None,
+                    }),
+                    Err(e) => Some(Inbound::Violation(close_code::MALFORMED_FRAME, format!("CONNECT stream: {}", e.0))),
+                }
+            }
+            // Ending the CONNECT stream without a capsule is a close with code 0.
+            Ok(None) => Some(Inbound::PeerClose(close_code::NORMAL, String::new())),
+            Err(_) => return, // the connection went; the driver sees why
+        };
+        if let Some(close) = close {
+            let _ = tx.send(close).await;
             return;
         }
     }

@@ -147,23 +147,34 @@ pub struct QuicWorkers {
 }
 
 impl QuicWorkers {
-    /// Starts one worker per socket (or per slot, in userspace mode).
-    pub fn start(group: UdpGroup, server: quinn::ServerConfig, keys: &NodeKeys, edge: Arc<Edge>) -> anyhow::Result<QuicWorkers> {
-        let workers = group.workers();
+    /// Starts the workers. Every group (one per address family, say) has
+    /// the same number of workers; worker `i` serves socket `i` of each.
+    pub fn start(groups: Vec<UdpGroup>, server: quinn::ServerConfig, keys: &NodeKeys, edge: Arc<Edge>) -> anyhow::Result<QuicWorkers> {
+        let workers = groups.first().map_or(0, UdpGroup::workers);
+        anyhow::ensure!(workers > 0 && groups.iter().all(|g| g.workers() == workers), "UDP groups must have the same number of workers");
         let (stop, stopped) = watch::channel(false);
         let mut endpoint_config = quinn::EndpointConfig::new(keys.reset_key());
         let cid_key = keys.cid_key();
-        let mut threads = Vec::with_capacity(workers + 1);
-        let sockets: Vec<WorkerSocket> = match group {
-            UdpGroup::Bpf(sockets) => sockets.into_iter().map(WorkerSocket::Own).collect(),
-            UdpGroup::Userspace(socket, n) => {
-                let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel(1024)).unzip();
-                let shared = socket.try_clone()?;
-                threads.push(spawn_dispatcher(socket, senders, stopped.clone())?);
-                receivers.into_iter().map(|rx| WorkerSocket::Steered(shared.try_clone().expect("dup socket"), rx)).collect()
+        let mut threads = Vec::with_capacity(workers + groups.len());
+        let mut per_worker: Vec<Vec<WorkerSocket>> = (0..workers).map(|_| Vec::new()).collect();
+        for group in groups {
+            let sockets: Vec<WorkerSocket> = match group {
+                UdpGroup::Bpf(sockets) => sockets.into_iter().map(WorkerSocket::Own).collect(),
+                UdpGroup::Userspace(socket, n) => {
+                    let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel(1024)).unzip();
+                    let shared = socket.try_clone()?;
+                    threads.push(spawn_dispatcher(socket, senders, stopped.clone())?);
+                    receivers
+                        .into_iter()
+                        .map(|rx| Ok(WorkerSocket::Steered(shared.try_clone()?, rx)))
+                        .collect::<io::Result<_>>()?
+                }
+            };
+            for (worker, socket) in sockets.into_iter().enumerate() {
+                per_worker[worker].push(socket);
             }
-        };
-        for (worker, socket) in sockets.into_iter().enumerate() {
+        }
+        for (worker, sockets) in per_worker.into_iter().enumerate() {
             let key = cid_key.clone();
             endpoint_config.cid_generator(move || Box::new(WorkerCids::new(worker, key.clone())));
             let (config, server, edge, stopped) = (endpoint_config.clone(), server.clone(), edge.clone(), stopped.clone());
@@ -172,7 +183,7 @@ impl QuicWorkers {
                 .spawn(move || {
                     WORKER.with(|w| w.set(Some(worker)));
                     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("worker runtime");
-                    rt.block_on(run_worker(worker, socket, config, server, edge, stopped));
+                    rt.block_on(run_worker(worker, sockets, config, server, edge, stopped));
                 })
                 .context("spawning a QUIC worker")?;
             threads.push(thread);
@@ -201,30 +212,37 @@ enum WorkerSocket {
 
 async fn run_worker(
     worker: usize,
-    socket: WorkerSocket,
+    sockets: Vec<WorkerSocket>,
     config: quinn::EndpointConfig,
     server: quinn::ServerConfig,
     edge: Arc<Edge>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let runtime = Arc::new(quinn::TokioRuntime);
-    let endpoint = match socket {
-        WorkerSocket::Own(s) => quinn::Endpoint::new(config, Some(server), s, runtime),
-        WorkerSocket::Steered(s, inbox) => SteeredSocket::new(s, inbox)
-            .and_then(|s| quinn::Endpoint::new_with_abstract_socket(config, Some(server), Arc::new(s), runtime)),
-    };
-    let endpoint = match endpoint {
-        Ok(e) => e,
-        Err(e) => return tracing::error!(worker, "QUIC worker could not start: {e}"),
-    };
-    tokio::select! {
-        () = crate::quic::serve(endpoint.clone(), edge) => {}
-        _ = stopped.wait_for(|s| *s) => {
-            endpoint.close(close_code::SHUTDOWN.into(), b"node shutting down");
-            // Let the session drivers run their boxes' close hooks.
-            let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    let mut endpoints = Vec::new();
+    for socket in sockets {
+        let endpoint = match socket {
+            WorkerSocket::Own(s) => quinn::Endpoint::new(config.clone(), Some(server.clone()), s, runtime.clone()),
+            WorkerSocket::Steered(s, inbox) => SteeredSocket::new(s, inbox).and_then(|s| {
+                quinn::Endpoint::new_with_abstract_socket(config.clone(), Some(server.clone()), Arc::new(s), runtime.clone())
+            }),
+        };
+        match endpoint {
+            Ok(e) => endpoints.push(e),
+            Err(e) => return tracing::error!(worker, "QUIC worker could not start: {e}"),
         }
     }
+    // A current-thread runtime: these tasks, and all they spawn, stay on this thread.
+    let serving: Vec<_> = endpoints.iter().map(|e| tokio::spawn(crate::quic::serve(e.clone(), edge.clone()))).collect();
+    let _ = stopped.wait_for(|s| *s).await;
+    for e in &endpoints {
+        e.close(close_code::SHUTDOWN.into(), b"node shutting down");
+    }
+    // Let the session drivers run their boxes' close hooks.
+    for e in &endpoints {
+        let _ = tokio::time::timeout(Duration::from_secs(2), e.wait_idle()).await;
+    }
+    serving.iter().for_each(|t| t.abort());
 }
 
 fn spawn_dispatcher(

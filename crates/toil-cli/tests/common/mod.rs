@@ -312,10 +312,20 @@ impl Frames {
     }
 }
 
-/// How a connection was closed, as the client saw it: `(code, reason)` for
-/// an application close, or the error's text otherwise.
+/// How the server closed the session, as the client saw it: `(code,
+/// reason)` from the session's close (the `CLOSE_WEBTRANSPORT_SESSION`
+/// capsule, which wtransport reports from its session calls), or the
+/// error's text otherwise.
 pub async fn closed(conn: &wtransport::Connection) -> Result<(u64, String), String> {
-    match tokio::time::timeout(std::time::Duration::from_secs(15), conn.closed()).await {
+    let wait = async {
+        loop {
+            match conn.receive_datagram().await {
+                Ok(_) => continue, // a datagram sent before the close
+                Err(e) => return e,
+            }
+        }
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(15), wait).await {
         Ok(wtransport::error::ConnectionError::ApplicationClosed(c)) => {
             Ok((c.code().into_inner(), String::from_utf8_lossy(c.reason()).into_owned()))
         }

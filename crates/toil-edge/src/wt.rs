@@ -1,0 +1,292 @@
+//! The WebTransport-over-HTTP/3 session layer (server side), on h3's
+//! extension API.
+//!
+//! A session is an extended CONNECT (`:protocol = webtransport`). Its
+//! CONNECT stream stays open for the session's life and carries capsules
+//! (RFC 9297): a client's `close({closeCode, reason})` arrives there as
+//! `CLOSE_WEBTRANSPORT_SESSION`, and the server closes a session the same
+//! way, so a browser's `closed` promise resolves with the code and reason.
+//! The client's bidirectional streams start with a WebTransport stream
+//! header naming the session; datagrams carry the session's quarter stream
+//! ID.
+//!
+//! h3-webtransport 0.1 implements the streams and datagrams but keeps the
+//! CONNECT stream to itself, so a session could neither see a graceful
+//! close nor send one. This module owns the session instead, through the
+//! same h3 extension points.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use h3::quic::{BidiStream as _, RecvStream as _, SendStream as _, SendStreamUnframed as _};
+use h3::stream::BufRecvStream;
+use h3::webtransport::SessionId;
+use h3_datagram::datagram_handler::{DatagramReader, DatagramSender, HandleDatagramsExt};
+use http::{Request, Response, StatusCode};
+
+pub type H3Connection = h3::server::Connection<h3_quinn::Connection, Bytes>;
+pub type RequestStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+/// Whether a request is a WebTransport extended CONNECT.
+pub fn is_connect(req: &Request<()>) -> bool {
+    req.method() == http::Method::CONNECT
+        && req.extensions().get::<h3::ext::Protocol>() == Some(&h3::ext::Protocol::WEB_TRANSPORT)
+}
+
+/// An accepted session: accept its streams and datagrams here.
+pub struct Session {
+    id: SessionId,
+    conn: Mutex<H3Connection>,
+}
+
+/// The session's CONNECT stream, split: capsules in, capsules out.
+pub struct ConnectStream {
+    pub recv: h3::server::RequestStream<h3_quinn::RecvStream, Bytes>,
+    pub send: h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
+}
+
+/// What a client opened on the session's connection.
+pub enum Accepted {
+    /// A WebTransport bidirectional stream of this session.
+    Stream(SendHalf, RecvHalf),
+    /// A plain HTTP/3 request sent on the same connection.
+    Request(Request<()>, RequestStream),
+}
+
+/// Accepts a CONNECT: answers 200 and keeps its stream.
+pub async fn accept(mut stream: RequestStream, conn: H3Connection) -> Result<(Session, ConnectStream), h3::error::StreamError> {
+    let resp = Response::builder()
+        .status(StatusCode::OK)
+        // Chromium checks this header to pick the draft.
+        .header("sec-webtransport-http3-draft", "draft02")
+        .body(())
+        .expect("static response");
+    stream.send_response(resp).await?;
+    let id = SessionId::from(stream.send_id());
+    let (send, recv) = stream.split();
+    Ok((Session { id, conn: Mutex::new(conn) }, ConnectStream { recv, send }))
+}
+
+impl Session {
+    /// The next stream or request the client opens; `None` when the
+    /// connection ends.
+    pub async fn accept(&self) -> Result<Option<Accepted>, h3::error::StreamError> {
+        let stream = std::future::poll_fn(|cx| self.conn.lock().expect("h3 connection").poll_accept_request_stream(cx)).await;
+        let stream = match stream {
+            Ok(Some(s)) => h3::frame::FrameStream::new(BufRecvStream::new(s)),
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(h3::error::StreamError::ConnectionError(e)),
+        };
+        let mut resolver = self.conn.lock().expect("h3 connection").create_resolver(stream);
+        // The first frame tells a WebTransport stream from a request.
+        let first = std::future::poll_fn(|cx| resolver.frame_stream.poll_next(cx)).await;
+        match first {
+            Ok(Some(h3::proto::frame::Frame::WebTransportStream(session))) if session == self.id => {
+                let (send, recv) = resolver.frame_stream.into_inner().split();
+                Ok(Some(Accepted::Stream(SendHalf(send), RecvHalf { stream: recv, chunk: Bytes::new() })))
+            }
+            Ok(Some(h3::proto::frame::Frame::WebTransportStream(_))) => {
+                // A stream for a session this connection does not have: refuse it.
+                let (mut send, mut recv) = resolver.frame_stream.into_inner().split();
+                send.reset(WT_BUFFERED_STREAM_REJECTED);
+                recv.stop_sending(WT_BUFFERED_STREAM_REJECTED);
+                Box::pin(self.accept()).await
+            }
+            frame => {
+                let (req, stream) = resolver.accept_with_frame(frame)?.resolve().await?;
+                Ok(Some(Accepted::Request(req, stream)))
+            }
+        }
+    }
+
+    pub fn datagram_reader(&self) -> DatagramReader<h3_quinn::datagram::RecvDatagramHandler> {
+        self.conn.lock().expect("h3 connection").get_datagram_reader()
+    }
+
+    pub fn datagram_sender(&self) -> DatagramSender<h3_quinn::datagram::SendDatagramHandler, Bytes> {
+        self.conn.lock().expect("h3 connection").get_datagram_sender(self.id.into())
+    }
+}
+
+/// `WT_BUFFERED_STREAM_REJECTED` (draft-ietf-webtrans-http3).
+const WT_BUFFERED_STREAM_REJECTED: u64 = 0x3994bd84;
+
+/// The sending half of a session stream, as a tokio `AsyncWrite`.
+pub struct SendHalf(BufRecvStream<h3_quinn::SendStream<Bytes>, Bytes>);
+
+impl tokio::io::AsyncWrite for SendHalf {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let mut data = buf;
+        self.0.poll_send(cx, &mut data).map_err(io::Error::other)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_finish(cx).map_err(io::Error::other)
+    }
+}
+
+/// The receiving half of a session stream, as a tokio `AsyncRead`.
+pub struct RecvHalf {
+    stream: BufRecvStream<h3_quinn::RecvStream, Bytes>,
+    chunk: Bytes,
+}
+
+impl tokio::io::AsyncRead for RecvHalf {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.chunk.is_empty() {
+            match ready!(self.stream.poll_data(cx)) {
+                Ok(Some(chunk)) => self.chunk = chunk,
+                Ok(None) => return Poll::Ready(Ok(())),
+                Err(e) => return Poll::Ready(Err(io::Error::other(e))),
+            }
+        }
+        let n = self.chunk.len().min(buf.remaining());
+        buf.put_slice(&self.chunk[..n]);
+        self.chunk.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+// ------------------------------------------------------------------ capsules
+
+/// `CLOSE_WEBTRANSPORT_SESSION`.
+const CLOSE_SESSION: u64 = 0x2843;
+/// Longest close reason the draft allows, in bytes.
+pub const MAX_CLOSE_REASON: usize = 1024;
+
+/// A capsule that matters to a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Capsule {
+    Close { code: u32, reason: String },
+    /// Any other capsule type (e.g. `DRAIN_WEBTRANSPORT_SESSION`): skipped.
+    Other(u64),
+}
+
+/// Why the CONNECT stream's bytes are not a capsule sequence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapsuleError(pub &'static str);
+
+/// Incremental capsule parser (type varint, length varint, payload).
+#[derive(Default)]
+pub struct CapsuleDecoder {
+    buf: Vec<u8>,
+}
+
+/// Largest close capsule payload: the code and a full reason.
+const MAX_CLOSE_PAYLOAD: usize = 4 + MAX_CLOSE_REASON;
+/// Largest other capsule buffered (to be skipped).
+const MAX_OTHER_PAYLOAD: usize = 64 << 10;
+
+impl CapsuleDecoder {
+    /// Adds bytes and returns the capsules they complete.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<Capsule>, CapsuleError> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        loop {
+            let mut at = 0;
+            let Some(ty) = varint(&self.buf, &mut at) else { break };
+            let Some(len) = varint(&self.buf, &mut at) else { break };
+            let limit = if ty == CLOSE_SESSION { MAX_CLOSE_PAYLOAD } else { MAX_OTHER_PAYLOAD };
+            let len = usize::try_from(len).ok().filter(|l| *l <= limit).ok_or(CapsuleError("capsule too long"))?;
+            if self.buf.len() < at + len {
+                break;
+            }
+            let payload = &self.buf[at..at + len];
+            out.push(if ty == CLOSE_SESSION {
+                if payload.len() < 4 {
+                    return Err(CapsuleError("close capsule shorter than its code"));
+                }
+                let code = u32::from_be_bytes(payload[..4].try_into().expect("4 bytes"));
+                Capsule::Close { code, reason: String::from_utf8_lossy(&payload[4..]).into_owned() }
+            } else {
+                Capsule::Other(ty)
+            });
+            self.buf.drain(..at + len);
+        }
+        Ok(out)
+    }
+}
+
+/// Encodes `CLOSE_WEBTRANSPORT_SESSION` (the reason cut to the limit at a character boundary).
+pub fn close_capsule(code: u32, reason: &str) -> Bytes {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &reason.as_bytes()[..end];
+    let mut out = Vec::with_capacity(8 + 4 + reason.len());
+    put_varint(&mut out, CLOSE_SESSION);
+    put_varint(&mut out, (4 + reason.len()) as u64);
+    out.extend_from_slice(&code.to_be_bytes());
+    out.extend_from_slice(reason);
+    out.into()
+}
+
+fn varint(buf: &[u8], at: &mut usize) -> Option<u64> {
+    let first = *buf.get(*at)?;
+    let len = 1usize << (first >> 6);
+    let bytes = buf.get(*at..*at + len)?;
+    let mut v = u64::from(first & 0x3f);
+    for b in &bytes[1..] {
+        v = (v << 8) | u64::from(*b);
+    }
+    *at += len;
+    Some(v)
+}
+
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    match v {
+        0..=0x3f => out.push(v as u8),
+        0x40..=0x3fff => out.extend_from_slice(&((v as u16) | 0x4000).to_be_bytes()),
+        0x4000..=0x3fff_ffff => out.extend_from_slice(&((v as u32) | 0x8000_0000).to_be_bytes()),
+        _ => out.extend_from_slice(&(v | 0xc000_0000_0000_0000).to_be_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_capsules_round_trip_in_any_split() {
+        let mut wire = Vec::new();
+        // An unknown capsule first (DRAIN, empty), then a close.
+        put_varint(&mut wire, 0x78ae);
+        put_varint(&mut wire, 3);
+        wire.extend_from_slice(b"abc");
+        wire.extend_from_slice(&close_capsule(4001, "bye now"));
+        for split in 1..wire.len() {
+            let mut d = CapsuleDecoder::default();
+            let mut got = d.push(&wire[..split]).unwrap();
+            got.extend(d.push(&wire[split..]).unwrap());
+            let closes: Vec<_> = got.into_iter().filter(|c| matches!(c, Capsule::Close { .. })).collect();
+            assert_eq!(closes, [Capsule::Close { code: 4001, reason: "bye now".into() }], "split at {split}");
+        }
+    }
+
+    #[test]
+    fn reasons_are_cut_at_the_limit_and_bad_capsules_rejected() {
+        let long = "é".repeat(MAX_CLOSE_REASON);
+        let mut d = CapsuleDecoder::default();
+        let got = d.push(&close_capsule(7, &long)).unwrap();
+        let Capsule::Close { code: 7, reason } = &got[0] else { panic!("{got:?}") };
+        assert!(reason.len() <= MAX_CLOSE_REASON && reason.chars().all(|c| c == 'é'));
+        let mut short = Vec::new();
+        put_varint(&mut short, CLOSE_SESSION);
+        put_varint(&mut short, 2);
+        short.extend_from_slice(&[0, 1]);
+        assert!(CapsuleDecoder::default().push(&short).is_err());
+        for v in [0, 0x3f, 0x40, 0x3fff, 0x4000, 0x3fff_ffff, 0x4000_0000, 1 << 61] {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            assert_eq!(varint(&b, &mut 0), Some(v));
+        }
+    }
+}
