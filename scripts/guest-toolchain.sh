@@ -7,24 +7,7 @@
 # -Zbuild-std (toil build sets that up). wasm-ld must match rustc's LLVM.
 set -euo pipefail
 
-SUDO=""
-[ "$(id -u)" = 0 ] || SUDO="sudo"
-export DEBIAN_FRONTEND=noninteractive
-updated=""
-
-install() {
-    local missing=()
-    for pkg in "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    if [ -z "$updated" ]; then
-        $SUDO apt-get update -qq
-        updated=1
-    fi
-    echo "guest-toolchain: installing ${missing[*]}"
-    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+install() { "$(dirname "$0")/apt-install.sh" "$@"; }
 
 install rustc-web cargo-web rust-web-src wasi-libc
 llvm_major=$(/usr/bin/rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
