@@ -203,6 +203,7 @@ async fn serve(config: Config, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
         () = stdin_closed(), if stop_on_stdin_eof => { eprintln!("toil dev: stdin closed, shutting down"); }
     }
     // Open sessions are closed with SHUTDOWN; their boxes run `close`.
+    edge.shutdown.send_replace(true);
     tokio::task::spawn_blocking(move || quic_workers.shutdown(Duration::from_secs(3))).await?;
     Ok(())
 }

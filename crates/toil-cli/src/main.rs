@@ -2,8 +2,10 @@
 //!
 //! - `toil build [DIR]`: compile a guest crate into its tier artifacts;
 //! - `toil dev [--config FILE]`: build the configured apps and serve them
-//!   locally (HTTP/1.1, HTTP/2, HTTP/3, admin metrics);
+//!   locally (HTTP/1.1, HTTP/2, HTTP/3, WebTransport stream sessions, admin
+//!   metrics);
 //! - `toil bench`: the L1 benchmark (instance overhead, throughput vs native).
+//!   The L2/L3 benchmark is `cargo bench -p toil-cli --bench stream`.
 //!
 //! Each subcommand lives in its own module; the work is done by the library
 //! crates (`toil-build`, `toil-runtime`, `toil-edge`).

@@ -86,3 +86,23 @@ async fn boxes_and_memory_return_to_baseline() {
     let growth = rss[ROUNDS - 1] as i64 - rss[0] as i64;
     assert!(growth < 8 << 10, "RSS grew {growth} KiB over {} more rounds of {PER_ROUND} sessions: {rss:?}", ROUNDS - 1);
 }
+
+/// Shutting a node down closes its sessions with SHUTDOWN, and their boxes
+/// run `close`, before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_sessions_and_runs_their_close_hooks() {
+    let mut server = start_server("shutdown", serde_json::json!({}));
+    let conn = wt_endpoint_for(&server, server.http)
+        .connect(format!("https://misbehave.localhost:{}/chaos", server.http.port()))
+        .await
+        .unwrap();
+    let mut f = Frames::open(&conn).await;
+    f.recv().await.unwrap();
+    f.send(b"one").await;
+    f.recv().await.unwrap();
+    let status = tokio::task::block_in_place(|| server.stop());
+    assert!(status.success(), "toil dev exited with {status}");
+    assert_eq!(closed(&conn).await, Ok((toil_abi::stream::close_code::SHUTDOWN as u64, "node shutting down".into())));
+    let log = server.log();
+    assert!(log.contains("chaos closed after 1 frames: code 4101 reason \"node shutting down\""), "{log}");
+}

@@ -53,6 +53,9 @@ pub struct Edge {
     pub alt_svc: Option<HeaderValue>,
     /// Open WebTransport sessions and their caps.
     pub sessions: Arc<SessionTable>,
+    /// Set to `true` when the node shuts down: open stream sessions close
+    /// with `SHUTDOWN` and their boxes get `close`.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Dev mode only: JSON served at [`DEV_INFO_PATH`] on every host, so a
     /// dev page can open WebTransport (certificate hash, HTTP/3 port).
     pub dev_info: Option<Bytes>,
@@ -98,7 +101,16 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Bytes> {
 impl Edge {
     pub fn new(domains: Arc<DomainTable>, max_request_body: usize, sessions: SessionLimits, registry: Registry) -> Self {
         let sessions = SessionTable::new(sessions, registry.clone());
-        Edge { domains, max_request_body, alt_svc: None, sessions, dev_info: None, registry, per_domain: RwLock::default() }
+        Edge {
+            domains,
+            max_request_body,
+            alt_svc: None,
+            sessions,
+            shutdown: tokio::sync::watch::channel(false).0,
+            dev_info: None,
+            registry,
+            per_domain: RwLock::default(),
+        }
     }
 
     fn metrics(&self, domain: &str) -> Arc<DomainMetrics> {

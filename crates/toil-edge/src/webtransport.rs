@@ -176,6 +176,7 @@ impl Driver {
         };
         tracing::debug!(domain = %self.app.domain(), stream = name, session = id, peer = %self.quic.remote_address(), "session opened");
 
+        let mut shutdown = self.edge.shutdown.subscribe();
         let mut end = self.flush(&session, &mut boxed).await;
         while end.is_none() {
             boxed.set_max_datagram(self.quic.max_datagram_size().unwrap_or(0));
@@ -183,6 +184,10 @@ impl Driver {
                 biased;
                 inbound = rx.recv() => inbound,
                 err = self.quic.closed() => { end = Some(classify(err)); break; }
+                _ = shutdown.wait_for(|s| *s) => {
+                    end = Some(End::Close { code: close_code::SHUTDOWN, reason: "node shutting down".into(), by_host: true });
+                    break;
+                }
             };
             let result = match inbound {
                 Some(Inbound::Frame(kind, bytes)) => {

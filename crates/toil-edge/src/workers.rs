@@ -192,8 +192,9 @@ impl QuicWorkers {
         Ok(QuicWorkers { stop, threads })
     }
 
-    /// Closes every connection with `SHUTDOWN` (boxes get `close`) and
-    /// waits up to `grace` for the workers to finish.
+    /// Closes every connection with `SHUTDOWN` and waits up to `grace` for
+    /// the workers to finish. Set the edge's `shutdown` flag first, so open
+    /// sessions close gracefully (their boxes get `close`).
     pub fn shutdown(self, grace: Duration) {
         let _ = self.stop.send(true);
         let deadline = std::time::Instant::now() + grace;
@@ -235,6 +236,12 @@ async fn run_worker(
     // A current-thread runtime: these tasks, and all they spawn, stay on this thread.
     let serving: Vec<_> = endpoints.iter().map(|e| tokio::spawn(crate::quic::serve(e.clone(), edge.clone()))).collect();
     let _ = stopped.wait_for(|s| *s).await;
+    // Sessions close themselves with SHUTDOWN when the edge's shutdown flag
+    // is set; give their capsules a moment before the connections go.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while edge.sessions.open() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for e in &endpoints {
         e.close(close_code::SHUTDOWN.into(), b"node shutting down");
     }

@@ -65,6 +65,26 @@ pub struct Loaded {
     pub info: ArtifactInfo,
     pub(crate) pre: InstancePre<HostState>,
     pub(crate) id: GuestId,
+    /// The WASI reactor initializer, run once per instance before any entry point.
+    initialize: Option<wasmtime::ModuleExport>,
+}
+
+impl Loaded {
+    /// Where the module exports `name` (looked up once, used per instance).
+    pub(crate) fn export_index(&self, name: &str) -> Option<wasmtime::ModuleExport> {
+        self.pre.module().get_export_index(name)
+    }
+
+    /// A new instance in `store`, initialized (`_initialize`) and ready for calls.
+    pub(crate) async fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<wasmtime::Instance> {
+        let instance = self.pre.instantiate_async(&mut *store).await?;
+        if let Some(init) = &self.initialize {
+            if let Some(f) = instance.get_module_export(&mut *store, init).and_then(|e| e.into_func()) {
+                f.typed::<(), ()>(&*store)?.call_async(&mut *store, ()).await?;
+            }
+        }
+        Ok(instance)
+    }
 }
 
 impl Runtime {
@@ -123,7 +143,8 @@ impl Runtime {
         let info = inspect(bytes, tier, self.config.max_artifact_bytes)?;
         let module = Module::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         let pre = self.linker.instantiate_pre(&module).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        Ok(Loaded { info, pre, id: GuestId { domain: domain.into(), tier } })
+        let initialize = if info.has_initialize { module.get_export_index(toil_abi::exports::INITIALIZE) } else { None };
+        Ok(Loaded { info, pre, id: GuestId { domain: domain.into(), tier }, initialize })
     }
 
     /// A store for one instance. Every epoch tick a running guest yields to

@@ -54,7 +54,6 @@ pub struct RequestApp {
     loaded: Loaded,
     routes: RouteTable,
     handle: wasmtime::ModuleExport,
-    initialize: Option<wasmtime::ModuleExport>,
     metrics: GuestMetrics,
 }
 
@@ -63,10 +62,8 @@ impl RequestApp {
     pub fn load(runtime: &Runtime, registry: &Registry, domain: &str, bytes: &[u8]) -> Result<Self, LoadError> {
         let loaded = runtime.load(domain, Tier::Request, bytes)?;
         let routes = RouteTable::new(loaded.info.manifest.routes.iter().map(|r| (r.method.as_str(), r.pattern.as_str())));
-        let module = loaded.pre.module();
-        let handle = module.get_export_index(exports::HANDLE).expect("inspect checked the export");
-        let initialize = if loaded.info.has_initialize { module.get_export_index(exports::INITIALIZE) } else { None };
-        Ok(RequestApp { runtime: runtime.clone(), routes, handle, initialize, metrics: GuestMetrics::new(registry, domain, Tier::Request), loaded })
+        let handle = loaded.export_index(exports::HANDLE).expect("inspect checked the export");
+        Ok(RequestApp { runtime: runtime.clone(), routes, handle, metrics: GuestMetrics::new(registry, domain, Tier::Request), loaded })
     }
 
     pub fn domain(&self) -> &str {
@@ -134,13 +131,7 @@ impl RequestApp {
     }
 
     async fn instantiate_and_call(&self, store: &mut Store<HostState>, input_len: i32) -> wasmtime::Result<i32> {
-        let instance = self.loaded.pre.instantiate_async(&mut *store).await?;
-        if let Some(init) = &self.initialize {
-            let f = instance.get_module_export(&mut *store, init).and_then(|e| e.into_func());
-            if let Some(f) = f {
-                f.typed::<(), ()>(&*store)?.call_async(&mut *store, ()).await?;
-            }
-        }
+        let instance = self.loaded.instantiate(&mut *store).await?;
         let handle: TypedFunc<i32, i32> = instance
             .get_module_export(&mut *store, &self.handle)
             .and_then(|e| e.into_func())

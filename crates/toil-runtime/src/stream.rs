@@ -102,7 +102,6 @@ pub struct StreamApp {
     runtime: Runtime,
     loaded: Loaded,
     dispatch: wasmtime::ModuleExport,
-    initialize: Option<wasmtime::ModuleExport>,
     metrics: GuestMetrics,
 }
 
@@ -110,13 +109,10 @@ impl StreamApp {
     /// Validates, compiles and links `bytes` as `domain`'s stream artifact.
     pub fn load(runtime: &Runtime, registry: &Registry, domain: &str, bytes: &[u8]) -> Result<Self, LoadError> {
         let loaded = runtime.load(domain, Tier::Stream, bytes)?;
-        let module = loaded.pre.module();
-        let dispatch = module.get_export_index(exports::STREAM_DISPATCH).expect("inspect checked the export");
-        let initialize = if loaded.info.has_initialize { module.get_export_index(exports::INITIALIZE) } else { None };
+        let dispatch = loaded.export_index(exports::STREAM_DISPATCH).expect("inspect checked the export");
         Ok(StreamApp {
             runtime: runtime.clone(),
             dispatch,
-            initialize,
             metrics: GuestMetrics::new(registry, domain, Tier::Stream),
             loaded,
         })
@@ -168,12 +164,7 @@ impl StreamApp {
     }
 
     async fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<()> {
-        let instance = self.loaded.pre.instantiate_async(&mut *store).await?;
-        if let Some(init) = &self.initialize {
-            if let Some(f) = instance.get_module_export(&mut *store, init).and_then(|e| e.into_func()) {
-                f.typed::<(), ()>(&*store)?.call_async(&mut *store, ()).await?;
-            }
-        }
+        let instance = self.loaded.instantiate(&mut *store).await?;
         store.data_mut().instance = Some(instance);
         Ok(())
     }

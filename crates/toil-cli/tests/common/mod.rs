@@ -30,7 +30,7 @@ pub struct Server {
     pub cert_sha256: String,
     pub dir: PathBuf,
     pub pid: u32,
-    _child: Child,
+    child: Child,
 }
 
 /// Limits the bad-input tests rely on.
@@ -106,12 +106,19 @@ pub fn start_server(tag: &str, extra: serde_json::Value) -> Server {
             cert_sha256: field("cert-sha256"),
             dir,
             pid: child.id(),
-            _child: child,
+            child,
         }
     }
 }
 
 impl Server {
+    /// Shuts the server down the way a supervisor does (its stdin closes)
+    /// and waits for it to exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        drop(self.child.stdin.take());
+        self.child.wait().unwrap()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("dev.log")).unwrap_or_default()
     }
