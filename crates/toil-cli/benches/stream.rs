@@ -72,6 +72,7 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64) {
     let (held, elapsed) = open_idle(server, idle).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = rss_kib(server.pid);
+
     let boxes = metric_sum(server, "toil_stream_live_boxes{").await;
     eprintln!("{} sessions open in {:.1} s; live boxes {boxes}; RSS {before} KiB -> {after} KiB", held.len(), elapsed.as_secs_f64());
     let per_box = (after as f64 - before as f64) / held.len() as f64;

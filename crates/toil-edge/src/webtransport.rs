@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::{Request, Response, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use toil_abi::stream::{close_code, framing, FrameKind};
 use toil_runtime::stream::{OutFrame, StreamApp, StreamBox};
@@ -57,8 +57,9 @@ const H3_NO_ERROR: u64 = 0x100;
 /// What the session driver learns from the tasks around it.
 enum Inbound {
     Frame(FrameKind, Vec<u8>),
-    /// A client bidirectional stream's sending half (ours to write).
-    Stream(SendHalf),
+    /// A client bidirectional stream's sending half (ours to write). Boxed:
+    /// every slot of the inbound queue is as large as the largest variant.
+    Stream(Box<SendHalf>),
     /// The client broke the framing; close the session with this code.
     Violation(u32, String),
     /// The client closed the session (a close capsule, or the CONNECT stream ended).
@@ -133,7 +134,7 @@ struct Driver {
     quic: quinn::Connection,
     permit: SessionPermit,
     /// Where stream-kind frames go: the client's first bidirectional stream.
-    primary: Option<SendHalf>,
+    primary: Option<Box<SendHalf>>,
     /// Stream frames sent before the client opened a stream.
     pending: Vec<Vec<u8>>,
 }
@@ -284,7 +285,7 @@ impl Driver {
 
     /// The first client stream becomes the primary one and receives any
     /// frames sent before it existed; later streams are input only.
-    async fn adopt_stream(&mut self, mut send: SendHalf) {
+    async fn adopt_stream(&mut self, mut send: Box<SendHalf>) {
         if self.primary.is_some() {
             let _ = send.shutdown().await;
             return;
@@ -357,7 +358,7 @@ async fn accept_streams(session: Arc<Session>, tx: mpsc::Sender<Inbound>, max_fr
     loop {
         match session.accept().await {
             Ok(Some(Accepted::Stream(send, recv))) => {
-                if tx.send(Inbound::Stream(send)).await.is_err() {
+                if tx.send(Inbound::Stream(Box::new(send))).await.is_err() {
                     return;
                 }
                 tokio::spawn(read_frames(recv, tx.clone(), max_frame));
@@ -371,22 +372,22 @@ async fn accept_streams(session: Arc<Session>, tx: mpsc::Sender<Inbound>, max_fr
     }
 }
 
-/// Cuts one client stream into frames.
+/// Cuts one client stream into frames. It reads quinn's chunks as they
+/// are, so an idle stream holds no read buffer of ours.
 async fn read_frames(mut recv: RecvHalf, tx: mpsc::Sender<Inbound>, max_frame: usize) {
     let mut decoder = framing::FrameDecoder::new(max_frame);
-    let mut buf = vec![0u8; 16 << 10];
     loop {
-        let n = match recv.read(&mut buf).await {
-            Ok(n) => n,
+        let chunk = match recv.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => {
+                if let Err(e) = decoder.finish() {
+                    let _ = tx.send(Inbound::Violation(close_code::MALFORMED_FRAME, e.to_string())).await;
+                }
+                return;
+            }
             Err(_) => return, // the connection went; the driver sees why
         };
-        if n == 0 {
-            if let Err(e) = decoder.finish() {
-                let _ = tx.send(Inbound::Violation(close_code::MALFORMED_FRAME, e.to_string())).await;
-            }
-            return;
-        }
-        let mut input = &buf[..n];
+        let mut input = &chunk[..];
         loop {
             match decoder.decode(&mut input) {
                 Ok(Some(frame)) => {
@@ -451,3 +452,4 @@ async fn read_capsules(mut connect: h3::server::RequestStream<h3_quinn::RecvStre
         }
     }
 }
+

@@ -138,6 +138,17 @@ pub struct RecvHalf {
     chunk: Bytes,
 }
 
+impl RecvHalf {
+    /// The next chunk of the stream as quinn received it (no copy, no
+    /// buffer of ours), or `None` at its end.
+    pub async fn chunk(&mut self) -> io::Result<Option<Bytes>> {
+        if !self.chunk.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.chunk)));
+        }
+        std::future::poll_fn(|cx| self.stream.poll_data(cx)).await.map_err(io::Error::other)
+    }
+}
+
 impl tokio::io::AsyncRead for RecvHalf {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
         if self.chunk.is_empty() {
