@@ -52,16 +52,6 @@ async fn session(server: &'static Server, i: usize) {
     }
 }
 
-async fn wait_for_zero(server: &Server, sample: &str) {
-    for _ in 0..200 {
-        if metric_of(server, sample).await == 0.0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{sample} did not return to 0: {}", metric_of(server, sample).await);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boxes_and_memory_return_to_baseline() {
     let server: &'static Server = Box::leak(Box::new(start_server("leak", serde_json::json!({}))));
@@ -71,8 +61,8 @@ async fn boxes_and_memory_return_to_baseline() {
         for t in tasks {
             t.await.unwrap();
         }
-        wait_for_zero(server, "toil_live_instances{domain=\"misbehave\",tier=\"stream\"}").await;
-        wait_for_zero(server, "toil_stream_sessions_open{domain=\"misbehave\"}").await;
+        wait_until_at_most(server, "toil_live_instances{domain=\"misbehave\",tier=\"stream\"}", 0.0).await;
+        wait_until_at_most(server, "toil_stream_sessions_open{domain=\"misbehave\"}", 0.0).await;
         rss.push(rss_kib(server.pid));
         eprintln!("round {round}: RSS {} KiB", rss[round]);
     }
@@ -105,4 +95,41 @@ async fn shutdown_closes_sessions_and_runs_their_close_hooks() {
     assert_eq!(closed(&conn).await, Ok((toil_abi::stream::close_code::SHUTDOWN as u64, "node shutting down".into())));
     let log = server.log();
     assert!(log.contains("chaos closed after 1 frames: code 4101 reason \"node shutting down\""), "{log}");
+}
+
+/// The per-domain session cap refuses the session over it with 503 before
+/// any box exists, and frees the slot when a session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cap_refuses_with_503_and_frees_slots() {
+    let server: &'static Server = Box::leak(Box::new(start_server(
+        "caps",
+        serde_json::json!({"limits": {"maxSessions": 10, "maxSessionsPerDomain": 2}}),
+    )));
+    let url = format!("https://echo.localhost:{}/echo", server.http.port());
+    let a = wt_endpoint_for(server, server.http).connect(&url).await.unwrap();
+    let _b = wt_endpoint_for(server, server.http).connect(&url).await.unwrap();
+    match wt_endpoint_for(server, server.http).connect(&url).await {
+        Err(wtransport::error::ConnectingError::SessionRejected) => {}
+        other => panic!("a third session of the domain was not refused: {other:?}"),
+    }
+    assert_eq!(metric_of(server, "toil_stream_sessions_refused_total{domain=\"echo\"}").await, 1.0);
+    assert_eq!(metric_of(server, "toil_instances_created_total{domain=\"echo\",tier=\"stream\"}").await, 2.0);
+    // Another domain still has room under the node cap.
+    wt_endpoint_for(server, server.http)
+        .connect(format!("https://misbehave.localhost:{}/chaos", server.http.port()))
+        .await
+        .unwrap();
+    a.close(wtransport::VarInt::from_u32(0), b"");
+    wait_until_at_most(server, "toil_stream_sessions_open{domain=\"echo\"}", 1.0).await;
+    wt_endpoint_for(server, server.http).connect(&url).await.expect("a slot freed by the closed session");
+}
+
+async fn wait_until_at_most(server: &Server, sample: &str, value: f64) {
+    for _ in 0..200 {
+        if metric_of(server, sample).await <= value {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{sample} stayed above {value}");
 }
