@@ -117,7 +117,7 @@ pub async fn run(
     };
     let Admitted { app, permit } = admitted;
     let name = path.trim_start_matches('/').to_string();
-    let driver = Driver { edge, app, quic, permit, primary: None, pending: Vec::new() };
+    let driver = Driver { edge, app, quic, permit, primary: None, pending: Vec::new(), pending_bytes: 0 };
     driver.run(session, connect, &name, &path, &query).await;
 }
 
@@ -135,8 +135,10 @@ struct Driver {
     permit: SessionPermit,
     /// Where stream-kind frames go: the client's first bidirectional stream.
     primary: Option<Box<SendHalf>>,
-    /// Stream frames sent before the client opened a stream.
+    /// Stream frames sent before the client opened a stream, and their bytes
+    /// (capped at one event's output: the rest is dropped and counted).
     pending: Vec<Vec<u8>>,
+    pending_bytes: usize,
 }
 
 /// How the driver's loop ended.
@@ -263,7 +265,12 @@ impl Driver {
                 }
                 FrameKind::Stream => {
                     let Some(send) = self.primary.as_mut() else {
-                        self.pending.push(bytes);
+                        if self.pending_bytes + bytes.len() <= self.app.limits().max_outbound_bytes_per_event {
+                            self.pending_bytes += bytes.len();
+                            self.pending.push(bytes);
+                        } else {
+                            metrics.dropped.inc();
+                        }
                         continue;
                     };
                     match tokio::time::timeout(stall, write_frame(send, &bytes)).await {
@@ -290,6 +297,7 @@ impl Driver {
             let _ = send.shutdown().await;
             return;
         }
+        self.pending_bytes = 0;
         for bytes in std::mem::take(&mut self.pending) {
             if write_frame(&mut send, &bytes).await.is_err() {
                 return;
