@@ -157,6 +157,29 @@ async fn outbound_frames_are_bounded_per_event() {
     assert_eq!(f.recv_text().await, "burst sent=0 full=0 large=1");
 }
 
+/// Stream frames a box sends before the client has a stream to receive them
+/// wait, but only one event's worth: the rest is dropped, not buffered.
+#[tokio::test]
+async fn frames_held_for_a_missing_stream_are_capped() {
+    let conn = wt_connect(CHAOS, "/chaos").await.unwrap();
+    conn.send_datagram(b"burst 60 20000").unwrap(); // 52 fit the event's 1 MiB
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.send_datagram(b"burst 60 20000").unwrap(); // nothing more fits the hold
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut f = Frames::open(&conn).await;
+    assert!(f.recv_text().await.starts_with("hello session "));
+    for _ in 0..52 {
+        assert_eq!(f.recv().await.unwrap().len(), 20000);
+    }
+    assert_eq!(f.recv_text().await, "burst sent=52 full=8 large=0");
+    // The second burst's 20 000-byte frames did not fit what was left of the
+    // hold and were dropped; its short status line did fit.
+    assert_eq!(f.recv_text().await, "burst sent=52 full=8 large=0");
+    f.send(b"x").await;
+    assert_eq!(f.recv_text().await, "3:x");
+    assert!(metric("toil_stream_frames_dropped_total{domain=\"misbehave\"}").await >= 52.0);
+}
+
 /// A client that stops reading stalls only its own session, which is closed
 /// as too slow; the host does not buffer without bound.
 #[tokio::test]
