@@ -34,6 +34,8 @@ pub enum LoadError {
     NonFunctionImport { kind: &'static str, module: String, name: String },
     #[error("declares invalid route {method} {pattern:?}: {reason}")]
     InvalidRoute { method: String, pattern: String, reason: String },
+    #[error("declares task {task:?} with an invalid schedule {expr:?}: {reason}")]
+    InvalidSchedule { task: String, expr: String, reason: String },
     #[error("declares no {what}")]
     EmptyManifest { what: &'static str },
     #[error("is {size} bytes, over the {limit}-byte artifact limit")]
@@ -187,6 +189,15 @@ pub fn inspect(bytes: &[u8], expected: Tier, max_size: usize) -> Result<Artifact
         }
         Tier::Stream if manifest.streams.is_empty() => return Err(LoadError::EmptyManifest { what: "stream" }),
         Tier::Daemon if manifest.tasks.is_empty() => return Err(LoadError::EmptyManifest { what: "scheduled task" }),
+        Tier::Daemon => {
+            for t in &manifest.tasks {
+                toil_schedule::Schedule::parse(&t.schedule).map_err(|e| LoadError::InvalidSchedule {
+                    task: t.name.clone(),
+                    expr: t.schedule.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
+        }
         _ => {}
     }
 

@@ -127,6 +127,33 @@ fn invalid_declarations() {
     assert!(matches!(inspect(&module(&request_manifest(), "", REPLY), Tier::Request, 10), Err(LoadError::TooLarge { .. })));
 }
 
+/// A daemon-tier module declaring one task with `schedule`.
+fn daemon(schedule: &str) -> Vec<u8> {
+    let mut m = header_record(Tier::Daemon).to_vec();
+    toil_abi::manifest::encode_task(&mut m, 0, "cleanup", schedule);
+    wat::parse_str(format!(
+        r#"(module
+            (memory (export "memory") 1)
+            (func (export "daemon_start") (param i32) (result i32) (i32.const 0))
+            (func (export "scheduled_tick") (param i32 i64) (result i32) (i32.const 0))
+            {})"#,
+        manifest_section(&m)
+    ))
+    .unwrap()
+}
+
+#[test]
+fn invalid_schedules_name_the_task_and_expression() {
+    for ok in ["5s", "1h", "0 * * * *", "0 0 * * * *", "0 0 0 1 1 * 2099"] {
+        inspect(&daemon(ok), Tier::Daemon, 1 << 20).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    for bad in ["every now and then", "100ms", "61 * * * *", "0 9 * * 9"] {
+        let e = err(&daemon(bad), Tier::Daemon);
+        assert!(matches!(&e, LoadError::InvalidSchedule { task, expr, .. } if task == "cleanup" && expr == bad), "{bad}: {e}");
+        assert!(e.to_string().contains(&format!("task \"cleanup\" with an invalid schedule {bad:?}")), "{e}");
+    }
+}
+
 fn app(body: &str, limits: Limits) -> RequestApp {
     let rt = Runtime::new(RuntimeConfig { limits, max_instances: 8, ..RuntimeConfig::default() }).unwrap();
     RequestApp::load(&rt, &Registry::new(), "t", &module(&request_manifest(), "", body)).unwrap()
