@@ -1,0 +1,259 @@
+//! The cluster's replicated state and its rules, without I/O.
+//!
+//! The L4 daemon tier runs one box per domain across the cluster and fires
+//! each scheduled tick at most once, through failovers and partitions. The
+//! rules that make that true live here, as plain data:
+//!
+//! - [`ClusterState::apply`] is what every node runs for each command the
+//!   consensus log commits (openraft replicates the [`Command`]s; the next
+//!   increment wires it). Each domain has an [`Owner`] with a **fencing
+//!   token** that grows with every reassignment. A tick fires only after
+//!   its [`Command::ClaimTick`] is applied and accepted: it must carry the
+//!   current owner's token and a fire time newer than the last claim of
+//!   that task. A partitioned ex-owner still believes it owns the domain,
+//!   but its claims carry an old token and are refused, so nothing it would
+//!   fire is ever allowed.
+//! - [`place`] decides which live node owns each domain, spreading owners
+//!   rather than piling them on one node.
+//! - [`plan_tick`] tells an owner which tick to claim next and how many it
+//!   skips: ticks that fell due while no one owned the domain are counted,
+//!   never replayed.
+//!
+//! Everything takes the time as an argument, so tests run on a fake clock.
+
+use std::collections::BTreeMap;
+
+use toil_schedule::Schedule;
+
+/// A node's id in the cluster.
+pub type NodeId = u64;
+
+/// A domain's daemon owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub node: NodeId,
+    /// Grows with every assignment of any domain; a claim must carry it.
+    pub fencing: u64,
+}
+
+/// A command of the replicated log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Makes `node` the owner of `domain`'s daemon, with a new fencing token.
+    Assign { domain: String, node: NodeId },
+    /// Asks to fire tick `fire_time` (Unix ms) of task `task`; `skipped` is
+    /// how many earlier ticks the owner skipped to get here.
+    ClaimTick { domain: String, task: u32, fire_time: i64, fencing: u64, skipped: u64 },
+}
+
+/// What applying a command did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Assigned(Owner),
+    /// The claim is accepted: the owner may fire the tick, once.
+    Claimed,
+    Refused(Refused),
+}
+
+/// Why a claim was refused (the tick must not fire).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The claim's token is not the current owner's (a stale or partitioned owner).
+    NotOwner { current: Option<Owner> },
+    /// A tick at or after this fire time was already claimed.
+    NotNewer { last: i64 },
+}
+
+/// Per task: the last claimed fire time and counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskRecord {
+    pub last_claimed: Option<i64>,
+    pub fired: u64,
+    pub skipped: u64,
+}
+
+/// The replicated state machine.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterState {
+    owners: BTreeMap<String, Owner>,
+    tasks: BTreeMap<(String, u32), TaskRecord>,
+    last_fencing: u64,
+}
+
+impl ClusterState {
+    /// Applies one committed command. Deterministic: every node reaches the
+    /// same state from the same log.
+    pub fn apply(&mut self, command: &Command) -> Applied {
+        match command {
+            Command::Assign { domain, node } => {
+                self.last_fencing += 1;
+                let owner = Owner { node: *node, fencing: self.last_fencing };
+                self.owners.insert(domain.clone(), owner);
+                Applied::Assigned(owner)
+            }
+            Command::ClaimTick { domain, task, fire_time, fencing, skipped } => {
+                let current = self.owners.get(domain).copied();
+                if current.map(|o| o.fencing) != Some(*fencing) {
+                    return Applied::Refused(Refused::NotOwner { current });
+                }
+                let record = self.tasks.entry((domain.clone(), *task)).or_default();
+                if let Some(last) = record.last_claimed.filter(|last| fire_time <= last) {
+                    return Applied::Refused(Refused::NotNewer { last });
+                }
+                record.last_claimed = Some(*fire_time);
+                record.fired += 1;
+                record.skipped += skipped;
+                Applied::Claimed
+            }
+        }
+    }
+
+    pub fn owner(&self, domain: &str) -> Option<Owner> {
+        self.owners.get(domain).copied()
+    }
+
+    pub fn owners(&self) -> &BTreeMap<String, Owner> {
+        &self.owners
+    }
+
+    pub fn task(&self, domain: &str, task: u32) -> TaskRecord {
+        self.tasks.get(&(domain.to_string(), task)).copied().unwrap_or_default()
+    }
+}
+
+/// The assignments that give every domain a live owner: domains whose
+/// owner is live keep it; the others go, one at a time, to the live node
+/// owning the fewest domains (ties to the lowest id).
+pub fn place(domains: &[String], live: &[NodeId], owners: &BTreeMap<String, Owner>) -> Vec<Command> {
+    if live.is_empty() {
+        return Vec::new();
+    }
+    let mut load: BTreeMap<NodeId, usize> = live.iter().map(|n| (*n, 0)).collect();
+    for d in domains {
+        if let Some(o) = owners.get(d).filter(|o| load.contains_key(&o.node)) {
+            *load.get_mut(&o.node).expect("live") += 1;
+        }
+    }
+    let mut out = Vec::new();
+    for d in domains {
+        if owners.get(d).is_some_and(|o| live.contains(&o.node)) {
+            continue;
+        }
+        let (&node, _) = load.iter().min_by_key(|(n, l)| (**l, **n)).expect("a live node");
+        *load.get_mut(&node).expect("live") += 1;
+        out.push(Command::Assign { domain: d.clone(), node });
+    }
+    out
+}
+
+/// The next tick an owner should claim, and how many it skips to get there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TickPlan {
+    pub fire_time: i64,
+    pub skipped: u64,
+}
+
+/// Most skipped ticks counted one by one; a longer gap is counted as this.
+pub const MAX_COUNTED_SKIPS: usize = 100_000;
+
+/// Plans the next tick of a task at time `now`: the first fire time after
+/// the last claim, unless ticks fell due more than `grace_ms` ago (the
+/// domain was unowned, or its owner stalled) — those are skipped and
+/// counted, and the plan is the first tick not yet too late.
+pub fn plan_tick(schedule: &Schedule, last_claimed: Option<i64>, now: i64, grace_ms: i64) -> Option<TickPlan> {
+    let too_late = now - grace_ms;
+    let Some(last) = last_claimed else {
+        // A task never claimed starts with its next tick: nothing was missed.
+        return schedule.next_after(now - 1).map(|fire_time| TickPlan { fire_time, skipped: 0 });
+    };
+    let missed = schedule.between(last, too_late - 1, MAX_COUNTED_SKIPS).len() as u64;
+    let fire_time = schedule.next_after(last.max(too_late - 1))?;
+    Some(TickPlan { fire_time, skipped: missed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(domain: &str, task: u32, fire_time: i64, fencing: u64) -> Command {
+        Command::ClaimTick { domain: domain.into(), task, fire_time, fencing, skipped: 0 }
+    }
+
+    #[test]
+    fn only_the_current_owner_claims_and_only_newer_ticks() {
+        let mut s = ClusterState::default();
+        let a = match s.apply(&Command::Assign { domain: "jobs".into(), node: 1 }) {
+            Applied::Assigned(o) => o,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(s.apply(&claim("jobs", 0, 5000, a.fencing)), Applied::Claimed);
+        assert_eq!(s.apply(&claim("jobs", 0, 5000, a.fencing)), Applied::Refused(Refused::NotNewer { last: 5000 }));
+        assert_eq!(s.apply(&claim("jobs", 0, 4000, a.fencing)), Applied::Refused(Refused::NotNewer { last: 5000 }));
+        assert_eq!(s.apply(&claim("jobs", 1, 4000, a.fencing)), Applied::Claimed, "tasks are independent");
+        assert!(matches!(s.apply(&claim("other", 0, 1, a.fencing)), Applied::Refused(Refused::NotOwner { current: None })));
+
+        // Failover: node 2 takes over; node 1, partitioned, keeps trying.
+        let b = match s.apply(&Command::Assign { domain: "jobs".into(), node: 2 }) {
+            Applied::Assigned(o) => o,
+            other => panic!("{other:?}"),
+        };
+        assert!(b.fencing > a.fencing);
+        assert_eq!(s.apply(&claim("jobs", 0, 10_000, a.fencing)), Applied::Refused(Refused::NotOwner { current: Some(b) }));
+        assert_eq!(s.apply(&claim("jobs", 0, 10_000, b.fencing)), Applied::Claimed);
+        assert_eq!(s.task("jobs", 0), TaskRecord { last_claimed: Some(10_000), fired: 2, skipped: 0 });
+    }
+
+    /// Replaying the same log gives the same state (what every node does).
+    #[test]
+    fn apply_is_deterministic() {
+        let log = vec![
+            Command::Assign { domain: "a".into(), node: 1 },
+            claim("a", 0, 1000, 1),
+            Command::Assign { domain: "a".into(), node: 3 },
+            claim("a", 0, 2000, 1),
+            claim("a", 0, 3000, 2),
+        ];
+        let run = || {
+            let mut s = ClusterState::default();
+            let results: Vec<Applied> = log.iter().map(|c| s.apply(c)).collect();
+            (s, results)
+        };
+        assert_eq!(run(), run());
+        assert_eq!(run().0.task("a", 0).fired, 2);
+    }
+
+    #[test]
+    fn placement_spreads_owners_and_moves_only_orphans() {
+        let domains: Vec<String> = ["a", "b", "c", "d", "e"].iter().map(|s| s.to_string()).collect();
+        let mut s = ClusterState::default();
+        for cmd in place(&domains, &[1, 2, 3], s.owners()) {
+            s.apply(&cmd);
+        }
+        let per_node = |s: &ClusterState, n| s.owners().values().filter(|o| o.node == n).count();
+        assert_eq!([per_node(&s, 1), per_node(&s, 2), per_node(&s, 3)], [2, 2, 1]);
+        assert!(place(&domains, &[1, 2, 3], s.owners()).is_empty(), "a stable cluster moves nothing");
+        // Node 1 dies: only its domains move, to the least loaded.
+        let moves = place(&domains, &[2, 3], s.owners());
+        assert_eq!(moves.len(), 2);
+        for cmd in &moves {
+            s.apply(cmd);
+        }
+        // a and d were node 1's: a to node 3 (one domain), then d to node 2 (tie, lower id).
+        assert_eq!([per_node(&s, 1), per_node(&s, 2), per_node(&s, 3)], [0, 3, 2]);
+        assert!(place(&domains, &[], s.owners()).is_empty());
+    }
+
+    #[test]
+    fn failover_skips_and_counts_missed_ticks_without_replaying_them() {
+        let every_5s = Schedule::parse("5s").unwrap();
+        // Steady state: the next tick after the last claim.
+        assert_eq!(plan_tick(&every_5s, Some(10_000), 12_000, 1000), Some(TickPlan { fire_time: 15_000, skipped: 0 }));
+        // Just due, within the grace: still fired, late.
+        assert_eq!(plan_tick(&every_5s, Some(10_000), 15_500, 1000), Some(TickPlan { fire_time: 15_000, skipped: 0 }));
+        // The owner died after claiming 10 000; the new one starts at 31 200:
+        // 15 000, 20 000, 25 000 and 30 000 are past the grace: skipped.
+        assert_eq!(plan_tick(&every_5s, Some(10_000), 31_200, 1000), Some(TickPlan { fire_time: 35_000, skipped: 4 }));
+        // A task never claimed waits for its next tick.
+        assert_eq!(plan_tick(&every_5s, None, 31_200, 1000), Some(TickPlan { fire_time: 35_000, skipped: 0 }));
+    }
+}
