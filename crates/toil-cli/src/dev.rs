@@ -17,7 +17,9 @@ use toil_edge::workers::{QuicWorkers, Steering, UdpGroup};
 use toil_edge::{admin, quic, tcp, tls::DevCert, DomainTable, Edge};
 use toil_metrics::Registry;
 use toil_runtime::request::RequestApp;
+use toil_runtime::daemon::DaemonApp;
 use toil_runtime::stream::StreamApp;
+use toil_daemon::{DaemonSettings, Daemons, LocalLog, TickError};
 use toil_runtime::{Limits, Runtime, RuntimeConfig};
 
 pub fn run(config_path: &Path, build: bool, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
@@ -62,10 +64,11 @@ pub fn session_limits(config: &Config) -> SessionLimits {
     }
 }
 
-/// Loads every artifact an app has: the request and stream tiers are
-/// served; the daemon artifact is validated and compiled so a bad one fails now.
-fn load_app(runtime: &Runtime, registry: &Registry, app: &AppConfig) -> anyhow::Result<Domain> {
+/// Loads every artifact an app has: the request and stream tiers for the
+/// edge, the daemon tier for this node's single-node cluster.
+fn load_app(runtime: &Runtime, registry: &Registry, app: &AppConfig) -> anyhow::Result<(Domain, Option<DaemonApp>)> {
     let mut domain = Domain { name: app.domain.clone(), request: None, stream: None };
+    let mut daemon = None;
     for tier in Tier::ALL {
         let path = app.artifact(target_path(&app.targets, tier));
         if !path.exists() {
@@ -76,15 +79,38 @@ fn load_app(runtime: &Runtime, registry: &Registry, app: &AppConfig) -> anyhow::
         match tier {
             Tier::Request => domain.request = Some(Arc::new(RequestApp::load(runtime, registry, &app.domain, &bytes).map_err(err)?)),
             Tier::Stream => domain.stream = Some(Arc::new(StreamApp::load(runtime, registry, &app.domain, &bytes).map_err(err)?)),
-            Tier::Daemon => {
-                let loaded = runtime.load(&app.domain, tier, &bytes).map_err(err)?;
-                tracing::info!(domain = %app.domain, tier = %tier, artifact = %path.display(),
-                    tasks = loaded.info.manifest.tasks.len(),
-                    "artifact validated and compiled; this node does not serve the {tier} tier yet");
-            }
+            Tier::Daemon => daemon = Some(DaemonApp::load(runtime, registry, &app.domain, &bytes).map_err(err)?),
         }
     }
-    Ok(domain)
+    Ok((domain, daemon))
+}
+
+/// `POST /daemon/tick?domain=D&task=T` on the admin listener: `toil tick`.
+struct DaemonAdmin(Arc<Daemons>);
+
+impl admin::AdminRoutes for DaemonAdmin {
+    fn route(&self, method: &http::Method, path: &str, query: &str) -> Option<admin::AdminReply> {
+        if path != "/daemon/tick" {
+            return None;
+        }
+        let daemons = self.0.clone();
+        let (method, query) = (method.clone(), query.to_string());
+        Some(Box::pin(async move {
+            use http::StatusCode;
+            if method != http::Method::POST {
+                return (StatusCode::METHOD_NOT_ALLOWED, "use POST\n".to_string());
+            }
+            let param = |k: &str| query.split('&').find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')).map(str::to_string);
+            let (Some(domain), Some(task)) = (param("domain"), param("task")) else {
+                return (StatusCode::BAD_REQUEST, "expected ?domain=D&task=T\n".to_string());
+            };
+            match daemons.tick_now(&domain, &task).await {
+                Ok(fire_time) => (StatusCode::OK, format!("fired {domain} {task} (fire_time_ms {fire_time})\n")),
+                Err(e @ (TickError::NoDomain(_) | TickError::NoTask { .. })) => (StatusCode::NOT_FOUND, format!("{e}\n")),
+                Err(e) => (StatusCode::CONFLICT, format!("{e}\n")),
+            }
+        }))
+    }
 }
 
 /// TCP listeners and QUIC worker sockets, all on one port.
@@ -142,8 +168,10 @@ async fn serve(config: Config, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
     let runtime = Runtime::new(runtime_config(&config))?;
     let domains = Arc::new(DomainTable::new());
     let mut served = Vec::new();
+    let mut daemon_apps = Vec::new();
     for app in &config.apps {
-        let domain = load_app(&runtime, &registry, app)?;
+        let (domain, daemon) = load_app(&runtime, &registry, app)?;
+        daemon_apps.extend(daemon.map(Arc::new));
         let default = config.default_domain.as_deref() == Some(app.domain.as_str()) || config.apps.len() == 1;
         let routes: Vec<String> = domain.request.iter().flat_map(|r| r.routes().map(|(m, p)| format!("{m} {p}"))).collect();
         let streams: Vec<String> = domain.stream.iter().flat_map(|s| s.names().map(|n| format!("/{n}"))).collect();
@@ -183,6 +211,10 @@ async fn serve(config: Config, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
             println!("  {:<8} WebTransport streams: {}", "", streams.iter().map(|s| format!("https://{host}:{port}{s}")).collect::<Vec<_>>().join(", "));
         }
     }
+    for d in &daemon_apps {
+        let tasks: Vec<String> = d.tasks().iter().map(|t| format!("{} ({})", t.name, t.schedule.expr())).collect();
+        println!("  {:<8} daemon tasks: {}   (fire one now: toil tick {} TASK)", d.domain(), tasks.join(", "), d.domain());
+    }
     println!("  quic     {workers} worker(s), {steering:?} steering; listening on {listen}{also}");
     println!("  metrics  http://{admin_addr}/metrics");
     let valid_days = cert.not_after.duration_since(std::time::SystemTime::now()).map(|d| d.as_secs() / 86400).unwrap_or(0);
@@ -193,12 +225,15 @@ async fn serve(config: Config, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
         cert.sha256_hex()
     );
 
+    // The daemon tier as a single-node cluster: every domain's daemon is owned here.
+    let daemon_settings = DaemonSettings { node: 1, node_name: "dev".into(), grace: Duration::from_secs(1) };
+    let daemons = Daemons::start(daemon_apps, Arc::new(LocalLog::default()), daemon_settings, &registry).await;
     let quic_workers = QuicWorkers::start(listeners.udp, server_config, &keys, edge.clone())?;
     for l in listeners.tcp {
         tokio::spawn(tcp::serve(TcpListener::from_std(l)?, edge.clone()));
     }
     tokio::select! {
-        () = admin::serve(admin_listener, registry) => {}
+        () = admin::serve(admin_listener, registry, Some(Arc::new(DaemonAdmin(daemons)))) => {}
         r = tokio::signal::ctrl_c() => { r?; eprintln!("toil dev: shutting down"); }
         () = stdin_closed(), if stop_on_stdin_eof => { eprintln!("toil dev: stdin closed, shutting down"); }
     }

@@ -4,6 +4,7 @@
 //! - `toil dev [--config FILE]`: build the configured apps and serve them
 //!   locally (HTTP/1.1, HTTP/2, HTTP/3, WebTransport stream sessions, admin
 //!   metrics);
+//! - `toil tick DOMAIN TASK`: fire a daemon task now on a running `toil dev`;
 //! - `toil bench`: the L1 benchmark (instance overhead, throughput vs native).
 //!   The L2/L3 benchmark is `cargo bench -p toil-cli --bench stream`.
 //!
@@ -13,6 +14,7 @@
 mod bench;
 mod build;
 mod dev;
+mod tick;
 
 use std::path::PathBuf;
 
@@ -49,6 +51,20 @@ enum Command {
         #[arg(long, hide = true)]
         stop_on_stdin_eof: bool,
     },
+    /// Fire a daemon task now on a running `toil dev` (like a scheduled tick,
+    /// outside the schedule).
+    Tick {
+        /// The domain whose daemon runs the task.
+        domain: String,
+        /// The task (its method name).
+        task: String,
+        /// The config whose `dev.admin` address to reach.
+        #[arg(long, default_value = toil_config::FILE_NAME)]
+        config: PathBuf,
+        /// The admin address to reach instead (as `toil dev` printed it).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+    },
     /// Benchmark the L1 tier: per-request instance overhead, and HTTP/1.1
     /// throughput (wrk) against a native hyper server, as a ratio.
     Bench(bench::BenchArgs),
@@ -69,6 +85,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Build { dir, target_dir } => build::run(&dir, target_dir.as_deref()),
         Command::Dev { config, no_build, stop_on_stdin_eof } => dev::run(&config, !no_build, stop_on_stdin_eof),
+        Command::Tick { domain, task, config, admin } => tick::run(&config, admin, &domain, &task),
         Command::Bench(args) => bench::run(args),
     };
     match result {

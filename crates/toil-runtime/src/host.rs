@@ -181,7 +181,7 @@ impl HostState {
     }
 
     /// Ends a call: flushes partial log lines and classifies an error.
-    pub(crate) fn end_call(&mut self, result: wasmtime::Result<i32>) -> Result<i32, GuestFault> {
+    pub(crate) fn end_call<T>(&mut self, result: wasmtime::Result<T>) -> Result<T, GuestFault> {
         if let Some((_, log)) = &self.wasi {
             log.lock().expect("guest log").end_call();
         }

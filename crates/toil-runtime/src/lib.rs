@@ -13,13 +13,16 @@
 //!   pre-linked `InstancePre`, dropped when the request ends;
 //! - [`stream`]: the L2/L3 tier — a resident box per connection that
 //!   receives the connection's events in order and queues outbound frames
-//!   in a bounded [`stream::Outbox`].
+//!   in a bounded [`stream::Outbox`];
+//! - [`daemon`]: the L4 tier — a box per ownership term, started with the
+//!   owner's fencing token and ticked for each accepted claim.
 //!
 //! It knows nothing about sockets or HTTP framing; `toil-edge` turns network
 //! requests into [`request::GuestRequest`]s and WebTransport sessions into
 //! stream events.
 
 pub mod artifact;
+pub mod daemon;
 mod engine;
 pub mod host;
 mod metrics;

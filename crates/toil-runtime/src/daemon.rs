@@ -1,0 +1,152 @@
+//! The L4 daemon tier's executor: one box per domain, started when this
+//! node becomes the domain's owner, ticked for each accepted claim.
+//!
+//! A [`DaemonApp`] is a domain's compiled cold artifact with its schedules
+//! parsed (`toil_schedule`). [`DaemonApp::start`] instantiates it and runs
+//! `daemon_start` with the owner's node and fencing token; the returned
+//! [`DaemonBox`] keeps the instance, so tasks keep state between ticks of
+//! one ownership term. Every call runs under the epoch deadline and memory
+//! cap. A tick that faults is logged and counted, and the box is dropped:
+//! a trapped instance may hold broken state, so the caller starts a fresh
+//! box (and `daemon_start` runs again) before the task's next tick, and the
+//! schedule goes on.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use toil_abi::daemon::StartInfo;
+use toil_abi::{exports, status, Tier};
+use toil_metrics::Registry;
+use toil_schedule::Schedule;
+use wasmtime::{Store, TypedFunc};
+
+use crate::artifact::LoadError;
+use crate::engine::{Loaded, Runtime};
+use crate::host::{GuestFault, HostState};
+use crate::metrics::{GuestMetrics, LiveGuard};
+
+/// A declared task with its parsed schedule.
+#[derive(Clone, Debug)]
+pub struct DaemonTask {
+    /// The index `scheduled_tick` receives.
+    pub index: u32,
+    pub name: String,
+    pub schedule: Schedule,
+}
+
+/// A domain's loaded daemon artifact.
+pub struct DaemonApp {
+    runtime: Runtime,
+    loaded: Loaded,
+    start: wasmtime::ModuleExport,
+    tick: wasmtime::ModuleExport,
+    tasks: Vec<DaemonTask>,
+    metrics: GuestMetrics,
+}
+
+impl DaemonApp {
+    /// Validates, compiles and links `bytes` as `domain`'s daemon artifact.
+    pub fn load(runtime: &Runtime, registry: &Registry, domain: &str, bytes: &[u8]) -> Result<Self, LoadError> {
+        let loaded = runtime.load(domain, Tier::Daemon, bytes)?;
+        let tasks = loaded
+            .info
+            .manifest
+            .tasks
+            .iter()
+            .map(|t| {
+                let schedule = Schedule::parse(&t.schedule).map_err(|e| LoadError::InvalidSchedule {
+                    task: t.name.clone(),
+                    expr: t.schedule.clone(),
+                    reason: e.to_string(),
+                })?;
+                Ok(DaemonTask { index: t.index, name: t.name.clone(), schedule })
+            })
+            .collect::<Result<_, LoadError>>()?;
+        Ok(DaemonApp {
+            runtime: runtime.clone(),
+            start: loaded.export_index(exports::DAEMON_START).expect("inspect checked the export"),
+            tick: loaded.export_index(exports::SCHEDULED_TICK).expect("inspect checked the export"),
+            tasks,
+            metrics: GuestMetrics::new(registry, domain, Tier::Daemon),
+            loaded,
+        })
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.loaded.id.domain
+    }
+
+    pub fn tasks(&self) -> &[DaemonTask] {
+        &self.tasks
+    }
+
+    /// Creates the box for an ownership term and runs `daemon_start`.
+    pub async fn start(self: &Arc<Self>, node: &str, fencing: u64) -> Result<DaemonBox, GuestFault> {
+        let mut store = self.runtime.store(&self.loaded.id);
+        let live = self.metrics.live_instance();
+        let input = StartInfo { domain: self.domain(), node, fencing }.encode();
+        let input_len = input.len() as i32;
+        let started = Instant::now();
+        store.data_mut().begin_call(input);
+        let result = self.instantiate_and_start(&mut store, input_len).await;
+        let result = store.data_mut().end_call(result).and_then(|(rc, tick)| check_status(rc, "daemon_start").map(|()| tick));
+        self.metrics.duration.observe(started.elapsed());
+        match result {
+            Ok(tick) => Ok(DaemonBox { store, tick, app: self.clone(), _live: live }),
+            Err(fault) => {
+                self.fault(&fault, "daemon_start", None);
+                Err(fault)
+            }
+        }
+    }
+
+    async fn instantiate_and_start(&self, store: &mut Store<HostState>, input_len: i32) -> wasmtime::Result<(i32, TypedFunc<(i32, i64), i32>)> {
+        let instance = self.loaded.instantiate(&mut *store).await?;
+        let func = |store: &mut Store<HostState>, export| {
+            instance.get_module_export(&mut *store, export).and_then(|e| e.into_func()).ok_or_else(|| wasmtime::format_err!("export vanished"))
+        };
+        let start: TypedFunc<i32, i32> = func(store, &self.start)?.typed(&*store)?;
+        let tick: TypedFunc<(i32, i64), i32> = func(store, &self.tick)?.typed(&*store)?;
+        let rc = start.call_async(&mut *store, input_len).await?;
+        Ok((rc, tick))
+    }
+
+    fn fault(&self, fault: &GuestFault, call: &str, task: Option<&str>) {
+        self.metrics.fault(fault);
+        tracing::warn!(domain = %self.domain(), tier = "daemon", call, task, fault = fault.kind(), "daemon call failed: {fault}");
+    }
+}
+
+fn check_status(rc: i32, call: &str) -> Result<(), GuestFault> {
+    match rc {
+        status::OK => Ok(()),
+        status::NO_HANDLER => Err(GuestFault::Abi(format!("{call}: the guest has no such task"))),
+        status::BAD_INPUT => Err(GuestFault::Abi(format!("{call}: the guest could not decode its input (SDK/host ABI mismatch)"))),
+        other => Err(GuestFault::Abi(format!("{call} returned unknown status {other}"))),
+    }
+}
+
+/// A running daemon box: one per domain per ownership term.
+pub struct DaemonBox {
+    store: Store<HostState>,
+    tick: TypedFunc<(i32, i64), i32>,
+    app: Arc<DaemonApp>,
+    _live: LiveGuard,
+}
+
+impl DaemonBox {
+    /// Runs tick `fire_time_ms` of task `task`. After an error the box must
+    /// be dropped and a new one started.
+    pub async fn tick(&mut self, task: u32, fire_time_ms: i64) -> Result<(), GuestFault> {
+        let started = Instant::now();
+        self.store.data_mut().begin_call(Vec::new());
+        let result = self.tick.call_async(&mut self.store, (task as i32, fire_time_ms)).await;
+        let result = self.store.data_mut().end_call(result).and_then(|rc| check_status(rc, "scheduled_tick"));
+        self.app.metrics.duration.observe(started.elapsed());
+        if let Err(fault) = &result {
+            let name = self.app.tasks.iter().find(|t| t.index == task).map(|t| t.name.as_str());
+            self.app.fault(fault, "scheduled_tick", name);
+        }
+        result
+    }
+}
