@@ -162,6 +162,11 @@ pub fn build_app(tc: &GuestToolchain, dir: &Path, targets: &Targets, target_dir:
     // cargo runs in `dir`, so every path handed to it must be absolute.
     let target_dir = &std::path::absolute(target_dir).map_err(|source| BuildError::Write { path: target_dir.into(), source })?;
     std::fs::create_dir_all(target_dir).map_err(|source| BuildError::Write { path: target_dir.into(), source })?;
+    // Every tier's pass writes the same output file in the target dir, so
+    // builds sharing a target dir (several `toil dev`s, say) take turns.
+    let lock_path = target_dir.join("toil-build.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|source| BuildError::Write { path: lock_path.clone(), source })?;
+    lock.lock().map_err(|source| BuildError::Write { path: lock_path, source })?;
     let config = target_dir.join("toil-guest-config.toml");
     std::fs::write(&config, tc.cargo_config()).map_err(|source| BuildError::Write { path: config.clone(), source })?;
 
@@ -182,7 +187,10 @@ pub fn build_app(tc: &GuestToolchain, dir: &Path, targets: &Targets, target_dir:
         if let Some(parent) = out.parent() {
             std::fs::create_dir_all(parent).map_err(|source| BuildError::Write { path: parent.into(), source })?;
         }
-        std::fs::write(&out, &bytes).map_err(|source| BuildError::Write { path: out.clone(), source })?;
+        // Write and rename, so a server loading the artifact never reads half of it.
+        let partial = out.with_extension(format!("wasm.{}.partial", std::process::id()));
+        std::fs::write(&partial, &bytes).map_err(|source| BuildError::Write { path: partial.clone(), source })?;
+        std::fs::rename(&partial, &out).map_err(|source| BuildError::Write { path: out.clone(), source })?;
         *built.slot(tier) = Some(out);
     }
     if built == Built::default() {
