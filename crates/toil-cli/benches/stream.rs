@@ -68,10 +68,10 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64) {
 
     // 3. Idle boxes.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = rss_kib(server.pid);
+    let before = server.rss_kib();
     let (held, elapsed) = open_idle(server, idle).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = rss_kib(server.pid);
+    let after = server.rss_kib();
 
     let boxes = metric_sum(server, "toil_stream_live_boxes{").await;
     eprintln!("{} sessions open in {:.1} s; live boxes {boxes}; RSS {before} KiB -> {after} KiB", held.len(), elapsed.as_secs_f64());
@@ -96,13 +96,8 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64) {
     println!("| server RSS before / with the idle sessions | {} MiB / {} MiB |", before >> 10, after >> 10);
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
-}
-
 async fn metric_sum(server: &Server, prefix: &str) -> f64 {
-    let text = http1(server.admin, request("GET", "admin", "/metrics", bytes::Bytes::new())).await.text();
+    let text = server.metrics().await;
     text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
@@ -210,14 +205,7 @@ async fn native_server(server: &Server) -> SocketAddr {
 
 async fn native_connection(incoming: quinn::Incoming) {
     let Ok(quic) = incoming.await else { return };
-    let Ok(mut h3) = h3::server::builder()
-        .enable_extended_connect(true)
-        .enable_webtransport(true)
-        .enable_datagram(true)
-        .max_webtransport_sessions(1)
-        .build(h3_quinn::Connection::new(quic))
-        .await
-    else {
+    let Ok(mut h3) = toil_edge::quic::h3_builder().build(h3_quinn::Connection::new(quic)).await else {
         return;
     };
     let Ok(Some(resolver)) = h3.accept().await else { return };

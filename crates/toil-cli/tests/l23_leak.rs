@@ -12,16 +12,6 @@ use common::*;
 const PER_ROUND: usize = 40;
 const ROUNDS: usize = 4;
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
-}
-
-async fn metric_of(server: &Server, sample: &str) -> f64 {
-    let text = http1(server.admin, request("GET", "admin", "/metrics", bytes::Bytes::new())).await.text();
-    text.lines().find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
-}
-
 /// One session that ends in the way its index picks.
 async fn session(server: &'static Server, i: usize) {
     let relay = UdpRelay::start(server.http).await;
@@ -63,13 +53,13 @@ async fn boxes_and_memory_return_to_baseline() {
         }
         wait_until_at_most(server, "toil_live_instances{domain=\"misbehave\",tier=\"stream\"}", 0.0).await;
         wait_until_at_most(server, "toil_stream_sessions_open{domain=\"misbehave\"}", 0.0).await;
-        rss.push(rss_kib(server.pid));
+        rss.push(server.rss_kib());
         eprintln!("round {round}: RSS {} KiB", rss[round]);
     }
-    let opened = metric_of(server, "toil_stream_sessions_opened_total{domain=\"misbehave\"}").await;
+    let opened = server.metric("toil_stream_sessions_opened_total{domain=\"misbehave\"}").await;
     assert_eq!(opened, (PER_ROUND * ROUNDS) as f64);
     for how in ["closed", "aborted", "disconnected"] {
-        let n = metric_of(server, &format!("toil_stream_sessions_ended_total{{domain=\"misbehave\",how=\"{how}\"}}")).await;
+        let n = server.metric(&format!("toil_stream_sessions_ended_total{{domain=\"misbehave\",how=\"{how}\"}}")).await;
         assert!(n > 0.0, "some sessions ended {how}");
     }
     // The first round sizes the pool and the allocator; later rounds reuse them.
@@ -112,8 +102,8 @@ async fn the_session_cap_refuses_with_503_and_frees_slots() {
         Err(wtransport::error::ConnectingError::SessionRejected) => {}
         other => panic!("a third session of the domain was not refused: {other:?}"),
     }
-    assert_eq!(metric_of(server, "toil_stream_sessions_refused_total{domain=\"echo\"}").await, 1.0);
-    assert_eq!(metric_of(server, "toil_instances_created_total{domain=\"echo\",tier=\"stream\"}").await, 2.0);
+    assert_eq!(server.metric("toil_stream_sessions_refused_total{domain=\"echo\"}").await, 1.0);
+    assert_eq!(server.metric("toil_instances_created_total{domain=\"echo\",tier=\"stream\"}").await, 2.0);
     // Another domain still has room under the node cap.
     wt_endpoint_for(server, server.http)
         .connect(format!("https://misbehave.localhost:{}/chaos", server.http.port()))
@@ -126,7 +116,7 @@ async fn the_session_cap_refuses_with_503_and_frees_slots() {
 
 async fn wait_until_at_most(server: &Server, sample: &str, value: f64) {
     for _ in 0..200 {
-        if metric_of(server, sample).await <= value {
+        if server.metric(sample).await <= value {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

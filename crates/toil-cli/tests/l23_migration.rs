@@ -37,7 +37,7 @@ async fn migrate_many(steering: &str) {
 
     // The sessions were spread over the workers, so the port changes had
     // somewhere else to go wrong.
-    let metrics = http1(server.admin, request("GET", "admin", "/metrics", bytes::Bytes::new())).await.text();
+    let metrics = server.metrics().await;
     let busy_workers = (0..WORKERS)
         .filter(|w| {
             let sample = format!("toil_stream_sessions_by_worker_total{{worker=\"{w}\"}} ");

@@ -44,15 +44,7 @@ async fn connection(incoming: quinn::Incoming, edge: Arc<Edge>) {
         Ok(c) => c,
         Err(e) => return tracing::debug!("QUIC handshake failed: {e}"),
     };
-    let mut h3 = match h3::server::builder()
-        .enable_extended_connect(true)
-        .enable_webtransport(true)
-        .enable_datagram(true)
-        .max_webtransport_sessions(1)
-        .send_grease(true)
-        .build(h3_quinn::Connection::new(quic.clone()))
-        .await
-    {
+    let mut h3 = match h3_builder().build(h3_quinn::Connection::new(quic.clone())).await {
         Ok(h) => h,
         Err(e) => return tracing::debug!("HTTP/3 setup failed: {e}"),
     };
@@ -79,6 +71,18 @@ async fn connection(incoming: quinn::Incoming, edge: Arc<Edge>) {
         let edge = edge.clone();
         tokio::spawn(async move { serve_request(&edge, req, stream).await });
     }
+}
+
+/// The HTTP/3 settings of a node: requests, and WebTransport (extended
+/// CONNECT, datagrams) with one session per connection.
+pub fn h3_builder() -> h3::server::Builder {
+    let mut b = h3::server::builder();
+    b.enable_extended_connect(true)
+        .enable_webtransport(true)
+        .enable_datagram(true)
+        .max_webtransport_sessions(1)
+        .send_grease(true);
+    b
 }
 
 /// Serves one HTTP/3 request.

@@ -119,6 +119,23 @@ impl Server {
         self.child.wait().unwrap()
     }
 
+    /// The server's metrics text (Prometheus format).
+    pub async fn metrics(&self) -> String {
+        http1(self.admin, request("GET", "admin", "/metrics", Bytes::new())).await.text()
+    }
+
+    /// One metric sample (`name{labels}`), 0 if absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines().find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+    }
+
+    /// The server process's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("dev.log")).unwrap_or_default()
     }
@@ -352,12 +369,9 @@ pub async fn log_contains(needle: &str) -> bool {
     false
 }
 
-/// Reads one metric sample (`name{labels}`) from the admin endpoint.
+/// Reads one metric sample (`name{labels}`) of the shared server.
 pub async fn metric(sample: &str) -> f64 {
-    let text = admin_get("/metrics").await.text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
+    server().metric(sample).await
 }
 
 /// A UDP relay between one client and a server, standing for the client's
