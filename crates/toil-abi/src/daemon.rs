@@ -7,9 +7,9 @@
 //! scheduled time (Unix milliseconds, UTC) the tick stands for. Neither has
 //! an output.
 
-use crate::codec::{DecodeError, Reader};
 #[cfg(feature = "alloc")]
 use crate::codec::Writer;
+use crate::codec::{DecodeError, Reader};
 #[cfg(feature = "alloc")]
 use alloc::vec::Vec;
 

@@ -80,12 +80,7 @@ impl Tier {
     pub const fn allowed_host_imports(self) -> &'static [&'static str] {
         match self {
             Tier::Request | Tier::Daemon => &[imports::INPUT_READ, imports::OUTPUT_WRITE],
-            Tier::Stream => &[
-                imports::INPUT_READ,
-                imports::OUTPUT_WRITE,
-                imports::STREAM_SEND,
-                imports::STREAM_CLOSE,
-            ],
+            Tier::Stream => &[imports::INPUT_READ, imports::OUTPUT_WRITE, imports::STREAM_SEND, imports::STREAM_CLOSE],
         }
     }
 }

@@ -14,10 +14,10 @@
 //! | 3 | stream (L2/L3) | `name: str` |
 //! | 4 | task (L4) | `index: u32, name: str, schedule: str` |
 
-use crate::codec::{DecodeError, Reader};
-use crate::Tier;
 #[cfg(feature = "alloc")]
 use crate::codec::Writer;
+use crate::codec::{DecodeError, Reader};
+use crate::Tier;
 #[cfg(feature = "alloc")]
 use alloc::{string::String, vec::Vec};
 

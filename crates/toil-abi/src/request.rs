@@ -17,9 +17,9 @@
 //! status: u16, headers: count × (name: str, value: bytes), body: bytes
 //! ```
 
-use crate::codec::{DecodeError, Reader};
 #[cfg(feature = "alloc")]
 use crate::codec::Writer;
+use crate::codec::{DecodeError, Reader};
 #[cfg(feature = "alloc")]
 use alloc::{string::String, vec::Vec};
 

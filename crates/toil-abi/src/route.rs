@@ -172,9 +172,15 @@ fn hex(c: u8) -> Option<u8> {
 #[cfg(feature = "alloc")]
 #[derive(Debug, PartialEq, Eq)]
 pub enum RouteMatch<'t> {
-    Found { method: &'t str, pattern: &'t str, params: Vec<(String, String)> },
+    Found {
+        method: &'t str,
+        pattern: &'t str,
+        params: Vec<(String, String)>,
+    },
     /// The path matches, but not with this method; `allow` lists the methods that would.
-    MethodNotAllowed { allow: Vec<&'t str> },
+    MethodNotAllowed {
+        allow: Vec<&'t str>,
+    },
     NotFound,
 }
 
@@ -189,10 +195,8 @@ pub struct RouteTable {
 impl RouteTable {
     /// Builds a table from `(method, pattern)` pairs that were already validated.
     pub fn new<'a>(decls: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        let mut routes: Vec<_> = decls
-            .into_iter()
-            .map(|(m, p)| (m.into(), p.into(), segments(p).map(|s| segment_kind(s).0).collect::<Vec<_>>()))
-            .collect();
+        let mut routes: Vec<_> =
+            decls.into_iter().map(|(m, p)| (m.into(), p.into(), segments(p).map(|s| segment_kind(s).0).collect::<Vec<_>>())).collect();
         routes.sort_by(|a, b| a.2.cmp(&b.2));
         RouteTable { routes }
     }

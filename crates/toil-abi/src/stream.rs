@@ -9,9 +9,9 @@
 //! | disconnect | 4 | `reason: str` |
 //! | channel | 5 | `channel: str, bytes: bytes` |
 
-use crate::codec::{DecodeError, Reader};
 #[cfg(feature = "alloc")]
 use crate::codec::Writer;
+use crate::codec::{DecodeError, Reader};
 #[cfg(feature = "alloc")]
 use alloc::vec::Vec;
 
@@ -114,8 +114,12 @@ pub mod framing {
     impl core::fmt::Display for FramingError {
         fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
             match self {
-                FramingError::TooLarge { len, max } => write!(f, "frame of {len} bytes exceeds the {max}-byte limit"),
-                FramingError::Truncated { missing } => write!(f, "stream ended {missing} bytes short of a frame"),
+                FramingError::TooLarge { len, max } => {
+                    write!(f, "frame of {len} bytes exceeds the {max}-byte limit")
+                }
+                FramingError::Truncated { missing } => {
+                    write!(f, "stream ended {missing} bytes short of a frame")
+                }
             }
         }
     }

@@ -70,10 +70,8 @@ impl GuestToolchain {
                 return Err(BuildError::Toolchain(format!("{path} is missing (Debian package {pkg})")));
             }
         }
-        let out = sanitized(Command::new(DEBIAN_RUSTC))
-            .arg("-vV")
-            .output()
-            .map_err(|source| BuildError::Spawn { what: DEBIAN_RUSTC.into(), source })?;
+        let out =
+            sanitized(Command::new(DEBIAN_RUSTC)).arg("-vV").output().map_err(|source| BuildError::Spawn { what: DEBIAN_RUSTC.into(), source })?;
         let text = String::from_utf8_lossy(&out.stdout);
         let major = text
             .lines()
@@ -215,7 +213,9 @@ fn compile_tier(tc: &GuestToolchain, dir: &Path, config: &Path, target_dir: &Pat
     let mut child = cmd.spawn().map_err(|source| BuildError::Spawn { what: tc.cargo.display().to_string(), source })?;
     let mut wasm = None;
     for line in BufReader::new(child.stdout.take().expect("piped")).lines().map_while(Result::ok) {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
         if msg["reason"] != "compiler-artifact" || !msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "cdylib")) {
             continue;
         }

@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use toil_abi::stream::framing;
 use toil_edge::wt::{self, Accepted};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PAYLOAD: &[u8] = b"0123456789abcdef0123456789abcdef";
 
@@ -51,9 +51,7 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64) {
     // 1. Round trips, alternating servers.
     let (mut toil_p50, mut toil_p99, mut native_p50, mut native_p99) = (vec![], vec![], vec![], vec![]);
     for round in 1..=rounds {
-        for (name, addr, p50, p99) in
-            [("toil", server.http, &mut toil_p50, &mut toil_p99), ("native", native, &mut native_p50, &mut native_p99)]
-        {
+        for (name, addr, p50, p99) in [("toil", server.http, &mut toil_p50, &mut toil_p99), ("native", native, &mut native_p50, &mut native_p99)] {
             let (a, b) = round_trips(server, addr, samples).await;
             eprintln!("round {round}: {name:<6} p50 {a:>7.1} µs  p99 {b:>7.1} µs");
             p50.push(a);
@@ -193,8 +191,7 @@ async fn native_server(server: &Server) -> SocketAddr {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
-            let endpoint =
-                quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime)).unwrap();
+            let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime)).unwrap();
             while let Some(incoming) = endpoint.accept().await {
                 tokio::spawn(native_connection(incoming));
             }
@@ -208,12 +205,18 @@ async fn native_connection(incoming: quinn::Incoming) {
     let Ok(mut h3) = toil_edge::quic::h3_builder().build(h3_quinn::Connection::new(quic)).await else {
         return;
     };
-    let Ok(Some(resolver)) = h3.accept().await else { return };
-    let Ok((req, stream)) = resolver.resolve_request().await else { return };
+    let Ok(Some(resolver)) = h3.accept().await else {
+        return;
+    };
+    let Ok((req, stream)) = resolver.resolve_request().await else {
+        return;
+    };
     if !wt::is_connect(&req) {
         return;
     }
-    let Ok((session, _connect)) = wt::accept(stream, h3).await else { return };
+    let Ok((session, _connect)) = wt::accept(stream, h3).await else {
+        return;
+    };
     let mut count = 0u64;
     while let Ok(Some(Accepted::Stream(mut send, mut recv))) = session.accept().await {
         let mut decoder = framing::FrameDecoder::new(64 << 10);

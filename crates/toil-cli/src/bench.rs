@@ -19,7 +19,6 @@ use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
 use toil_abi::Tier;
 use toil_edge::domains::Domain;
 use toil_edge::sessions::SessionLimits;
@@ -27,6 +26,7 @@ use toil_edge::{tcp, DomainTable, Edge};
 use toil_metrics::Registry;
 use toil_runtime::request::{GuestRequest, Outcome, RequestApp};
 use toil_runtime::{Runtime, RuntimeConfig};
+use tokio::net::TcpListener;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -137,7 +137,9 @@ async fn measure_overhead(app: &RequestApp, n: usize) -> anyhow::Result<(f64, f6
 /// The native baseline: hyper answering the bytes the hello example answers.
 async fn native_hello(listener: TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(|_req| async {
@@ -145,9 +147,7 @@ async fn native_hello(listener: TcpListener) {
                 r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
                 Ok::<_, std::convert::Infallible>(r)
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
@@ -161,9 +161,7 @@ struct WrkResult {
 async fn wrk(addr: SocketAddr, connections: u32, seconds: u32) -> anyhow::Result<WrkResult> {
     let url = format!("http://{addr}/");
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("wrk")
-            .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", &url])
-            .output()
+        Command::new("wrk").args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", &url]).output()
     })
     .await?
     .context("running wrk (apt-get install wrk)")?;
@@ -175,11 +173,7 @@ async fn wrk(addr: SocketAddr, connections: u32, seconds: u32) -> anyhow::Result
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
         .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(|v| parse_wrk_duration(v.trim()))
-        .unwrap_or(f64::NAN);
+    let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).map(|v| parse_wrk_duration(v.trim())).unwrap_or(f64::NAN);
     Ok(WrkResult { rps, p99_us: p99 })
 }
 

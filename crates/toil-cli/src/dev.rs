@@ -1,26 +1,33 @@
-//! `toil dev`: build the configured apps and serve them on this machine.
+//! `toil dev`: build the configured apps and serve them on this machine;
+//! [`serve`] is also how `toil node` serves (with a raft log instead of an
+//! in-memory one).
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
 use toil_abi::Tier;
 use toil_build::{build_app, target_path, GuestToolchain};
+use toil_cluster::{place, Applied, ClusterState, Command, NodeId};
 use toil_config::{AppConfig, Config, QuicConfig};
+use toil_daemon::{ClaimLog, DaemonSettings, Daemons, LocalLog, LogError, TickError};
 use toil_edge::domains::Domain;
-use toil_edge::sessions::SessionLimits;
 use toil_edge::keys::NodeKeys;
+use toil_edge::sessions::SessionLimits;
 use toil_edge::workers::{QuicWorkers, Steering, UdpGroup};
 use toil_edge::{admin, quic, tcp, tls::DevCert, DomainTable, Edge};
 use toil_metrics::Registry;
-use toil_runtime::request::RequestApp;
+use toil_raft::{ClusterNode, ClusterStatus};
 use toil_runtime::daemon::DaemonApp;
+use toil_runtime::request::RequestApp;
 use toil_runtime::stream::StreamApp;
-use toil_daemon::{DaemonSettings, Daemons, LocalLog, TickError};
 use toil_runtime::{Limits, Runtime, RuntimeConfig};
+use tokio::net::TcpListener;
 
 pub fn run(config_path: &Path, build: bool, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
@@ -31,8 +38,47 @@ pub fn run(config_path: &Path, build: bool, stop_on_stdin_eof: bool) -> anyhow::
             build_app(&tc, &app.dir, &app.targets, &config.guest_target_dir)?;
         }
     }
+    let host = Host {
+        name: "dev".into(),
+        node_id: 1,
+        listen: config.dev.listen,
+        admin: config.dev.admin,
+        cert_dir: config.dev.cert_dir.clone(),
+        cluster: None,
+        stop_on_stdin_eof,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(serve(config, stop_on_stdin_eof))
+    rt.block_on(serve(config, host))
+}
+
+/// Who serves: `toil dev` (one node, an in-memory log) or a cluster node.
+pub struct Host {
+    /// The node's name (given to `daemon_start`).
+    pub name: String,
+    pub node_id: NodeId,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub cert_dir: PathBuf,
+    /// The raft node of `toil node`; `None` for `toil dev`.
+    pub cluster: Option<Arc<ClusterNode>>,
+    pub stop_on_stdin_eof: bool,
+}
+
+/// The raft log as the daemon tier's claim log.
+struct RaftLog(Arc<ClusterNode>);
+
+impl ClaimLog for RaftLog {
+    fn propose(&self, command: Command) -> Pin<Box<dyn Future<Output = Result<Applied, LogError>> + Send + '_>> {
+        Box::pin(async move { self.0.propose(command).await.map_err(|e| LogError(e.to_string())) })
+    }
+
+    fn state(&self) -> ClusterState {
+        self.0.state()
+    }
+
+    fn changes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.0.changes()
+    }
 }
 
 /// The runtime settings a config asks for.
@@ -85,15 +131,40 @@ fn load_app(runtime: &Runtime, registry: &Registry, app: &AppConfig) -> anyhow::
     Ok((domain, daemon))
 }
 
-/// `POST /daemon/tick?domain=D&task=T` on the admin listener: `toil tick`.
-struct DaemonAdmin(Arc<Daemons>);
+/// The node's admin endpoints beyond metrics: `POST
+/// /daemon/tick?domain=D&task=T` (`toil tick`) and `GET /cluster/status`
+/// (`toil status`, JSON).
+struct NodeAdmin {
+    daemons: Arc<Daemons>,
+    log: Arc<dyn ClaimLog>,
+    cluster: Option<Arc<ClusterNode>>,
+    /// Task names by domain, in index order.
+    task_names: BTreeMap<String, Vec<String>>,
+}
 
-impl admin::AdminRoutes for DaemonAdmin {
+impl NodeAdmin {
+    fn status(&self) -> ClusterStatus {
+        let mut status = match &self.cluster {
+            Some(node) => node.status(),
+            None => ClusterStatus::single_node(&self.log.state()),
+        };
+        for t in &mut status.tasks {
+            t.name = self.task_names.get(&t.domain).and_then(|names| names.get(t.task as usize)).cloned();
+        }
+        status
+    }
+}
+
+impl admin::AdminRoutes for NodeAdmin {
     fn route(&self, method: &http::Method, path: &str, query: &str) -> Option<admin::AdminReply> {
+        if path == "/cluster/status" {
+            let status = serde_json::to_string_pretty(&self.status()).unwrap_or_default();
+            return Some(Box::pin(async move { (http::StatusCode::OK, status) }));
+        }
         if path != "/daemon/tick" {
             return None;
         }
-        let daemons = self.0.clone();
+        let daemons = self.daemons.clone();
         let (method, query) = (method.clone(), query.to_string());
         Some(Box::pin(async move {
             use http::StatusCode;
@@ -163,7 +234,7 @@ fn bind(addr: SocketAddr, quic: &QuicConfig) -> anyhow::Result<Listeners> {
     unreachable!()
 }
 
-async fn serve(config: Config, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
+pub async fn serve(config: Config, host: Host) -> anyhow::Result<()> {
     let registry = Registry::new();
     let runtime = Runtime::new(runtime_config(&config))?;
     let domains = Arc::new(DomainTable::new());
@@ -179,14 +250,14 @@ async fn serve(config: Config, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
         domains.insert(domain, &app.hosts, default);
     }
 
-    let cert = DevCert::load_or_create(&config.dev.cert_dir)?;
-    let keys = NodeKeys::load_or_create(&config.dev.cert_dir)?;
+    let cert = DevCert::load_or_create(&host.cert_dir)?;
+    let keys = NodeKeys::load_or_create(&host.cert_dir)?;
     let server_config = quic::server_config(&cert, &keys, config.limits.idle_timeout)?;
-    let listeners = bind(config.dev.listen, &config.quic)?;
+    let listeners = bind(host.listen, &config.quic)?;
     let (workers, steering) = (config.quic.workers, listeners.steering);
     let listen = listeners.tcp[0].local_addr()?;
     let also = listeners.tcp.iter().skip(1).map(|l| l.local_addr().map(|a| format!(" and {a}"))).collect::<Result<String, _>>()?;
-    let admin_listener = TcpListener::bind(config.dev.admin).await.with_context(|| format!("binding admin {}", config.dev.admin))?;
+    let admin_listener = TcpListener::bind(host.admin).await.with_context(|| format!("binding admin {}", host.admin))?;
     let admin_addr = admin_listener.local_addr()?;
 
     let mut edge = Edge::new(domains, config.limits.max_request_body, session_limits(&config), registry.clone());
@@ -200,7 +271,7 @@ async fn serve(config: Config, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
     let edge = Arc::new(edge);
 
     let port = listen.port();
-    println!("toil dev: serving {} app(s) from {}", served.len(), config.file.display());
+    println!("toil {}: serving {} app(s) from {}", host.name, served.len(), config.file.display());
     for (app, routes, streams) in &served {
         let host = app.hosts.first().map(String::as_str).unwrap_or("localhost");
         println!("  {:<8} http://{host}:{port}/  (HTTP/1.1, HTTP/2 cleartext)  https://{host}:{port}/  (HTTP/3)", app.domain);
@@ -208,7 +279,11 @@ async fn serve(config: Config, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
             println!("  {:<8} routes: {}", "", routes.join(", "));
         }
         if !streams.is_empty() {
-            println!("  {:<8} WebTransport streams: {}", "", streams.iter().map(|s| format!("https://{host}:{port}{s}")).collect::<Vec<_>>().join(", "));
+            println!(
+                "  {:<8} WebTransport streams: {}",
+                "",
+                streams.iter().map(|s| format!("https://{host}:{port}{s}")).collect::<Vec<_>>().join(", ")
+            );
         }
     }
     for d in &daemon_apps {
@@ -221,21 +296,46 @@ async fn serve(config: Config, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
     println!("  dev certificate SHA-256 (serverCertificateHashes): {}  (valid {valid_days} more days)", cert.sha256_hex());
     println!(
         "listening http={listen} h3={listen} admin={admin_addr} cert={} cert-sha256={}",
-        config.dev.cert_dir.join("cert.pem").display(),
+        host.cert_dir.join("cert.pem").display(),
         cert.sha256_hex()
     );
 
     // The daemon tier as a single-node cluster: every domain's daemon is owned here.
-    let daemon_settings = DaemonSettings { node: 1, node_name: "dev".into(), grace: Duration::from_secs(1) };
-    let daemons = Daemons::start(daemon_apps, Arc::new(LocalLog::default()), daemon_settings, &registry).await;
+    // The daemon tier: every domain's daemon is loaded here (a warm standby);
+    // the ones this node owns run. `toil dev` owns them all.
+    let daemon_settings = DaemonSettings {
+        grace: config.cluster.tick_grace,
+        claim_lead: config.cluster.claim_lead,
+        ..DaemonSettings::new(host.node_id, host.name.clone())
+    };
+    let domains: Vec<String> = daemon_apps.iter().map(|a| a.domain().to_string()).collect();
+    let task_names = daemon_apps.iter().map(|a| (a.domain().to_string(), a.tasks().iter().map(|t| t.name.clone()).collect())).collect();
+    let log: Arc<dyn ClaimLog> = match &host.cluster {
+        Some(node) => {
+            tokio::spawn(node.clone().place_daemons(domains));
+            Arc::new(RaftLog(node.clone()))
+        }
+        None => {
+            let log = Arc::new(LocalLog::default());
+            for command in place(&domains, &[host.node_id], log.state().owners(), None) {
+                log.propose(command).await?;
+            }
+            log
+        }
+    };
+    let daemons = Daemons::start(daemon_apps, log.clone(), daemon_settings, &registry);
+    let node_admin = NodeAdmin { daemons, log, cluster: host.cluster.clone(), task_names };
     let quic_workers = QuicWorkers::start(listeners.udp, server_config, &keys, edge.clone())?;
     for l in listeners.tcp {
         tokio::spawn(tcp::serve(TcpListener::from_std(l)?, edge.clone()));
     }
     tokio::select! {
-        () = admin::serve(admin_listener, registry, Some(Arc::new(DaemonAdmin(daemons)))) => {}
-        r = tokio::signal::ctrl_c() => { r?; eprintln!("toil dev: shutting down"); }
-        () = stdin_closed(), if stop_on_stdin_eof => { eprintln!("toil dev: stdin closed, shutting down"); }
+        () = admin::serve(admin_listener, registry, Some(Arc::new(node_admin))) => {}
+        r = tokio::signal::ctrl_c() => { r?; eprintln!("toil {}: shutting down", host.name); }
+        () = stdin_closed(), if host.stop_on_stdin_eof => { eprintln!("toil {}: stdin closed, shutting down", host.name); }
+    }
+    if let Some(node) = &host.cluster {
+        node.shutdown().await;
     }
     // Open sessions are closed with SHUTDOWN; their boxes run `close`.
     edge.shutdown.send_replace(true);

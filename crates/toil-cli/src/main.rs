@@ -4,7 +4,9 @@
 //! - `toil dev [--config FILE]`: build the configured apps and serve them
 //!   locally (HTTP/1.1, HTTP/2, HTTP/3, WebTransport stream sessions, admin
 //!   metrics);
-//! - `toil tick DOMAIN TASK`: fire a daemon task now on a running `toil dev`;
+//! - `toil node --id N ...`: an edge node of a cluster (openraft); `toil
+//!   cluster secret|remove`; `toil status`: a node's view of its cluster;
+//! - `toil tick DOMAIN TASK`: fire a daemon task now on a running node;
 //! - `toil bench`: the L1 benchmark (instance overhead, throughput vs native).
 //!   The L2/L3 benchmark is `cargo bench -p toil-cli --bench stream`.
 //!
@@ -14,6 +16,8 @@
 mod bench;
 mod build;
 mod dev;
+mod node;
+mod status;
 mod tick;
 
 use std::path::PathBuf;
@@ -65,6 +69,24 @@ enum Command {
         #[arg(long)]
         admin: Option<std::net::SocketAddr>,
     },
+    /// Run an edge node of a cluster: serves the configured apps, and runs
+    /// each domain's daemon on one elected node (raft, at-most-once ticks).
+    Node(node::NodeArgs),
+    /// Operate on a cluster: remove a node, make a secret.
+    #[command(subcommand)]
+    Cluster(node::ClusterCommand),
+    /// Show a node's view of its cluster: members, leader, daemon owners, ticks.
+    Status {
+        /// The config whose `dev.admin` address to reach.
+        #[arg(long, default_value = toil_config::FILE_NAME)]
+        config: PathBuf,
+        /// The node's admin address instead.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmark the L1 tier: per-request instance overhead, and HTTP/1.1
     /// throughput (wrk) against a native hyper server, as a ratio.
     Bench(bench::BenchArgs),
@@ -73,11 +95,11 @@ enum Command {
 fn main() -> std::process::ExitCode {
     use std::io::IsTerminal;
     // wasmtime-wasi traces every WASI call at info level; only its warnings matter here.
-    let default_filter = "info,wasmtime_wasi=warn,wiggle=warn";
+    // openraft warns on every failed heartbeat (20 a second while a peer is
+    // down); the node logs leader and owner changes itself.
+    let default_filter = "info,wasmtime_wasi=warn,wiggle=warn,openraft=error";
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TOIL_LOG").unwrap_or_else(|_| default_filter.into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TOIL_LOG").unwrap_or_else(|_| default_filter.into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -86,6 +108,9 @@ fn main() -> std::process::ExitCode {
         Command::Build { dir, target_dir } => build::run(&dir, target_dir.as_deref()),
         Command::Dev { config, no_build, stop_on_stdin_eof } => dev::run(&config, !no_build, stop_on_stdin_eof),
         Command::Tick { domain, task, config, admin } => tick::run(&config, admin, &domain, &task),
+        Command::Node(args) => node::run(args),
+        Command::Cluster(command) => node::cluster(command),
+        Command::Status { config, admin, json } => status::run(&config, admin, json),
         Command::Bench(args) => bench::run(args),
     };
     match result {

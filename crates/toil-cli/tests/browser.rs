@@ -92,7 +92,8 @@ async fn chromium_opens_the_echo_stream_from_the_dev_page() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Send one more frame through the page's form: the same box counts on.
-    let click = json!({"script": "document.getElementById('msg').value = 'again'; document.querySelector('#form button').click(); return true", "args": []});
+    let click =
+        json!({"script": "document.getElementById('msg').value = 'again'; document.querySelector('#form button').click(); return true", "args": []});
     driver.call("POST", &format!("/session/{id}/execute/sync"), click).await;
     for _ in 0..50 {
         seen = driver.call("POST", &format!("/session/{id}/execute/sync"), script.clone()).await;

@@ -172,9 +172,7 @@ async fn metrics_count_requests_and_faults() {
     assert_eq!(http1(s.http, get(HELLO, "/")).await.status, 200);
     let m = admin_get("/metrics").await.text();
     let value = |series: &str| -> u64 {
-        m.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or_else(|| panic!("no series {series} in\n{m}"))
+        m.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or_else(|| panic!("no series {series} in\n{m}"))
     };
     assert!(value("toil_guest_faults_total{domain=\"misbehave\",tier=\"request\",kind=\"trap\"}") >= 1);
     assert!(value("toil_http_requests_total{domain=\"hello\",protocol=\"http1\",status=\"2xx\"}") >= 1);

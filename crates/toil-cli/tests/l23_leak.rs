@@ -15,10 +15,7 @@ const ROUNDS: usize = 4;
 /// One session that ends in the way its index picks.
 async fn session(server: &'static Server, i: usize) {
     let relay = UdpRelay::start(server.http).await;
-    let conn = wt_endpoint_for(server, relay.addr)
-        .connect(format!("https://misbehave.localhost:{}/chaos", relay.addr.port()))
-        .await
-        .unwrap();
+    let conn = wt_endpoint_for(server, relay.addr).connect(format!("https://misbehave.localhost:{}/chaos", relay.addr.port())).await.unwrap();
     let mut f = Frames::open(&conn).await;
     f.recv().await.unwrap();
     for _ in 0..5 {
@@ -72,10 +69,7 @@ async fn boxes_and_memory_return_to_baseline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_sessions_and_runs_their_close_hooks() {
     let mut server = start_server("shutdown", serde_json::json!({}));
-    let conn = wt_endpoint_for(&server, server.http)
-        .connect(format!("https://misbehave.localhost:{}/chaos", server.http.port()))
-        .await
-        .unwrap();
+    let conn = wt_endpoint_for(&server, server.http).connect(format!("https://misbehave.localhost:{}/chaos", server.http.port())).await.unwrap();
     let mut f = Frames::open(&conn).await;
     f.recv().await.unwrap();
     f.send(b"one").await;
@@ -91,10 +85,8 @@ async fn shutdown_closes_sessions_and_runs_their_close_hooks() {
 /// any box exists, and frees the slot when a session ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_cap_refuses_with_503_and_frees_slots() {
-    let server: &'static Server = Box::leak(Box::new(start_server(
-        "caps",
-        serde_json::json!({"limits": {"maxSessions": 10, "maxSessionsPerDomain": 2}}),
-    )));
+    let server: &'static Server =
+        Box::leak(Box::new(start_server("caps", serde_json::json!({"limits": {"maxSessions": 10, "maxSessionsPerDomain": 2}}))));
     let url = format!("https://echo.localhost:{}/echo", server.http.port());
     let a = wt_endpoint_for(server, server.http).connect(&url).await.unwrap();
     let _b = wt_endpoint_for(server, server.http).connect(&url).await.unwrap();
@@ -105,10 +97,7 @@ async fn the_session_cap_refuses_with_503_and_frees_slots() {
     assert_eq!(server.metric("toil_stream_sessions_refused_total{domain=\"echo\"}").await, 1.0);
     assert_eq!(server.metric("toil_instances_created_total{domain=\"echo\",tier=\"stream\"}").await, 2.0);
     // Another domain still has room under the node cap.
-    wt_endpoint_for(server, server.http)
-        .connect(format!("https://misbehave.localhost:{}/chaos", server.http.port()))
-        .await
-        .unwrap();
+    wt_endpoint_for(server, server.http).connect(format!("https://misbehave.localhost:{}/chaos", server.http.port())).await.unwrap();
     a.close(wtransport::VarInt::from_u32(0), b"");
     wait_until_at_most(server, "toil_stream_sessions_open{domain=\"echo\"}", 1.0).await;
     wt_endpoint_for(server, server.http).connect(&url).await.expect("a slot freed by the closed session");

@@ -21,10 +21,8 @@ const WORKERS: usize = 4;
 const CLIENTS: usize = 24;
 
 async fn migrate_many(steering: &str) {
-    let server: &'static Server = Box::leak(Box::new(start_server(
-        &format!("migration-{steering}"),
-        serde_json::json!({"quic": {"workers": WORKERS, "steering": steering}}),
-    )));
+    let server: &'static Server =
+        Box::leak(Box::new(start_server(&format!("migration-{steering}"), serde_json::json!({"quic": {"workers": WORKERS, "steering": steering}}))));
     let clients: Vec<_> = (0..CLIENTS).map(|i| tokio::spawn(async move { (i, one_client(server).await) })).collect();
     let mut failures = Vec::new();
     for c in clients {

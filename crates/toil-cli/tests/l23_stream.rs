@@ -200,10 +200,7 @@ async fn a_client_that_stops_reading_is_closed_as_too_slow() {
 #[tokio::test]
 async fn a_vanished_client_disconnects_its_box() {
     let relay = UdpRelay::start(server().http).await;
-    let conn = wt_endpoint(relay.addr)
-        .connect(format!("https://{CHAOS}:{}/chaos", relay.addr.port()))
-        .await
-        .unwrap();
+    let conn = wt_endpoint(relay.addr).connect(format!("https://{CHAOS}:{}/chaos", relay.addr.port())).await.unwrap();
     let mut f = Frames::open(&conn).await;
     let hello = f.recv_text().await;
     let session: u64 = hello.strip_prefix("hello session ").unwrap().parse().unwrap();
@@ -211,9 +208,5 @@ async fn a_vanished_client_disconnects_its_box() {
     f.recv().await.unwrap();
     relay.cut();
     tokio::time::sleep(Duration::from_millis(IDLE_TIMEOUT_MS)).await;
-    assert!(
-        log_contains("chaos disconnected after 1 frames: timed out").await,
-        "session {session} was disconnected:\n{}",
-        server().log()
-    );
+    assert!(log_contains("chaos disconnected after 1 frames: timed out").await, "session {session} was disconnected:\n{}", server().log());
 }

@@ -23,13 +23,14 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
 use toil_schedule::Schedule;
 
 /// A node's id in the cluster.
 pub type NodeId = u64;
 
 /// A domain's daemon owner.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
     pub node: NodeId,
     /// Grows with every assignment of any domain; a claim must carry it.
@@ -37,7 +38,7 @@ pub struct Owner {
 }
 
 /// A command of the replicated log.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Makes `node` the owner of `domain`'s daemon, with a new fencing token.
     Assign { domain: String, node: NodeId },
@@ -46,8 +47,19 @@ pub enum Command {
     ClaimTick { domain: String, task: u32, fire_time: i64, fencing: u64, skipped: u64 },
 }
 
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Assign { domain, node } => write!(f, "assign {domain} to node {node}"),
+            Command::ClaimTick { domain, task, fire_time, fencing, skipped } => {
+                write!(f, "claim {domain} task {task} tick {fire_time} (fencing {fencing}, skipped {skipped})")
+            }
+        }
+    }
+}
+
 /// What applying a command did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
     Assigned(Owner),
     /// The claim is accepted: the owner may fire the tick, once.
@@ -56,7 +68,7 @@ pub enum Applied {
 }
 
 /// Why a claim was refused (the tick must not fire).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Refused {
     /// The claim's token is not the current owner's (a stale or partitioned owner).
     NotOwner { current: Option<Owner> },
@@ -65,7 +77,7 @@ pub enum Refused {
 }
 
 /// Per task: the last claimed fire time and counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRecord {
     pub last_claimed: Option<i64>,
     pub fired: u64,
@@ -73,9 +85,10 @@ pub struct TaskRecord {
 }
 
 /// The replicated state machine.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     owners: BTreeMap<String, Owner>,
+    #[serde(with = "task_list")]
     tasks: BTreeMap<(String, u32), TaskRecord>,
     last_fencing: u64,
 }
@@ -116,15 +129,35 @@ impl ClusterState {
         &self.owners
     }
 
+    /// Every task with a claim: (domain, task index, record).
+    pub fn tasks(&self) -> impl Iterator<Item = (&str, u32, &TaskRecord)> {
+        self.tasks.iter().map(|((d, t), r)| (d.as_str(), *t, r))
+    }
+
     pub fn task(&self, domain: &str, task: u32) -> TaskRecord {
         self.tasks.get(&(domain.to_string(), task)).copied().unwrap_or_default()
     }
 }
 
+/// JSON maps need string keys: the task table travels as a list.
+mod task_list {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(tasks: &BTreeMap<(String, u32), TaskRecord>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(tasks.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<(String, u32), TaskRecord>, D::Error> {
+        Ok(Vec::<((String, u32), TaskRecord)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
 /// The assignments that give every domain a live owner: domains whose
 /// owner is live keep it; the others go, one at a time, to the live node
-/// owning the fewest domains (ties to the lowest id).
-pub fn place(domains: &[String], live: &[NodeId], owners: &BTreeMap<String, Owner>) -> Vec<Command> {
+/// owning the fewest domains. Among equally loaded nodes `avoid` (the raft
+/// leader, which already carries the log) comes last, then the lowest id.
+pub fn place(domains: &[String], live: &[NodeId], owners: &BTreeMap<String, Owner>, avoid: Option<NodeId>) -> Vec<Command> {
     if live.is_empty() {
         return Vec::new();
     }
@@ -139,7 +172,7 @@ pub fn place(domains: &[String], live: &[NodeId], owners: &BTreeMap<String, Owne
         if owners.get(d).is_some_and(|o| live.contains(&o.node)) {
             continue;
         }
-        let (&node, _) = load.iter().min_by_key(|(n, l)| (**l, **n)).expect("a live node");
+        let (&node, _) = load.iter().min_by_key(|(n, l)| (**l, Some(**n) == avoid, **n)).expect("a live node");
         *load.get_mut(&node).expect("live") += 1;
         out.push(Command::Assign { domain: d.clone(), node });
     }
@@ -226,21 +259,37 @@ mod tests {
     fn placement_spreads_owners_and_moves_only_orphans() {
         let domains: Vec<String> = ["a", "b", "c", "d", "e"].iter().map(|s| s.to_string()).collect();
         let mut s = ClusterState::default();
-        for cmd in place(&domains, &[1, 2, 3], s.owners()) {
+        for cmd in place(&domains, &[1, 2, 3], s.owners(), None) {
             s.apply(&cmd);
         }
         let per_node = |s: &ClusterState, n| s.owners().values().filter(|o| o.node == n).count();
         assert_eq!([per_node(&s, 1), per_node(&s, 2), per_node(&s, 3)], [2, 2, 1]);
-        assert!(place(&domains, &[1, 2, 3], s.owners()).is_empty(), "a stable cluster moves nothing");
+        assert!(place(&domains, &[1, 2, 3], s.owners(), None).is_empty(), "a stable cluster moves nothing");
         // Node 1 dies: only its domains move, to the least loaded.
-        let moves = place(&domains, &[2, 3], s.owners());
+        let moves = place(&domains, &[2, 3], s.owners(), None);
         assert_eq!(moves.len(), 2);
         for cmd in &moves {
             s.apply(cmd);
         }
         // a and d were node 1's: a to node 3 (one domain), then d to node 2 (tie, lower id).
         assert_eq!([per_node(&s, 1), per_node(&s, 2), per_node(&s, 3)], [0, 3, 2]);
-        assert!(place(&domains, &[], s.owners()).is_empty());
+        assert!(place(&domains, &[], s.owners(), None).is_empty());
+    }
+
+    #[test]
+    fn placement_puts_the_leader_last_among_equals() {
+        let one = vec!["jobs".to_string()];
+        assert_eq!(place(&one, &[1, 2, 3], &BTreeMap::new(), Some(1)), vec![Command::Assign { domain: "jobs".into(), node: 2 }]);
+        assert_eq!(place(&one, &[1], &BTreeMap::new(), Some(1)), vec![Command::Assign { domain: "jobs".into(), node: 1 }]);
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::Assign { domain: "a".into(), node: 1 });
+        s.apply(&claim("a", 2, 1000, 1));
+        let back: ClusterState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
     }
 
     #[test]

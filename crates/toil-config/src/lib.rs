@@ -124,8 +124,39 @@ pub struct Config {
     pub dev: DevConfig,
     pub limits: LimitsConfig,
     pub quic: QuicConfig,
+    pub cluster: ClusterConfig,
     /// Shared target directory of guest builds.
     pub guest_target_dir: PathBuf,
+}
+
+/// Timing of the cluster (`toil node`) and of the daemon tier on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// How often the raft leader sends heartbeats.
+    pub heartbeat: Duration,
+    /// A follower that hears no leader for a random time in
+    /// `[election_timeout, 2 × election_timeout)` starts an election.
+    pub election_timeout: Duration,
+    /// A node the leader has not heard from for this long is treated as
+    /// dead: its daemons are given to live nodes.
+    pub owner_timeout: Duration,
+    /// An owner claims a tick this long before it is due, so the claim's
+    /// round trip through the log does not make the tick late.
+    pub claim_lead: Duration,
+    /// A tick that could not fire within this of its time is skipped and counted.
+    pub tick_grace: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            heartbeat: Duration::from_millis(50),
+            election_timeout: Duration::from_millis(150),
+            owner_timeout: Duration::from_millis(400),
+            claim_lead: Duration::from_millis(100),
+            tick_grace: Duration::from_secs(1),
+        }
+    }
 }
 
 /// How QUIC traffic is spread over worker threads.
@@ -202,9 +233,7 @@ impl<'a> Obj<'a> {
     }
 
     fn addr(&self, k: &str) -> Result<Option<SocketAddr>, ConfigError> {
-        self.str(k)?
-            .map(|s| s.parse().map_err(|_| self.err(k, format!("expected an address like 127.0.0.1:8080, found {s:?}"))))
-            .transpose()
+        self.str(k)?.map(|s| s.parse().map_err(|_| self.err(k, format!("expected an address like 127.0.0.1:8080, found {s:?}")))).transpose()
     }
 }
 
@@ -286,23 +315,15 @@ impl Config {
         let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
         let base = std::path::absolute(&base).unwrap_or(base);
         let root = Obj::new(file, String::new(), v)?;
-        root.only(&["$schema", "targets", "apps", "defaultDomain", "dev", "limits", "quic", "build"])?;
+        root.only(&["$schema", "targets", "apps", "defaultDomain", "dev", "limits", "quic", "cluster", "build"])?;
 
         let mut apps = Vec::new();
         match root.map.get("apps") {
             None => {
-                let domain = base
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .map(|n| n.to_ascii_lowercase().replace('_', "-"))
-                    .unwrap_or_else(|| "app".into());
+                let domain =
+                    base.file_name().and_then(|n| n.to_str()).map(|n| n.to_ascii_lowercase().replace('_', "-")).unwrap_or_else(|| "app".into());
                 validate_domain(&domain).map_err(|p| root.err("apps", format!("no apps listed and the directory name is unusable: {p}")))?;
-                apps.push(AppConfig {
-                    hosts: vec![format!("{domain}.localhost")],
-                    domain,
-                    targets: targets_of(&root)?,
-                    dir: base.clone(),
-                });
+                apps.push(AppConfig { hosts: vec![format!("{domain}.localhost")], domain, targets: targets_of(&root)?, dir: base.clone() });
             }
             Some(Value::Array(list)) => {
                 for (i, item) in list.iter().enumerate() {
@@ -444,6 +465,42 @@ impl Config {
             }
         }
 
+        let mut cluster = ClusterConfig::default();
+        if let Some(c) = root.obj("cluster")? {
+            c.only(&["heartbeatMs", "electionTimeoutMs", "ownerTimeoutMs", "claimLeadMs", "tickGraceMs"])?;
+            let ms = |k: &str, into: &mut Duration| -> Result<(), ConfigError> {
+                if let Some(v) = c.positive(k)? {
+                    *into = Duration::from_millis(v);
+                }
+                Ok(())
+            };
+            ms("heartbeatMs", &mut cluster.heartbeat)?;
+            ms("electionTimeoutMs", &mut cluster.election_timeout)?;
+            ms("ownerTimeoutMs", &mut cluster.owner_timeout)?;
+            ms("claimLeadMs", &mut cluster.claim_lead)?;
+            ms("tickGraceMs", &mut cluster.tick_grace)?;
+            if cluster.election_timeout <= cluster.heartbeat * 2 {
+                return Err(c.err(
+                    "electionTimeoutMs",
+                    format!(
+                        "{} ms must be over twice heartbeatMs ({} ms), or followers start elections while the leader is alive",
+                        cluster.election_timeout.as_millis(),
+                        cluster.heartbeat.as_millis()
+                    ),
+                ));
+            }
+            if cluster.owner_timeout <= cluster.heartbeat * 2 {
+                return Err(c.err(
+                    "ownerTimeoutMs",
+                    format!(
+                        "{} ms must be over twice heartbeatMs ({} ms), or live owners are taken for dead",
+                        cluster.owner_timeout.as_millis(),
+                        cluster.heartbeat.as_millis()
+                    ),
+                ));
+            }
+        }
+
         let mut guest_target_dir = base.join("target/guest");
         if let Some(b) = root.obj("build")? {
             b.only(&["targetDir"])?;
@@ -452,7 +509,7 @@ impl Config {
             }
         }
 
-        Ok(Config { file: file.to_path_buf(), apps, default_domain, dev, limits, quic, guest_target_dir })
+        Ok(Config { file: file.to_path_buf(), apps, default_domain, dev, limits, quic, cluster, guest_target_dir })
     }
 }
 
@@ -501,6 +558,9 @@ mod tests {
         let (key, problem) = key_error(json!({"apps": [app], "limits": {"maxInstances": 10, "maxSessions": 10}}));
         assert_eq!(key, "limits.maxSessions");
         assert!(problem.contains("maxInstances"), "{problem}");
+        let (key, problem) = key_error(json!({"apps": [app], "cluster": {"heartbeatMs": 100, "electionTimeoutMs": 150}}));
+        assert_eq!(key, "cluster.electionTimeoutMs");
+        assert!(problem.contains("over twice heartbeatMs (100 ms)"), "{problem}");
         let (key, problem) = key_error(json!({"apps": [app], "quic": {"steering": "magic"}}));
         assert_eq!(key, "quic.steering");
         assert!(problem.contains("userspace"), "{problem}");

@@ -1,16 +1,23 @@
 //! Runs the L4 daemon tier on a node.
 //!
-//! For every domain this node owns, an owner task keeps one [`DaemonBox`]
-//! and a scheduler: it plans the next tick of each task from the last claim
-//! in the cluster state ([`toil_cluster::plan_tick`]), sleeps until it is
-//! due, **claims it through the log**, and fires it only if the claim is
-//! accepted. A refused claim for lack of ownership ends the owner task (the
-//! domain moved); a faulting tick drops the box and a fresh one is started
-//! before the next tick.
+//! Every node loads every domain's daemon artifact at start: compiled,
+//! linked and ready (a warm standby), so taking a domain over never waits
+//! for compilation. A supervisor follows the applied cluster state: when
+//! this node becomes a domain's owner it starts an owner task with the
+//! owner's fencing token; when the domain moves away, the task stops and
+//! its box is dropped.
+//!
+//! An owner task keeps one [`DaemonBox`] and a scheduler. It plans the next
+//! tick of each task from the last claim ([`toil_cluster::plan_tick`]),
+//! **claims it through the log** a little before it is due (`claim_lead`,
+//! so the claim's round trip does not make the tick late), waits for the
+//! fire time and fires it only if the claim was accepted. A claim refused
+//! for lack of ownership ends the task (the domain moved); a faulting tick
+//! drops the box and a fresh one is started before the next tick.
 //!
 //! The log is a [`ClaimLog`]: [`LocalLog`] applies commands to an in-memory
-//! [`ClusterState`] (one node: `toil dev`); the replicated log implements the
-//! same trait.
+//! [`ClusterState`] (one node: `toil dev`); the raft log of `toil node`
+//! implements the same trait.
 //!
 //! [`DaemonBox`]: toil_runtime::daemon::DaemonBox
 
@@ -20,10 +27,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot};
-use toil_cluster::{place, plan_tick, Applied, ClusterState, Command, NodeId, Refused};
-use toil_metrics::{Counter, Histogram, Registry};
+use toil_cluster::{plan_tick, Applied, ClusterState, Command, NodeId, Refused};
+use toil_metrics::{Counter, Gauge, Histogram, Registry};
 use toil_runtime::daemon::DaemonApp;
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Why the log could not take a command.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -34,24 +41,37 @@ pub struct LogError(pub String);
 pub trait ClaimLog: Send + Sync + 'static {
     /// Commits `command` and returns what applying it did.
     fn propose(&self, command: Command) -> Pin<Box<dyn Future<Output = Result<Applied, LogError>> + Send + '_>>;
-    /// A snapshot of the applied state.
+    /// A snapshot of the state applied on this node.
     fn state(&self) -> ClusterState;
+    /// Changes whenever this node applies a command.
+    fn changes(&self) -> watch::Receiver<()>;
 }
 
 /// A one-node log: commands apply at once, in order.
-#[derive(Default)]
 pub struct LocalLog {
     state: Mutex<ClusterState>,
+    changed: watch::Sender<()>,
+}
+
+impl Default for LocalLog {
+    fn default() -> Self {
+        LocalLog { state: Mutex::default(), changed: watch::Sender::new(()) }
+    }
 }
 
 impl ClaimLog for LocalLog {
     fn propose(&self, command: Command) -> Pin<Box<dyn Future<Output = Result<Applied, LogError>> + Send + '_>> {
         let applied = self.state.lock().expect("cluster state").apply(&command);
+        self.changed.send_replace(());
         Box::pin(std::future::ready(Ok(applied)))
     }
 
     fn state(&self) -> ClusterState {
         self.state.lock().expect("cluster state").clone()
+    }
+
+    fn changes(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
     }
 }
 
@@ -68,6 +88,23 @@ pub struct DaemonSettings {
     pub node_name: String,
     /// A tick that could not fire within this of its time is skipped and counted.
     pub grace: Duration,
+    /// How long before its fire time a tick is claimed.
+    pub claim_lead: Duration,
+    /// A claim not committed within this is given up (the tick does not fire).
+    pub claim_timeout: Duration,
+}
+
+impl DaemonSettings {
+    /// Settings for node `node` named `node_name`, with default timings.
+    pub fn new(node: NodeId, node_name: impl Into<String>) -> Self {
+        DaemonSettings {
+            node,
+            node_name: node_name.into(),
+            grace: Duration::from_secs(1),
+            claim_lead: Duration::from_millis(100),
+            claim_timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 /// A tick fired by hand (`toil tick`): outside the schedule, not claimed.
@@ -76,10 +113,18 @@ struct ManualTick {
     done: oneshot::Sender<Result<i64, String>>,
 }
 
+/// The owner task running a domain's daemon on this node.
+struct Running {
+    fencing: u64,
+    manual: mpsc::Sender<ManualTick>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
 /// The daemons of a node.
 pub struct Daemons {
     apps: BTreeMap<String, Arc<DaemonApp>>,
-    manual: Mutex<BTreeMap<String, mpsc::Sender<ManualTick>>>,
+    running: Mutex<BTreeMap<String, Running>>,
 }
 
 /// Why a manual tick did not run.
@@ -89,33 +134,33 @@ pub enum TickError {
     NoDomain(String),
     #[error("the {domain} daemon has no task {task:?} (tasks: {known})")]
     NoTask { domain: String, task: String, known: String },
-    #[error("the {0} daemon is not running on this node")]
+    #[error("the {0} daemon is not running on this node (another node owns it)")]
     NotOwner(String),
     #[error("the tick failed: {0}")]
     Failed(String),
 }
 
 impl Daemons {
-    /// Assigns every domain to a live node (here: this one) and starts an
-    /// owner task for each domain this node owns.
-    pub async fn start(apps: Vec<Arc<DaemonApp>>, log: Arc<dyn ClaimLog>, settings: DaemonSettings, registry: &Registry) -> Arc<Daemons> {
+    /// Keeps every app as a warm standby and runs the daemons of the
+    /// domains this node owns, following the log's state from now on.
+    /// Assigning owners is the caller's business (the raft leader, or
+    /// `toil dev` for its one node).
+    pub fn start(apps: Vec<Arc<DaemonApp>>, log: Arc<dyn ClaimLog>, settings: DaemonSettings, registry: &Registry) -> Arc<Daemons> {
         let apps: BTreeMap<String, Arc<DaemonApp>> = apps.into_iter().map(|a| (a.domain().to_string(), a)).collect();
-        let domains: Vec<String> = apps.keys().cloned().collect();
-        for command in place(&domains, &[settings.node], log.state().owners()) {
-            if let Err(e) = log.propose(command).await {
-                tracing::error!("assigning daemons: {e}");
-            }
-        }
-        let daemons = Arc::new(Daemons { apps, manual: Mutex::default() });
-        let state = log.state();
-        for (domain, app) in &daemons.apps {
-            let Some(owner) = state.owner(domain).filter(|o| o.node == settings.node) else { continue };
-            let (tx, rx) = mpsc::channel(8);
-            daemons.manual.lock().expect("manual ticks").insert(domain.clone(), tx);
-            let metrics = TickMetrics::new(registry, domain);
-            tokio::spawn(own(app.clone(), log.clone(), settings.clone(), owner.fencing, rx, metrics));
-        }
+        let daemons = Arc::new(Daemons { apps, running: Mutex::default() });
+        tokio::spawn(supervise(daemons.clone(), log, settings, registry.clone()));
         daemons
+    }
+
+    /// The domains with a daemon tier.
+    pub fn domains(&self) -> Vec<String> {
+        self.apps.keys().cloned().collect()
+    }
+
+    /// The fencing tokens of the daemons running here, by domain.
+    pub fn running(&self) -> BTreeMap<String, u64> {
+        let running = self.running.lock().expect("running daemons");
+        running.iter().filter(|(_, r)| !r.task.is_finished()).map(|(d, r)| (d.clone(), r.fencing)).collect()
     }
 
     /// Fires task `task` of `domain` now, on the running box (`toil tick`).
@@ -125,11 +170,62 @@ impl Daemons {
             let known = app.tasks().iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ");
             return Err(TickError::NoTask { domain: domain.to_string(), task: task.to_string(), known });
         };
-        let sender = self.manual.lock().expect("manual ticks").get(domain).cloned();
+        let sender = self.running.lock().expect("running daemons").get(domain).map(|r| r.manual.clone());
         let sender = sender.ok_or_else(|| TickError::NotOwner(domain.to_string()))?;
         let (done, result) = oneshot::channel();
         sender.send(ManualTick { task: t.index, done }).await.map_err(|_| TickError::NotOwner(domain.to_string()))?;
         result.await.map_err(|_| TickError::NotOwner(domain.to_string()))?.map_err(TickError::Failed)
+    }
+}
+
+/// Starts and stops owner tasks as ownership changes in the applied state.
+async fn supervise(daemons: Arc<Daemons>, log: Arc<dyn ClaimLog>, settings: DaemonSettings, registry: Registry) {
+    let mut changes = log.changes();
+    let owned: BTreeMap<&str, Arc<Gauge>> = daemons
+        .apps
+        .keys()
+        .map(|d| {
+            let g = registry.gauge(
+                "toil_daemon_owned",
+                "1 while this node owns and runs the domain's daemon; 0 while it is a warm standby.",
+                &[("domain", d)],
+            );
+            (d.as_str(), g)
+        })
+        .collect();
+    loop {
+        let state = log.state();
+        {
+            let mut running = daemons.running.lock().expect("running daemons");
+            for (domain, app) in &daemons.apps {
+                let mine = state.owner(domain).filter(|o| o.node == settings.node);
+                let current = running.get(domain).filter(|r| !r.task.is_finished()).map(|r| r.fencing);
+                if current.is_some() && current != mine.map(|o| o.fencing) {
+                    let r = running.remove(domain).expect("present");
+                    r.stop.send_replace(true);
+                    tracing::info!(domain, fencing = r.fencing, "the daemon moved to another node; this node is a standby again");
+                }
+                if let Some(owner) = mine.filter(|o| Some(o.fencing) != current) {
+                    tracing::info!(domain, fencing = owner.fencing, "this node owns the daemon; starting it");
+                    let (manual, manual_rx) = mpsc::channel(8);
+                    let (stop, stop_rx) = watch::channel(false);
+                    let task = tokio::spawn(own(
+                        app.clone(),
+                        log.clone(),
+                        settings.clone(),
+                        owner.fencing,
+                        manual_rx,
+                        stop_rx,
+                        TickMetrics::new(&registry, domain),
+                    ));
+                    running.insert(domain.clone(), Running { fencing: owner.fencing, manual, stop, task });
+                }
+                owned[domain.as_str()].set(running.get(domain).is_some_and(|r| !r.task.is_finished()) as i64);
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -154,30 +250,59 @@ impl TickMetrics {
             fired: outcome("fired"),
             refused: outcome("refused"),
             failed: outcome("failed"),
-            skipped: r.counter("toil_daemon_ticks_skipped_total", "Ticks skipped (not replayed) after falling due while unowned or stalled.", &[("domain", domain)]),
+            skipped: r.counter(
+                "toil_daemon_ticks_skipped_total",
+                "Ticks skipped (not replayed) after falling due while unowned or stalled.",
+                &[("domain", domain)],
+            ),
             lateness: r.histogram("toil_daemon_tick_lateness_seconds", "Time from a tick's scheduled fire time to its start.", &[("domain", domain)]),
         }
     }
 }
 
-/// The owner task of one domain for one ownership term.
+/// Sleeps until `deadline_ms` (Unix ms) unless told to stop first; true when stopped.
+async fn stopped_before(deadline_ms: i64, stop: &mut watch::Receiver<bool>) -> bool {
+    let wait = Duration::from_millis((deadline_ms - now_ms()).max(0) as u64);
+    tokio::select! {
+        () = tokio::time::sleep(wait) => *stop.borrow(),
+        () = stop_requested(stop) => true,
+    }
+}
+
+/// Resolves once the supervisor asks the owner task to stop (or is gone).
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The owner task of one domain for one ownership term (one fencing token).
 async fn own(
     app: Arc<DaemonApp>,
     log: Arc<dyn ClaimLog>,
     settings: DaemonSettings,
     fencing: u64,
     mut manual: mpsc::Receiver<ManualTick>,
+    mut stop: watch::Receiver<bool>,
     metrics: TickMetrics,
 ) {
     let domain = app.domain().to_string();
+    let grace = settings.grace.as_millis() as i64;
+    let lead = settings.claim_lead.as_millis() as i64;
+    // Claims this task made or learnt of that the local state may not show
+    // yet (a follower applies the leader's commits a heartbeat later).
+    let mut known_claims: BTreeMap<u32, i64> = BTreeMap::new();
     let mut daemon = None;
     loop {
+        if *stop.borrow() {
+            return;
+        }
         if daemon.is_none() {
             match app.start(&settings.node_name, fencing).await {
                 Ok(b) => daemon = Some(b),
                 Err(_) => {
                     // Logged and counted by the runtime; try again shortly.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if stopped_before(now_ms() + 1000, &mut stop).await {
+                        return;
+                    }
                     continue;
                 }
             }
@@ -185,15 +310,19 @@ async fn own(
         let running = daemon.as_mut().expect("started above");
         let now = now_ms();
         let state = log.state();
-        let grace = settings.grace.as_millis() as i64;
         let next = app
             .tasks()
             .iter()
-            .filter_map(|t| plan_tick(&t.schedule, state.task(&domain, t.index).last_claimed, now, grace).map(|p| (t.index, p)))
+            .filter_map(|t| {
+                let last = state.task(&domain, t.index).last_claimed.max(known_claims.get(&t.index).copied());
+                plan_tick(&t.schedule, last, now, grace).map(|p| (t.index, p))
+            })
             .min_by_key(|(_, p)| p.fire_time);
-        let wait = next.map_or(Duration::from_secs(3600), |(_, p)| Duration::from_millis((p.fire_time - now).max(0) as u64));
+        let claim_at = next.map_or(now + 3_600_000, |(_, p)| p.fire_time - lead);
+        let wait = Duration::from_millis((claim_at - now).max(0) as u64);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            () = stop_requested(&mut stop) => return,
             Some(m) = manual.recv() => {
                 let fire_time = now_ms();
                 let result = running.tick(m.task, fire_time).await.map(|()| fire_time).map_err(|f| f.to_string());
@@ -206,11 +335,21 @@ async fn own(
         }
         let Some((task, plan)) = next else { continue };
         let claim = Command::ClaimTick { domain: domain.clone(), task, fire_time: plan.fire_time, fencing, skipped: plan.skipped };
-        match log.propose(claim).await {
+        let outcome = match tokio::time::timeout(settings.claim_timeout, log.propose(claim)).await {
+            Ok(result) => result,
+            Err(_) => Err(LogError(format!("the claim was not committed within {:?}", settings.claim_timeout))),
+        };
+        match outcome {
             Ok(Applied::Claimed) => {
+                known_claims.insert(task, plan.fire_time);
                 if plan.skipped > 0 {
                     metrics.skipped.add(plan.skipped);
                     tracing::warn!(domain, task, skipped = plan.skipped, "ticks fell due while this daemon was not running; skipped");
+                }
+                // The claim is ours; if the domain moves before the fire
+                // time the tick is dropped, never fired twice.
+                if stopped_before(plan.fire_time, &mut stop).await {
+                    return;
                 }
                 metrics.lateness.observe(Duration::from_millis((now_ms() - plan.fire_time).max(0) as u64));
                 if running.tick(task, plan.fire_time).await.is_ok() {
@@ -225,11 +364,17 @@ async fn own(
                 tracing::info!(domain, ?current, "this node no longer owns the daemon; stopping it");
                 return;
             }
-            Ok(Applied::Refused(Refused::NotNewer { .. })) => metrics.refused.inc(),
+            Ok(Applied::Refused(Refused::NotNewer { last })) => {
+                // Another term claimed it first; plan from its claim.
+                metrics.refused.inc();
+                known_claims.insert(task, last);
+            }
             Ok(Applied::Assigned(_)) => unreachable!("a claim applies as a claim"),
             Err(e) => {
                 tracing::warn!(domain, "claiming a tick: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                if stopped_before(now_ms() + 200, &mut stop).await {
+                    return;
+                }
             }
         }
     }

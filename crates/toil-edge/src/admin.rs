@@ -11,8 +11,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 use toil_metrics::Registry;
+use tokio::net::TcpListener;
 
 /// A reply of an admin endpoint: status and plain text.
 pub type AdminReply = Pin<Box<dyn Future<Output = (StatusCode, String)> + Send>>;
@@ -25,7 +25,9 @@ pub trait AdminRoutes: Send + Sync + 'static {
 
 pub async fn serve(listener: TcpListener, registry: Registry, routes: Option<Arc<dyn AdminRoutes>>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let (registry, routes) = (registry.clone(), routes.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 
-use crate::serve::{Body, Edge, Protocol};
 use crate::keys::NodeKeys;
+use crate::serve::{Body, Edge, Protocol};
 use crate::tls::DevCert;
 use crate::webtransport;
 use crate::wt::RequestStream;
@@ -77,11 +77,7 @@ async fn connection(incoming: quinn::Incoming, edge: Arc<Edge>) {
 /// CONNECT, datagrams) with one session per connection.
 pub fn h3_builder() -> h3::server::Builder {
     let mut b = h3::server::builder();
-    b.enable_extended_connect(true)
-        .enable_webtransport(true)
-        .enable_datagram(true)
-        .max_webtransport_sessions(1)
-        .send_grease(true);
+    b.enable_extended_connect(true).enable_webtransport(true).enable_datagram(true).max_webtransport_sessions(1).send_grease(true);
     b
 }
 

@@ -141,20 +141,12 @@ impl Edge {
             return resp;
         };
         let mut resp = match body {
-            Body::TooLarge => text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body exceeds the {}-byte limit\n", self.max_request_body),
-            ),
+            Body::TooLarge => text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds the {}-byte limit\n", self.max_request_body)),
             Body::Broken(why) => text(StatusCode::BAD_REQUEST, format!("request body broken off: {why}\n")),
             Body::Complete(body) => {
                 let headers: Vec<(&str, &[u8])> = head.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
-                let req = GuestRequest {
-                    method: head.method.as_str(),
-                    path: head.uri.path(),
-                    query: head.uri.query().unwrap_or(""),
-                    headers,
-                    body: &body,
-                };
+                let req =
+                    GuestRequest { method: head.method.as_str(), path: head.uri.path(), query: head.uri.query().unwrap_or(""), headers, body: &body };
                 let outcome = app.handle(&req).await;
                 to_response(app.domain(), outcome)
             }
@@ -202,7 +194,9 @@ fn to_response(domain: &str, outcome: Outcome) -> Response<Bytes> {
                     (Ok(n), Ok(v)) if !host_owned(&n) => {
                         resp.headers_mut().append(n, v);
                     }
-                    (Ok(n), Ok(_)) => tracing::debug!(domain, header = %n, "dropped host-owned header set by guest"),
+                    (Ok(n), Ok(_)) => {
+                        tracing::debug!(domain, header = %n, "dropped host-owned header set by guest")
+                    }
                     _ => {
                         let fault = GuestFault::Abi(format!("invalid response header {name:?}"));
                         tracing::warn!(domain, "{fault}");

@@ -26,12 +26,7 @@ pub struct SessionLimits {
 
 impl Default for SessionLimits {
     fn default() -> Self {
-        SessionLimits {
-            max_sessions: 10_000,
-            max_sessions_per_domain: 10_000,
-            inbound_queue_frames: 32,
-            send_stall_timeout: Duration::from_secs(10),
-        }
+        SessionLimits { max_sessions: 10_000, max_sessions_per_domain: 10_000, inbound_queue_frames: 32, send_stall_timeout: Duration::from_secs(10) }
     }
 }
 
@@ -196,13 +191,7 @@ impl SessionTable {
         let (worker_boxes, worker_sessions) = self.worker_metrics(crate::workers::current_worker());
         worker_boxes.inc();
         worker_sessions.inc();
-        Ok(SessionPermit {
-            table: self.clone(),
-            domain: domain.to_string(),
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            metrics,
-            worker_boxes,
-        })
+        Ok(SessionPermit { table: self.clone(), domain: domain.to_string(), id: self.next_id.fetch_add(1, Ordering::Relaxed), metrics, worker_boxes })
     }
 
     /// Resident boxes now and sessions so far on a QUIC worker (`None`: not on one).

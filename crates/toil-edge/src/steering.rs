@@ -39,7 +39,9 @@ pub const MAX_WORKERS: usize = 255;
 /// destination connection ID, modulo `workers`. Exactly what the BPF program
 /// computes (a datagram too short to carry an ID goes to worker 0).
 pub fn worker_of_packet(packet: &[u8], workers: usize) -> usize {
-    let Some(&first) = packet.first() else { return 0 };
+    let Some(&first) = packet.first() else {
+        return 0;
+    };
     let at = if first & 0x80 != 0 { 6 } else { 1 };
     packet.get(at).map_or(0, |&b| b as usize % workers.max(1))
 }
@@ -130,13 +132,13 @@ const BPF_RET_A: u16 = 0x06 | 0x10; // BPF_RET | BPF_A
 pub fn reuseport_program(workers: usize) -> [BpfInsn; 7] {
     let i = |code, jt, jf, k| BpfInsn { code, jt, jf, k };
     [
-        i(BPF_LD_B_ABS, 0, 0, 0),            // A = first byte (header form)
-        i(BPF_JMP_JSET_K, 0, 2, 0x80),       // long header?
-        i(BPF_LD_B_ABS, 0, 0, 6),            //   yes: A = first DCID byte of a long header
-        i(BPF_JMP_JA, 0, 0, 1),              //
-        i(BPF_LD_B_ABS, 0, 0, 1),            //   no: A = first DCID byte of a short header
+        i(BPF_LD_B_ABS, 0, 0, 0),               // A = first byte (header form)
+        i(BPF_JMP_JSET_K, 0, 2, 0x80),          // long header?
+        i(BPF_LD_B_ABS, 0, 0, 6),               //   yes: A = first DCID byte of a long header
+        i(BPF_JMP_JA, 0, 0, 1),                 //
+        i(BPF_LD_B_ABS, 0, 0, 1),               //   no: A = first DCID byte of a short header
         i(BPF_ALU_MOD_K, 0, 0, workers as u32), // A %= workers
-        i(BPF_RET_A, 0, 0, 0),               // socket index
+        i(BPF_RET_A, 0, 0, 0),                  // socket index
     ]
 }
 

@@ -40,10 +40,10 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::{Request, Response, StatusCode};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
 use toil_abi::stream::{close_code, framing, FrameKind};
 use toil_runtime::stream::{OutFrame, StreamApp, StreamBox};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
 
 use crate::serve::Edge;
 use crate::sessions::{Ending, SessionPermit};
@@ -101,14 +101,7 @@ pub async fn admit(edge: &Edge, req: &Request<()>, stream: &mut RequestStream) -
 
 /// Accepts an admitted session on `conn` and drives it until it ends. The
 /// session owns the HTTP/3 connection (requests sent on it are still served).
-pub async fn run(
-    edge: Arc<Edge>,
-    admitted: Admitted,
-    req: Request<()>,
-    stream: RequestStream,
-    conn: H3Connection,
-    quic: quinn::Connection,
-) {
+pub async fn run(edge: Arc<Edge>, admitted: Admitted, req: Request<()>, stream: RequestStream, conn: H3Connection, quic: quinn::Connection) {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let (session, connect) = match wt::accept(stream, conn).await {
@@ -422,10 +415,7 @@ async fn read_datagrams(session: Arc<Session>, tx: mpsc::Sender<Inbound>, max_fr
     while let Ok(datagram) = reader.read_datagram().await {
         let bytes = datagram.into_payload();
         let inbound = if bytes.len() > max_frame {
-            Inbound::Violation(
-                close_code::FRAME_TOO_LARGE,
-                format!("datagram of {} bytes exceeds the {max_frame}-byte limit", bytes.len()),
-            )
+            Inbound::Violation(close_code::FRAME_TOO_LARGE, format!("datagram of {} bytes exceeds the {max_frame}-byte limit", bytes.len()))
         } else {
             Inbound::Frame(FrameKind::Datagram, bytes.to_vec())
         };
@@ -460,4 +450,3 @@ async fn read_capsules(mut connect: h3::server::RequestStream<h3_quinn::RecvStre
         }
     }
 }
-

@@ -27,8 +27,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
-use tokio::sync::{mpsc, watch};
 use toil_abi::stream::close_code;
+use tokio::sync::{mpsc, watch};
 
 use crate::keys::NodeKeys;
 use crate::serve::Edge;
@@ -113,10 +113,8 @@ impl UdpGroup {
 #[cfg(target_os = "linux")]
 fn attach_program(socket: &std::net::UdpSocket, workers: usize) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let mut filter: Vec<libc::sock_filter> = reuseport_program(workers)
-        .iter()
-        .map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k })
-        .collect();
+    let mut filter: Vec<libc::sock_filter> =
+        reuseport_program(workers).iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect();
     let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_mut_ptr() };
     // SAFETY: `prog` points at `filter`, which outlives the call; the kernel copies it.
     let rc = unsafe {
@@ -164,10 +162,7 @@ impl QuicWorkers {
                     let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel(1024)).unzip();
                     let shared = socket.try_clone()?;
                     threads.push(spawn_dispatcher(socket, senders, stopped.clone())?);
-                    receivers
-                        .into_iter()
-                        .map(|rx| Ok(WorkerSocket::Steered(shared.try_clone()?, rx)))
-                        .collect::<io::Result<_>>()?
+                    receivers.into_iter().map(|rx| Ok(WorkerSocket::Steered(shared.try_clone()?, rx))).collect::<io::Result<_>>()?
                 }
             };
             for (worker, socket) in sockets.into_iter().enumerate() {
@@ -224,9 +219,8 @@ async fn run_worker(
     for socket in sockets {
         let endpoint = match socket {
             WorkerSocket::Own(s) => quinn::Endpoint::new(config.clone(), Some(server.clone()), s, runtime.clone()),
-            WorkerSocket::Steered(s, inbox) => SteeredSocket::new(s, inbox).and_then(|s| {
-                quinn::Endpoint::new_with_abstract_socket(config.clone(), Some(server.clone()), Arc::new(s), runtime.clone())
-            }),
+            WorkerSocket::Steered(s, inbox) => SteeredSocket::new(s, inbox)
+                .and_then(|s| quinn::Endpoint::new_with_abstract_socket(config.clone(), Some(server.clone()), Arc::new(s), runtime.clone())),
         };
         match endpoint {
             Ok(e) => endpoints.push(e),

@@ -32,8 +32,7 @@ pub type RequestStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, 
 
 /// Whether a request is a WebTransport extended CONNECT.
 pub fn is_connect(req: &Request<()>) -> bool {
-    req.method() == http::Method::CONNECT
-        && req.extensions().get::<h3::ext::Protocol>() == Some(&h3::ext::Protocol::WEB_TRANSPORT)
+    req.method() == http::Method::CONNECT && req.extensions().get::<h3::ext::Protocol>() == Some(&h3::ext::Protocol::WEB_TRANSPORT)
 }
 
 /// An accepted session: accept its streams and datagrams here.
@@ -175,7 +174,10 @@ pub const MAX_CLOSE_REASON: usize = 1024;
 /// A capsule that matters to a session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Capsule {
-    Close { code: u32, reason: String },
+    Close {
+        code: u32,
+        reason: String,
+    },
     /// Any other capsule type (e.g. `DRAIN_WEBTRANSPORT_SESSION`): skipped.
     Other(u64),
 }
@@ -202,8 +204,12 @@ impl CapsuleDecoder {
         let mut out = Vec::new();
         loop {
             let mut at = 0;
-            let Some(ty) = varint(&self.buf, &mut at) else { break };
-            let Some(len) = varint(&self.buf, &mut at) else { break };
+            let Some(ty) = varint(&self.buf, &mut at) else {
+                break;
+            };
+            let Some(len) = varint(&self.buf, &mut at) else {
+                break;
+            };
             let limit = if ty == CLOSE_SESSION { MAX_CLOSE_PAYLOAD } else { MAX_OTHER_PAYLOAD };
             let len = usize::try_from(len).ok().filter(|l| *l <= limit).ok_or(CapsuleError("capsule too long"))?;
             if self.buf.len() < at + len {

@@ -47,8 +47,7 @@ impl Gauge {
 }
 
 /// Latency buckets in seconds, from 50 µs to 10 s.
-pub const LATENCY_BUCKETS: &[f64] =
-    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+pub const LATENCY_BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 /// A cumulative histogram of durations.
 #[derive(Debug)]
@@ -61,12 +60,7 @@ pub struct Histogram {
 
 impl Histogram {
     fn new(bounds: &'static [f64]) -> Self {
-        Histogram {
-            bounds,
-            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_nanos: AtomicU64::new(0),
-        }
+        Histogram { bounds, buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(), count: AtomicU64::new(0), sum_nanos: AtomicU64::new(0) }
     }
 
     pub fn observe(&self, d: Duration) {
@@ -134,13 +128,7 @@ impl Registry {
         Self::default()
     }
 
-    fn get_or_insert(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        labels: &[(&str, &str)],
-        make: impl FnOnce() -> Metric,
-    ) -> Metric {
+    fn get_or_insert(&self, name: &'static str, help: &'static str, labels: &[(&str, &str)], make: impl FnOnce() -> Metric) -> Metric {
         let mut families = self.families.lock().expect("metrics lock");
         let family = families.entry(name).or_insert_with(|| Family { help, series: BTreeMap::new() });
         family.series.entry(label_string(labels)).or_insert_with(make).clone()
@@ -174,7 +162,9 @@ impl Registry {
         let families = self.families.lock().expect("metrics lock");
         let mut out = String::new();
         for (name, family) in families.iter() {
-            let Some(first) = family.series.values().next() else { continue };
+            let Some(first) = family.series.values().next() else {
+                continue;
+            };
             let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {}", family.help, first.kind());
             for (labels, metric) in &family.series {
                 match metric {

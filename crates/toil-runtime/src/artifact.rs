@@ -74,9 +74,7 @@ pub fn inspect(bytes: &[u8], expected: Tier, max_size: usize) -> Result<Artifact
     if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] != [1, 0, 0, 0] {
         return Err(LoadError::Component);
     }
-    Validator::new_with_features(WasmFeatures::default())
-        .validate_all(bytes)
-        .map_err(|e| LoadError::Malformed(e.to_string()))?;
+    Validator::new_with_features(WasmFeatures::default()).validate_all(bytes).map_err(|e| LoadError::Malformed(e.to_string()))?;
 
     let mut manifest_bytes: Option<Vec<u8>> = None;
     let mut func_types: Vec<wasmparser::FuncType> = Vec::new();
@@ -162,8 +160,7 @@ pub fn inspect(bytes: &[u8], expected: Tier, max_size: usize) -> Result<Artifact
         if let Some(kind) = kind {
             return Err(LoadError::NonFunctionImport { kind, module: module.clone(), name: name.clone() });
         }
-        let allowed = module == imports::WASI_P1
-            || (module == imports::MODULE && tier.allowed_host_imports().contains(&name.as_str()));
+        let allowed = module == imports::WASI_P1 || (module == imports::MODULE && tier.allowed_host_imports().contains(&name.as_str()));
         if !allowed {
             return Err(LoadError::DisallowedImport { module: module.clone(), name: name.clone(), tier });
         }
@@ -176,11 +173,7 @@ pub fn inspect(bytes: &[u8], expected: Tier, max_size: usize) -> Result<Artifact
                 return Err(LoadError::EmptyManifest { what: "route" });
             }
             for r in &manifest.routes {
-                let bad = |reason: String| LoadError::InvalidRoute {
-                    method: r.method.clone(),
-                    pattern: r.pattern.clone(),
-                    reason,
-                };
+                let bad = |reason: String| LoadError::InvalidRoute { method: r.method.clone(), pattern: r.pattern.clone(), reason };
                 if !toil_abi::route::METHODS.contains(&r.method.as_str()) {
                     return Err(bad("unknown method".into()));
                 }

@@ -29,12 +29,7 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig {
-            limits: Limits::default(),
-            max_instances: 1000,
-            max_artifact_bytes: 32 << 20,
-            epoch_tick: Duration::from_millis(1),
-        }
+        RuntimeConfig { limits: Limits::default(), max_instances: 1000, max_artifact_bytes: 32 << 20, epoch_tick: Duration::from_millis(1) }
     }
 }
 
@@ -103,9 +98,7 @@ impl Runtime {
             // shootdown. Without it, keeping memory resident would mean a
             // memset of all of it per request, so older kernels keep
             // wasmtime's madvise reset.
-            pool.pagemap_scan(wasmtime::Enabled::Yes)
-                .linear_memory_keep_resident(KEEP_RESIDENT)
-                .table_keep_resident(64 << 10);
+            pool.pagemap_scan(wasmtime::Enabled::Yes).linear_memory_keep_resident(KEEP_RESIDENT).table_keep_resident(64 << 10);
         }
         let mut wasm = wasmtime::Config::new();
         wasm.epoch_interruption(true)
@@ -156,11 +149,7 @@ impl Runtime {
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
             let state = ctx.data();
-            Ok(if state.call_started.elapsed() >= state.deadline() {
-                UpdateDeadline::Interrupt
-            } else {
-                UpdateDeadline::Yield(1)
-            })
+            Ok(if state.call_started.elapsed() >= state.deadline() { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
         });
         store
     }

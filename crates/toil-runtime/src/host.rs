@@ -232,47 +232,36 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         Ok(0i32)
     })?;
 
-    linker.func_wrap(
-        imports::MODULE,
-        imports::STREAM_SEND,
-        |mut caller: Caller<'_, HostState>, kind: i32, src: i32, len: i32| {
-            let mem = guest_memory(&mut caller)?;
-            let (bytes, state) = mem.data_and_store_mut(&mut caller);
-            let frame = guest_slice(bytes, src, len, "stream_send")?;
-            let Some(kind) = u8::try_from(kind).ok().and_then(FrameKind::from_u8) else {
-                return Ok(SendError::BadKind as i32);
-            };
-            Ok(match state.stream.as_mut() {
-                Some(outbox) => outbox.send(kind, frame).map_or_else(|e| e as i32, |()| 0),
-                None => SendError::Closed as i32,
-            })
-        },
-    )?;
+    linker.func_wrap(imports::MODULE, imports::STREAM_SEND, |mut caller: Caller<'_, HostState>, kind: i32, src: i32, len: i32| {
+        let mem = guest_memory(&mut caller)?;
+        let (bytes, state) = mem.data_and_store_mut(&mut caller);
+        let frame = guest_slice(bytes, src, len, "stream_send")?;
+        let Some(kind) = u8::try_from(kind).ok().and_then(FrameKind::from_u8) else {
+            return Ok(SendError::BadKind as i32);
+        };
+        Ok(match state.stream.as_mut() {
+            Some(outbox) => outbox.send(kind, frame).map_or_else(|e| e as i32, |()| 0),
+            None => SendError::Closed as i32,
+        })
+    })?;
 
-    linker.func_wrap(
-        imports::MODULE,
-        imports::STREAM_CLOSE,
-        |mut caller: Caller<'_, HostState>, code: i32, src: i32, len: i32| {
-            let mem = guest_memory(&mut caller)?;
-            let (bytes, state) = mem.data_and_store_mut(&mut caller);
-            let reason = String::from_utf8_lossy(guest_slice(bytes, src, len.min(1024), "stream_close")?).into_owned();
-            match state.stream.as_mut() {
-                Some(outbox) => {
-                    outbox.close(code as u32, reason);
-                    Ok(0i32)
-                }
-                None => Ok(SendError::Closed as i32),
+    linker.func_wrap(imports::MODULE, imports::STREAM_CLOSE, |mut caller: Caller<'_, HostState>, code: i32, src: i32, len: i32| {
+        let mem = guest_memory(&mut caller)?;
+        let (bytes, state) = mem.data_and_store_mut(&mut caller);
+        let reason = String::from_utf8_lossy(guest_slice(bytes, src, len.min(1024), "stream_close")?).into_owned();
+        match state.stream.as_mut() {
+            Some(outbox) => {
+                outbox.close(code as u32, reason);
+                Ok(0i32)
             }
-        },
-    )?;
+            None => Ok(SendError::Closed as i32),
+        }
+    })?;
     Ok(())
 }
 
 fn guest_memory(caller: &mut Caller<'_, HostState>) -> wasmtime::Result<wasmtime::Memory> {
-    caller
-        .get_export(toil_abi::exports::MEMORY)
-        .and_then(|e| e.into_memory())
-        .ok_or_else(|| wasmtime::format_err!("guest exports no memory"))
+    caller.get_export(toil_abi::exports::MEMORY).and_then(|e| e.into_memory()).ok_or_else(|| wasmtime::format_err!("guest exports no memory"))
 }
 
 fn guest_slice<'a>(bytes: &'a [u8], ptr: i32, len: i32, what: &str) -> wasmtime::Result<&'a [u8]> {

@@ -43,7 +43,9 @@ pub enum Outcome {
     /// No route matches the path.
     NotFound,
     /// The path matches routes of other methods only.
-    MethodNotAllowed { allow: Vec<String> },
+    MethodNotAllowed {
+        allow: Vec<String>,
+    },
     /// The guest failed; the edge answers 500 or 503 and logs it.
     Fault(GuestFault),
 }
@@ -80,20 +82,10 @@ impl RequestApp {
         let (method, pattern, params) = match self.routes.lookup(req.method, req.path) {
             RouteMatch::Found { method, pattern, params } => (method, pattern, params),
             RouteMatch::NotFound => return Outcome::NotFound,
-            RouteMatch::MethodNotAllowed { allow } => {
-                return Outcome::MethodNotAllowed { allow: allow.into_iter().map(String::from).collect() }
-            }
+            RouteMatch::MethodNotAllowed { allow } => return Outcome::MethodNotAllowed { allow: allow.into_iter().map(String::from).collect() },
         };
         let route_key = format!("{method} {pattern}");
-        let input = encode_request(
-            req.method,
-            req.path,
-            req.query,
-            &route_key,
-            &params,
-            req.headers.iter().copied(),
-            req.body,
-        );
+        let input = encode_request(req.method, req.path, req.query, &route_key, &params, req.headers.iter().copied(), req.body);
         let started = Instant::now();
         let result = self.call(input).await;
         self.metrics.duration.observe(started.elapsed());

@@ -110,12 +110,7 @@ impl StreamApp {
     pub fn load(runtime: &Runtime, registry: &Registry, domain: &str, bytes: &[u8]) -> Result<Self, LoadError> {
         let loaded = runtime.load(domain, Tier::Stream, bytes)?;
         let dispatch = loaded.export_index(exports::STREAM_DISPATCH).expect("inspect checked the export");
-        Ok(StreamApp {
-            runtime: runtime.clone(),
-            dispatch,
-            metrics: GuestMetrics::new(registry, domain, Tier::Stream),
-            loaded,
-        })
+        Ok(StreamApp { runtime: runtime.clone(), dispatch, metrics: GuestMetrics::new(registry, domain, Tier::Stream), loaded })
     }
 
     pub fn domain(&self) -> &str {

@@ -96,9 +96,7 @@ pub fn start_server(tag: &str, extra: serde_json::Value) -> Server {
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        let field = |k: &str| {
-            listening.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{k}="))).unwrap().to_string()
-        };
+        let field = |k: &str| listening.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{k}="))).unwrap().to_string();
         Server {
             http: field("http").parse().unwrap(),
             admin: field("admin").parse().unwrap(),
@@ -159,12 +157,7 @@ impl Resp {
 }
 
 pub fn request(method: &str, host: &str, path: &str, body: impl Into<Bytes>) -> http::Request<Full<Bytes>> {
-    http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", host)
-        .body(Full::new(body.into()))
-        .unwrap()
+    http::Request::builder().method(method).uri(path).header("host", host).body(Full::new(body.into())).unwrap()
 }
 
 /// One request over a fresh HTTP/1.1 connection.
@@ -276,10 +269,8 @@ pub fn wt_endpoint(to: SocketAddr) -> wtransport::Endpoint<wtransport::endpoint:
 /// [`wt_endpoint`] for a server other than the shared one.
 pub fn wt_endpoint_for(s: &Server, to: SocketAddr) -> wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client> {
     let hash: [u8; 32] = (0..32).map(|i| u8::from_str_radix(&s.cert_sha256[2 * i..2 * i + 2], 16).unwrap()).collect::<Vec<_>>().try_into().unwrap();
-    let mut config = wtransport::ClientConfig::builder()
-        .with_bind_default()
-        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)])
-        .build();
+    let mut config =
+        wtransport::ClientConfig::builder().with_bind_default().with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)]).build();
     config.set_dns_resolver(ToDevServer(to));
     wtransport::Endpoint::client(config).unwrap()
 }
@@ -350,9 +341,7 @@ pub async fn closed(conn: &wtransport::Connection) -> Result<(u64, String), Stri
         }
     };
     match tokio::time::timeout(std::time::Duration::from_secs(15), wait).await {
-        Ok(wtransport::error::ConnectionError::ApplicationClosed(c)) => {
-            Ok((c.code().into_inner(), String::from_utf8_lossy(c.reason()).into_owned()))
-        }
+        Ok(wtransport::error::ConnectionError::ApplicationClosed(c)) => Ok((c.code().into_inner(), String::from_utf8_lossy(c.reason()).into_owned())),
         Ok(other) => Err(other.to_string()),
         Err(_) => Err("not closed within 15 s".into()),
     }
@@ -446,3 +435,4 @@ impl UdpRelay {
         self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+pub mod cluster;

@@ -1,0 +1,336 @@
+//! A real cluster for the daemon-tier tests and benchmark: `toil node`
+//! processes on loopback serving the `pulse` test guest (a daemon ticking
+//! every second, logging each tick with the node that fired it).
+//!
+//! Every link between two nodes goes through its own TCP relay (node i
+//! reaches node j at relay (i, j), via `--peer`), so a test can partition a
+//! node — cut all its links both ways — without stopping the process.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::{repo_root, toil};
+
+/// The pulse guest's directory, built once per test binary.
+pub fn pulse_dir() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = repo_root().join("crates/toil-cli/tests/guests/pulse");
+            let out = toil().arg("build").arg(&dir).arg("--target-dir").arg(repo_root().join("target/guest")).output().unwrap();
+            assert!(out.status.success(), "building the pulse guest: {}", String::from_utf8_lossy(&out.stderr));
+            dir
+        })
+        .clone()
+}
+
+/// A free loopback TCP port (bound and released; good enough on loopback).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A TCP relay that can be cut (drops its connections and refuses new ones) and healed.
+pub struct TcpRelay {
+    pub addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    live: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl TcpRelay {
+    pub fn start(to: SocketAddr) -> TcpRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let live: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (c, l) = (cut.clone(), live.clone());
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { continue };
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is reset
+                }
+                let Ok(outbound) = TcpStream::connect(to) else {
+                    continue;
+                };
+                let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
+                {
+                    let mut live = l.lock().unwrap();
+                    live.push(inbound.try_clone().unwrap());
+                    live.push(outbound.try_clone().unwrap());
+                }
+                for (mut from, mut into) in [(inbound.try_clone().unwrap(), outbound.try_clone().unwrap()), (outbound, inbound)] {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || into.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = into.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        TcpRelay { addr, cut, live }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in self.live.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+/// One `toil node` of a [`Cluster`].
+pub struct Node {
+    pub id: u64,
+    pub cluster_port: u16,
+    pub admin: SocketAddr,
+    child: Option<Child>,
+    /// How many times this node was started (each start logs to its own file).
+    starts: u32,
+}
+
+/// A cluster of `toil node` processes.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub nodes: Vec<Node>,
+    /// relays[(i, j)]: node i's way to node j.
+    relays: BTreeMap<(u64, u64), TcpRelay>,
+    config: PathBuf,
+    secret: PathBuf,
+}
+
+impl Cluster {
+    /// Starts `n` nodes: node 1 forms the cluster, the others join it.
+    pub fn start(tag: &str, n: u64, cluster_config: serde_json::Value) -> Cluster {
+        let dir = repo_root().join("target/e2e").join(format!("{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("toilconfig.json");
+        let json = serde_json::json!({
+            "apps": [{"domain": "pulse", "dir": pulse_dir()}],
+            "cluster": cluster_config,
+        });
+        std::fs::write(&config, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+        let secret = dir.join("cluster.secret");
+        let out = toil().args(["cluster", "secret"]).output().unwrap();
+        std::fs::write(&secret, &out.stdout).unwrap();
+        let ids: Vec<u64> = (1..=n).collect();
+        let nodes: Vec<Node> = ids
+            .iter()
+            .map(|&id| Node { id, cluster_port: free_port(), admin: format!("127.0.0.1:{}", free_port()).parse().unwrap(), child: None, starts: 0 })
+            .collect();
+        let mut relays = BTreeMap::new();
+        for a in &nodes {
+            for b in &nodes {
+                if a.id != b.id {
+                    relays.insert((a.id, b.id), TcpRelay::start(format!("127.0.0.1:{}", b.cluster_port).parse().unwrap()));
+                }
+            }
+        }
+        let mut c = Cluster { dir, nodes, relays, config, secret };
+        for id in ids {
+            c.launch(id);
+            if id == 1 {
+                c.wait_for(Duration::from_secs(30), "node 1 to lead", |c| c.status(1).is_some_and(|s| s["leader"] == 1));
+            }
+        }
+        c.wait_for(Duration::from_secs(60), "every node to join", |c| {
+            c.status(1).is_some_and(|s| s["members"].as_array().unwrap().iter().filter(|m| m["voter"] == true).count() == n as usize)
+        });
+        c
+    }
+
+    fn node(&mut self, id: u64) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.id == id).unwrap()
+    }
+
+    /// Starts (or restarts, on the same data directory) node `id`.
+    pub fn launch(&mut self, id: u64) {
+        let (config, secret, dir) = (self.config.clone(), self.secret.clone(), self.dir.clone());
+        let peers: Vec<String> =
+            self.relays.iter().filter(|((from, _), _)| *from == id).map(|((_, to), r)| format!("--peer={to}={}", r.addr)).collect();
+        let join = self.relays.get(&(id, 1)).map(|r| r.addr.to_string());
+        let node = self.node(id);
+        let log = dir.join(format!("node{id}-{}.log", node.starts));
+        node.starts += 1;
+        let mut cmd = toil();
+        cmd.arg("node")
+            .arg(format!("--id={id}"))
+            .arg("--data-dir")
+            .arg(dir.join(format!("node{id}")))
+            .arg(format!("--cluster=127.0.0.1:{}", node.cluster_port))
+            .arg("--secret-file")
+            .arg(&secret)
+            .arg("--listen=127.0.0.1:0")
+            .arg(format!("--admin={}", node.admin))
+            .arg("--config")
+            .arg(&config)
+            .arg("--stop-on-stdin-eof")
+            .args(&peers);
+        match join {
+            Some(seed) => cmd.arg(format!("--join={seed}")),
+            None => cmd.arg("--init"),
+        };
+        let mut child = cmd
+            .env("TOIL_LOG", "info,wasmtime_wasi=warn,wiggle=warn,openraft=error")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.starts_with("listening ") => break,
+                Some(Ok(_)) => continue,
+                _ => panic!("node {id} exited before listening; see {}", log.display()),
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        node.child = Some(child);
+    }
+
+    /// SIGKILLs node `id`.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.node(id).child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Cuts (or heals) every link of node `id`, both ways.
+    pub fn partition(&self, id: u64, cut: bool) {
+        for ((a, b), relay) in &self.relays {
+            if *a == id || *b == id {
+                if cut {
+                    relay.cut()
+                } else {
+                    relay.heal()
+                }
+            }
+        }
+    }
+
+    /// Node `id`'s `/cluster/status`, if it answers.
+    pub fn status(&self, id: u64) -> Option<serde_json::Value> {
+        let node = self.nodes.iter().find(|n| n.id == id)?;
+        node.child.as_ref()?;
+        let text = admin_get(node.admin, "/cluster/status")?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// The live nodes' ids.
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.id).collect()
+    }
+
+    /// The pulse owner (node, fencing) as node `via` sees it.
+    pub fn owner(&self, via: u64) -> Option<(u64, u64)> {
+        let s = self.status(via)?;
+        let o = &s["owners"]["pulse"];
+        Some((o["node"].as_u64()?, o["fencing"].as_u64()?))
+    }
+
+    /// Waits until `done` holds, polling; panics naming `what` after `timeout`.
+    pub fn wait_for(&self, timeout: Duration, what: &str, mut done: impl FnMut(&Cluster) -> bool) {
+        let start = Instant::now();
+        while !done(self) {
+            assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}; logs in {}", self.dir.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every tick the guests logged, across all nodes and restarts.
+    pub fn fired(&self) -> Vec<Fired> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "log") {
+                out.extend(parse_fired(&std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+        out.sort_by_key(|f| f.fire_time);
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// A tick a pulse guest logged: `pulse fired fire_time_ms=T node=node-N fencing=F`,
+/// with the host's log timestamp (when it ran).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fired {
+    pub fire_time: i64,
+    pub node: u64,
+    pub fencing: u64,
+    /// When the tick ran (the log line's time, Unix ms).
+    pub ran_at: i64,
+}
+
+pub fn parse_fired(log: &str) -> Vec<Fired> {
+    log.lines()
+        .filter(|l| l.contains("pulse fired "))
+        .filter_map(|l| {
+            let field = |k: &str| l.split(&format!("{k}=")).nth(1)?.split_whitespace().next().map(str::to_string);
+            let ran_at = parse_rfc3339_ms(l.split_whitespace().next()?)?;
+            Some(Fired {
+                fire_time: field("fire_time_ms")?.parse().ok()?,
+                node: field("node")?.trim_start_matches("node-").parse().ok()?,
+                fencing: field("fencing")?.parse().ok()?,
+                ran_at,
+            })
+        })
+        .collect()
+}
+
+/// `2026-11-25T22:22:10.002452Z` to Unix ms (UTC only, as the node logs).
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let (date, time) = s.trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|p| p.parse::<i64>());
+    let (h, min, sec) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    let ms: i64 = format!("{:0<3}", &frac[..frac.len().min(3)]).parse().ok()?;
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + h) * 60 + min) * 60_000 + sec * 1000 + ms)
+}
+
+/// A GET on an admin listener; the body if the status is 200.
+pub fn admin_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}

@@ -1,0 +1,38 @@
+//! The replicated log of a Toil cluster (`toil node`).
+//!
+//! [`toil_cluster`] says what the replicated state is and how commands
+//! change it; this crate replicates those commands with openraft:
+//!
+//! - [`store`]: the raft log and the state machine in one redb file, so a
+//!   restarted node resumes its vote, log and applied state;
+//! - [`rpc`] and [`network`]: HTTP/1.1 between nodes, every request signed
+//!   with the cluster secret ([`auth`]); unsigned or wrongly signed requests
+//!   are refused with 401;
+//! - [`node`]: a running node. It joins or forms a cluster, forwards
+//!   proposals to the leader from any node, adds and removes members, and,
+//!   while it leads, places daemon owners on live nodes (a node not heard
+//!   from within the owner timeout is dead; its domains move).
+
+pub mod auth;
+pub mod network;
+pub mod node;
+pub mod rpc;
+pub mod store;
+
+pub use auth::ClusterSecret;
+pub use node::{ClusterNode, ClusterStatus, JoinRequest, NodeOptions, ProposeError, RemoveRequest, Timing};
+pub use rpc::{CallError, RpcClient};
+
+openraft::declare_raft_types!(
+    /// The raft types of a Toil cluster: the log carries [`toil_cluster::Command`]s.
+    pub TypeConfig:
+        D = toil_cluster::Command,
+        R = Option<toil_cluster::Applied>,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+);
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
