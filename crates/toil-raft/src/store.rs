@@ -42,6 +42,13 @@ fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::other(e)
 }
 
+/// Runs a write transaction, whose commit waits for fsync, without stalling
+/// the runtime: the worker thread hands its other tasks (such as a daemon
+/// tick due now) to another thread first.
+fn durably<T>(write: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    tokio::task::block_in_place(write)
+}
+
 /// The database both halves share.
 #[derive(Clone)]
 struct Db(Arc<Database>);
@@ -58,9 +65,11 @@ impl Db {
 
     fn put(&self, key: &str, value: &impl Serialize) -> io::Result<()> {
         let bytes = serde_json::to_vec(value).map_err(io_err)?;
-        let tx = self.0.begin_write().map_err(io_err)?;
-        tx.open_table(META).map_err(io_err)?.insert(key, bytes.as_slice()).map_err(io_err)?;
-        tx.commit().map_err(io_err)
+        durably(|| {
+            let tx = self.0.begin_write().map_err(io_err)?;
+            tx.open_table(META).map_err(io_err)?.insert(key, bytes.as_slice()).map_err(io_err)?;
+            tx.commit().map_err(io_err)
+        })
     }
 }
 
@@ -134,7 +143,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let result = (|| {
+        let result = durably(|| {
             let tx = self.db.0.begin_write().map_err(io_err)?;
             {
                 let mut table = tx.open_table(LOG).map_err(io_err)?;
@@ -145,7 +154,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             // Durable (fsync) when commit returns: only then is the append acknowledged.
             tx.commit().map_err(io_err)
-        })();
+        });
         match result {
             Ok(()) => {
                 callback.io_completed(Ok(()));
@@ -160,17 +169,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TypeConfig>>) -> io::Result<()> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
-        let tx = self.db.0.begin_write().map_err(io_err)?;
-        tx.open_table(LOG).map_err(io_err)?.retain_in(from.., |_, _| false).map_err(io_err)?;
-        tx.commit().map_err(io_err)
+        durably(|| {
+            let tx = self.db.0.begin_write().map_err(io_err)?;
+            tx.open_table(LOG).map_err(io_err)?.retain_in(from.., |_, _| false).map_err(io_err)?;
+            tx.commit().map_err(io_err)
+        })
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> io::Result<()> {
         let bytes = serde_json::to_vec(&log_id).map_err(io_err)?;
-        let tx = self.db.0.begin_write().map_err(io_err)?;
-        tx.open_table(META).map_err(io_err)?.insert(PURGED, bytes.as_slice()).map_err(io_err)?;
-        tx.open_table(LOG).map_err(io_err)?.retain_in(..=log_id.index, |_, _| false).map_err(io_err)?;
-        tx.commit().map_err(io_err)
+        durably(|| {
+            let tx = self.db.0.begin_write().map_err(io_err)?;
+            tx.open_table(META).map_err(io_err)?.insert(PURGED, bytes.as_slice()).map_err(io_err)?;
+            tx.open_table(LOG).map_err(io_err)?.retain_in(..=log_id.index, |_, _| false).map_err(io_err)?;
+            tx.commit().map_err(io_err)
+        })
     }
 }
 

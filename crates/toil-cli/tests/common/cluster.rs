@@ -285,8 +285,8 @@ pub struct Fired {
     pub fire_time: i64,
     pub node: u64,
     pub fencing: u64,
-    /// When the tick ran (the log line's time, Unix ms).
-    pub ran_at: i64,
+    /// When the tick ran (the log line's time, Unix µs).
+    pub ran_at_us: i64,
 }
 
 pub fn parse_fired(log: &str) -> Vec<Fired> {
@@ -294,26 +294,26 @@ pub fn parse_fired(log: &str) -> Vec<Fired> {
         .filter(|l| l.contains("pulse fired "))
         .filter_map(|l| {
             let field = |k: &str| l.split(&format!("{k}=")).nth(1)?.split_whitespace().next().map(str::to_string);
-            let ran_at = parse_rfc3339_ms(l.split_whitespace().next()?)?;
+            let ran_at_us = parse_rfc3339_us(l.split_whitespace().next()?)?;
             Some(Fired {
                 fire_time: field("fire_time_ms")?.parse().ok()?,
                 node: field("node")?.trim_start_matches("node-").parse().ok()?,
                 fencing: field("fencing")?.parse().ok()?,
-                ran_at,
+                ran_at_us,
             })
         })
         .collect()
 }
 
-/// `2026-11-25T22:22:10.002452Z` to Unix ms (UTC only, as the node logs).
-pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+/// `2026-11-25T22:22:10.002452Z` to Unix µs (UTC only, as the node logs).
+pub fn parse_rfc3339_us(s: &str) -> Option<i64> {
     let (date, time) = s.trim_end_matches('Z').split_once('T')?;
     let mut d = date.split('-').map(|p| p.parse::<i64>());
     let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
     let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
     let mut t = hms.split(':').map(|p| p.parse::<i64>());
     let (h, min, sec) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    let ms: i64 = format!("{:0<3}", &frac[..frac.len().min(3)]).parse().ok()?;
+    let us: i64 = format!("{:0<6}", &frac[..frac.len().min(6)]).parse().ok()?;
     // Days from civil (Howard Hinnant's algorithm).
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
@@ -321,7 +321,12 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    Some(((days * 24 + h) * 60 + min) * 60_000 + sec * 1000 + ms)
+    Some((((days * 24 + h) * 60 + min) * 60 + sec) * 1_000_000 + us)
+}
+
+/// The current time in Unix µs.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64
 }
 
 /// A GET on an admin listener; the body if the status is 200.
