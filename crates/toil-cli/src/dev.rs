@@ -125,7 +125,7 @@ fn load_app(runtime: &Runtime, registry: &Registry, app: &AppConfig) -> anyhow::
         match tier {
             Tier::Request => domain.request = Some(Arc::new(RequestApp::load(runtime, registry, &app.domain, &bytes).map_err(err)?)),
             Tier::Stream => domain.stream = Some(Arc::new(StreamApp::load(runtime, registry, &app.domain, &bytes).map_err(err)?)),
-            Tier::Daemon => daemon = Some(DaemonApp::load(runtime, registry, &app.domain, &bytes).map_err(err)?),
+            Tier::Daemon => daemon = Some(DaemonApp::load(runtime, registry, &app.domain, &bytes, app.timezone).map_err(err)?),
         }
     }
     Ok((domain, daemon))

@@ -153,10 +153,16 @@ mod task_list {
     }
 }
 
-/// The assignments that give every domain a live owner: domains whose
-/// owner is live keep it; the others go, one at a time, to the live node
-/// owning the fewest domains. Among equally loaded nodes `avoid` (the raft
-/// leader, which already carries the log) comes last, then the lowest id.
+/// The assignments that give every domain a live owner, and spread them:
+///
+/// - domains whose owner is live keep it; the others go, one at a time, to
+///   the live node owning the fewest domains. Among equally loaded nodes
+///   `avoid` (the raft leader, which already carries the log) comes last,
+///   then the lowest id;
+/// - then, if one live node owns two or more domains more than another (a
+///   cluster that grew from one node placed everything on it), one domain
+///   moves from the most to the least loaded node. One move per call keeps
+///   handoffs gradual; the caller calls again.
 pub fn place(domains: &[String], live: &[NodeId], owners: &BTreeMap<String, Owner>, avoid: Option<NodeId>) -> Vec<Command> {
     if live.is_empty() {
         return Vec::new();
@@ -167,14 +173,23 @@ pub fn place(domains: &[String], live: &[NodeId], owners: &BTreeMap<String, Owne
             *load.get_mut(&o.node).expect("live") += 1;
         }
     }
+    let least_loaded = |load: &BTreeMap<NodeId, usize>| *load.iter().min_by_key(|(n, l)| (**l, Some(**n) == avoid, **n)).expect("a live node").0;
     let mut out = Vec::new();
     for d in domains {
         if owners.get(d).is_some_and(|o| live.contains(&o.node)) {
             continue;
         }
-        let (&node, _) = load.iter().min_by_key(|(n, l)| (**l, Some(**n) == avoid, **n)).expect("a live node");
+        let node = least_loaded(&load);
         *load.get_mut(&node).expect("live") += 1;
         out.push(Command::Assign { domain: d.clone(), node });
+    }
+    if out.is_empty() {
+        let most = *load.iter().max_by_key(|(n, l)| (**l, Some(**n) == avoid, std::cmp::Reverse(**n))).expect("a live node").0;
+        let least = least_loaded(&load);
+        if load[&most] >= load[&least] + 2 {
+            let moving = domains.iter().rev().find(|d| owners.get(*d).is_some_and(|o| o.node == most));
+            out.extend(moving.map(|d| Command::Assign { domain: d.clone(), node: least }));
+        }
     }
     out
 }
@@ -274,6 +289,37 @@ mod tests {
         // a and d were node 1's: a to node 3 (one domain), then d to node 2 (tie, lower id).
         assert_eq!([per_node(&s, 1), per_node(&s, 2), per_node(&s, 3)], [0, 3, 2]);
         assert!(place(&domains, &[], s.owners(), None).is_empty());
+    }
+
+    #[test]
+    fn placement_spreads_a_cluster_that_grew_from_one_node() {
+        let domains: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let mut s = ClusterState::default();
+        for cmd in place(&domains, &[1], s.owners(), Some(1)) {
+            s.apply(&cmd);
+        }
+        assert!(s.owners().values().all(|o| o.node == 1), "one node owns everything");
+        // Nodes 2 and 3 join: one move per round until no node owns two more than another.
+        let mut rounds = 0;
+        loop {
+            let moves = place(&domains, &[1, 2, 3], s.owners(), Some(1));
+            if moves.is_empty() {
+                break;
+            }
+            assert_eq!(moves.len(), 1);
+            for cmd in &moves {
+                s.apply(cmd);
+            }
+            rounds += 1;
+        }
+        let per_node = |n| s.owners().values().filter(|o| o.node == n).count();
+        assert_eq!([per_node(1), per_node(2), per_node(3)], [2, 1, 1]);
+        assert_eq!(rounds, 2);
+        // One domain per node at most one apart: stable.
+        let one = vec!["jobs".to_string()];
+        let mut t = ClusterState::default();
+        t.apply(&Command::Assign { domain: "jobs".into(), node: 1 });
+        assert!(place(&one, &[1, 2, 3], t.owners(), Some(1)).is_empty(), "a live owner keeps a lone domain");
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct AppConfig {
     /// Host names routed to this domain; default `<domain>.localhost`.
     pub hosts: Vec<String>,
     pub targets: Targets,
+    /// The time zone the daemon's cron schedules are read in (`timezone`,
+    /// an IANA name; default UTC).
+    pub timezone: toil_schedule::Tz,
 }
 
 impl AppConfig {
@@ -323,12 +326,18 @@ impl Config {
                 let domain =
                     base.file_name().and_then(|n| n.to_str()).map(|n| n.to_ascii_lowercase().replace('_', "-")).unwrap_or_else(|| "app".into());
                 validate_domain(&domain).map_err(|p| root.err("apps", format!("no apps listed and the directory name is unusable: {p}")))?;
-                apps.push(AppConfig { hosts: vec![format!("{domain}.localhost")], domain, targets: targets_of(&root)?, dir: base.clone() });
+                apps.push(AppConfig {
+                    hosts: vec![format!("{domain}.localhost")],
+                    domain,
+                    targets: targets_of(&root)?,
+                    dir: base.clone(),
+                    timezone: toil_schedule::Tz::UTC,
+                });
             }
             Some(Value::Array(list)) => {
                 for (i, item) in list.iter().enumerate() {
                     let app = Obj::new(file, format!("apps[{i}]"), item)?;
-                    app.only(&["domain", "dir", "hosts"])?;
+                    app.only(&["domain", "dir", "hosts", "timezone"])?;
                     let domain = app.str("domain")?.ok_or_else(|| app.err("domain", "is required"))?.to_string();
                     validate_domain(&domain).map_err(|p| app.err("domain", p))?;
                     if apps.iter().any(|a: &AppConfig| a.domain == domain) {
@@ -350,8 +359,12 @@ impl Config {
                             .collect::<Result<_, _>>()?,
                         Some(other) => return Err(app.err("hosts", format!("expected an array of host names, found {}", kind(other)))),
                     };
+                    let timezone = match app.str("timezone")? {
+                        Some(name) => toil_schedule::parse_timezone(name).map_err(|p| app.err("timezone", p))?,
+                        None => toil_schedule::Tz::UTC,
+                    };
                     let targets = load_targets(&dir)?;
-                    apps.push(AppConfig { domain, dir, hosts, targets });
+                    apps.push(AppConfig { domain, dir, hosts, targets, timezone });
                 }
                 if apps.is_empty() {
                     return Err(root.err("apps", "lists no app"));
@@ -535,13 +548,14 @@ mod tests {
     #[test]
     fn defaults_and_full_config() {
         let c = parse(json!({
-            "apps": [{"domain": "hello", "dir": "app", "hosts": ["Hello.Example"]}],
+            "apps": [{"domain": "hello", "dir": "app", "hosts": ["Hello.Example"], "timezone": "Europe/Paris"}],
             "defaultDomain": "hello",
             "dev": {"listen": "127.0.0.1:1234", "admin": "127.0.0.1:1235"},
             "limits": {"deadlineMs": 20, "memoryMb": 8, "maxRequestBodyBytes": 10},
         }))
         .unwrap();
         assert_eq!(c.apps[0].hosts, ["hello.example"]);
+        assert_eq!(c.apps[0].timezone.name(), "Europe/Paris");
         assert_eq!(c.apps[0].targets, Targets::default());
         assert_eq!(c.dev.listen.port(), 1234);
         assert_eq!(c.limits.deadline, Duration::from_millis(20));
@@ -555,6 +569,9 @@ mod tests {
         let app = json!({"domain": "a", "dir": "app"});
         assert_eq!(key_error(json!({"apps": [app], "limits": {"deadlineMs": "fast"}})).0, "limits.deadlineMs");
         assert_eq!(key_error(json!({"apps": [app], "limits": {"deadlineMs": 0}})).0, "limits.deadlineMs");
+        let (key, problem) = key_error(json!({"apps": [{"domain": "a", "dir": "app", "timezone": "Mars/Olympus"}]}));
+        assert_eq!(key, "apps[0].timezone");
+        assert!(problem.contains("\"Mars/Olympus\" is not an IANA time zone name"), "{problem}");
         let (key, problem) = key_error(json!({"apps": [app], "limits": {"maxInstances": 10, "maxSessions": 10}}));
         assert_eq!(key, "limits.maxSessions");
         assert!(problem.contains("maxInstances"), "{problem}");

@@ -152,17 +152,6 @@ impl Daemons {
         daemons
     }
 
-    /// The domains with a daemon tier.
-    pub fn domains(&self) -> Vec<String> {
-        self.apps.keys().cloned().collect()
-    }
-
-    /// The fencing tokens of the daemons running here, by domain.
-    pub fn running(&self) -> BTreeMap<String, u64> {
-        let running = self.running.lock().expect("running daemons");
-        running.iter().filter(|(_, r)| !r.task.is_finished()).map(|(d, r)| (d.clone(), r.fencing)).collect()
-    }
-
     /// Fires task `task` of `domain` now, on the running box (`toil tick`).
     pub async fn tick_now(&self, domain: &str, task: &str) -> Result<i64, TickError> {
         let app = self.apps.get(domain).ok_or_else(|| TickError::NoDomain(domain.to_string()))?;

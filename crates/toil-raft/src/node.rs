@@ -324,9 +324,9 @@ impl ClusterNode {
         }
     }
 
-    /// While this node leads: gives every domain in `domains` a live owner.
-    /// A node is live if heard from within the owner timeout; owners that
-    /// are live keep their domains.
+    /// While this node leads: gives every domain in `domains` a live owner
+    /// and spreads owners over live nodes ([`toil_cluster::place`]). A node
+    /// is live if heard from within the owner timeout.
     pub async fn place_daemons(self: Arc<Self>, domains: Vec<String>) {
         let mut leading_since: Option<Instant> = None;
         let mut known_leader = None;
@@ -358,6 +358,7 @@ impl ClusterNode {
                 };
                 let why = match owners.get(domain) {
                     None => "it had no owner".to_string(),
+                    Some(o) if live.contains(&o.node) => format!("spreading owners: node {} owned two or more domains more than node {node}", o.node),
                     Some(o) => match self.liveness.last_heard(o.node) {
                         _ if !m.membership_config.membership().voter_ids().any(|n| n == o.node) => {
                             format!("node {} left the cluster", o.node)

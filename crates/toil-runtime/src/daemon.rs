@@ -17,7 +17,7 @@ use std::time::Instant;
 use toil_abi::daemon::StartInfo;
 use toil_abi::{exports, status, Tier};
 use toil_metrics::Registry;
-use toil_schedule::Schedule;
+use toil_schedule::{Schedule, Tz};
 use wasmtime::{Store, TypedFunc};
 
 use crate::artifact::LoadError;
@@ -45,8 +45,9 @@ pub struct DaemonApp {
 }
 
 impl DaemonApp {
-    /// Validates, compiles and links `bytes` as `domain`'s daemon artifact.
-    pub fn load(runtime: &Runtime, registry: &Registry, domain: &str, bytes: &[u8]) -> Result<Self, LoadError> {
+    /// Validates, compiles and links `bytes` as `domain`'s daemon artifact;
+    /// its cron schedules are read in `timezone`.
+    pub fn load(runtime: &Runtime, registry: &Registry, domain: &str, bytes: &[u8], timezone: Tz) -> Result<Self, LoadError> {
         let loaded = runtime.load(domain, Tier::Daemon, bytes)?;
         let tasks = loaded
             .info
@@ -59,7 +60,7 @@ impl DaemonApp {
                     expr: t.schedule.clone(),
                     reason: e.to_string(),
                 })?;
-                Ok(DaemonTask { index: t.index, name: t.name.clone(), schedule })
+                Ok(DaemonTask { index: t.index, name: t.name.clone(), schedule: schedule.in_timezone(timezone) })
             })
             .collect::<Result<_, LoadError>>()?;
         Ok(DaemonApp {

@@ -40,7 +40,7 @@ async fn ticks_run_and_faults_are_contained() {
     let limits = Limits { deadline: Duration::from_millis(50), ..Limits::default() };
     let rt = Runtime::new(RuntimeConfig { limits, max_instances: 8, ..RuntimeConfig::default() }).unwrap();
     let registry = Registry::new();
-    let app = Arc::new(DaemonApp::load(&rt, &registry, "jobs", &daemon_module()).unwrap());
+    let app = Arc::new(DaemonApp::load(&rt, &registry, "jobs", &daemon_module(), toil_schedule::Tz::UTC).unwrap());
     let names: Vec<&str> = app.tasks().iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["heartbeat", "trap", "spin"]);
     assert_eq!(app.tasks()[0].schedule.next_after(7_000), Some(10_000));

@@ -8,14 +8,17 @@
 //!   Ticks fall on multiples of the interval since the Unix epoch, so every
 //!   node computes the same fire times: a tick has one identity across the
 //!   cluster, whichever node owns the daemon when it falls due;
-//! - **a cron expression**, UTC, of 5 fields (Unix cron: minute hour
+//! - **a cron expression** of 5 fields (Unix cron: minute hour
 //!   day-of-month month day-of-week, day-of-week 0 or 7 = Sunday), or of 6
 //!   or 7 fields (Quartz style: seconds first, optional year, day-of-week
-//!   1 = Sunday). Names (`MON`, `JAN`) work in both.
+//!   1 = Sunday). Names (`MON`, `JAN`) work in both. Read in UTC, or in the
+//!   app's configured time zone ([`Schedule::in_timezone`]): `0 9 * * *` in
+//!   `Europe/Paris` fires at 09:00 Paris time, summer and winter.
 
 use std::str::FromStr;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{TimeZone, Utc};
+pub use chrono_tz::Tz;
 
 /// The shortest interval accepted.
 pub const MIN_INTERVAL_MS: u64 = 1000;
@@ -30,7 +33,12 @@ pub struct Schedule {
 #[derive(Clone, Debug)]
 enum Kind {
     Every { ms: u64 },
-    Cron(Box<cron::Schedule>),
+    Cron { cron: Box<cron::Schedule>, tz: Tz },
+}
+
+/// An IANA time zone name (`Europe/Paris`), for cron schedules.
+pub fn parse_timezone(name: &str) -> Result<Tz, String> {
+    name.parse::<Tz>().map_err(|_| format!("{name:?} is not an IANA time zone name (such as \"UTC\" or \"Europe/Paris\")"))
 }
 
 /// Why a schedule expression is not accepted.
@@ -73,7 +81,16 @@ impl Schedule {
         if cron.after(&Utc.timestamp_opt(0, 0).single().expect("epoch")).next().is_none() {
             return Err(invalid("it never fires".into()));
         }
-        Ok(Schedule { expr: expr.to_string(), kind: Kind::Cron(Box::new(cron)) })
+        Ok(Schedule { expr: expr.to_string(), kind: Kind::Cron { cron: Box::new(cron), tz: Tz::UTC } })
+    }
+
+    /// The same schedule with its cron fields read in `tz` (UTC by
+    /// default). Intervals do not depend on a time zone.
+    pub fn in_timezone(mut self, tz: Tz) -> Schedule {
+        if let Kind::Cron { tz: zone, .. } = &mut self.kind {
+            *zone = tz;
+        }
+        self
     }
 
     /// The expression as written.
@@ -89,8 +106,8 @@ impl Schedule {
                 let ms = *ms as i64;
                 Some((after_ms.div_euclid(ms) + 1) * ms)
             }
-            Kind::Cron(cron) => {
-                let after: DateTime<Utc> = Utc.timestamp_millis_opt(after_ms).single()?;
+            Kind::Cron { cron, tz } => {
+                let after = tz.timestamp_millis_opt(after_ms).single()?;
                 cron.after(&after).next().map(|t| t.timestamp_millis())
             }
         }
@@ -148,7 +165,7 @@ mod tests {
     use super::*;
 
     fn at(s: &str) -> i64 {
-        DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
+        chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
     }
 
     #[test]
@@ -196,5 +213,21 @@ mod tests {
             let e = Schedule::parse(bad).unwrap_err();
             assert!(matches!(&e, ScheduleError::Invalid { expr, .. } if expr == bad), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn cron_reads_its_fields_in_the_configured_time_zone() {
+        let paris = parse_timezone("Europe/Paris").unwrap();
+        let nine = Schedule::parse("0 9 * * *").unwrap().in_timezone(paris);
+        // 2026-01-15 00:00 UTC: winter, Paris is UTC+1, so 09:00 there is 08:00 UTC.
+        let jan_15 = 1_768_435_200_000;
+        assert_eq!(nine.next_after(jan_15), Some(jan_15 + 8 * 3_600_000));
+        // 2026-07-15 00:00 UTC: summer, UTC+2: 07:00 UTC.
+        let jul_15 = 1_784_073_600_000;
+        assert_eq!(nine.next_after(jul_15), Some(jul_15 + 7 * 3_600_000));
+        // UTC by default; intervals ignore the zone.
+        assert_eq!(Schedule::parse("0 9 * * *").unwrap().next_after(jan_15), Some(jan_15 + 9 * 3_600_000));
+        assert_eq!(Schedule::parse("5s").unwrap().in_timezone(paris).next_after(1000), Some(5000));
+        assert!(parse_timezone("Mars/Olympus").unwrap_err().contains("not an IANA time zone"));
     }
 }
