@@ -492,26 +492,18 @@ impl Config {
             ms("ownerTimeoutMs", &mut cluster.owner_timeout)?;
             ms("claimLeadMs", &mut cluster.claim_lead)?;
             ms("tickGraceMs", &mut cluster.tick_grace)?;
-            if cluster.election_timeout <= cluster.heartbeat * 2 {
-                return Err(c.err(
-                    "electionTimeoutMs",
-                    format!(
-                        "{} ms must be over twice heartbeatMs ({} ms), or followers start elections while the leader is alive",
-                        cluster.election_timeout.as_millis(),
-                        cluster.heartbeat.as_millis()
-                    ),
-                ));
-            }
-            if cluster.owner_timeout <= cluster.heartbeat * 2 {
-                return Err(c.err(
-                    "ownerTimeoutMs",
-                    format!(
-                        "{} ms must be over twice heartbeatMs ({} ms), or live owners are taken for dead",
-                        cluster.owner_timeout.as_millis(),
-                        cluster.heartbeat.as_millis()
-                    ),
-                ));
-            }
+            // Both timeouts count missed heartbeats; under two, a live peer looks dead.
+            let over_two_heartbeats = |key: &str, timeout: Duration, otherwise: &str| {
+                if timeout > cluster.heartbeat * 2 {
+                    return Ok(());
+                }
+                Err(c.err(
+                    key,
+                    format!("{} ms must be over twice heartbeatMs ({} ms), or {otherwise}", timeout.as_millis(), cluster.heartbeat.as_millis()),
+                ))
+            };
+            over_two_heartbeats("electionTimeoutMs", cluster.election_timeout, "followers start elections while the leader is alive")?;
+            over_two_heartbeats("ownerTimeoutMs", cluster.owner_timeout, "live owners are taken for dead")?;
         }
 
         let mut guest_target_dir = base.join("target/guest");

@@ -91,6 +91,13 @@ pub struct TaskStatus {
     pub record: TaskRecord,
 }
 
+impl TaskStatus {
+    /// Every task with a claim in `state`.
+    fn all(state: &ClusterState) -> Vec<TaskStatus> {
+        state.tasks().map(|(domain, task, record)| TaskStatus { domain: domain.to_string(), task, name: None, record: *record }).collect()
+    }
+}
+
 /// What `toil status` shows: one node's view of the cluster.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClusterStatus {
@@ -115,7 +122,7 @@ impl ClusterStatus {
             last_applied: None,
             members: vec![MemberStatus { id: 1, addr: "local (toil dev)".into(), voter: true, heard_ms_ago: Some(0) }],
             owners: state.owners().clone(),
-            tasks: state.tasks().map(|(domain, task, record)| TaskStatus { domain: domain.to_string(), task, name: None, record: *record }).collect(),
+            tasks: TaskStatus::all(state),
         }
     }
 }
@@ -237,7 +244,8 @@ impl ClusterNode {
         }
     }
 
-    /// Runs `f` on the leader: here if this node leads, else by forwarding `path`.
+    /// Forwards `req` to the leader's `path` and returns `Some` when another
+    /// node leads; `None` when this node leads and must do the work itself.
     async fn on_leader<Req: Serialize>(&self, path: &str, req: &Req) -> Result<Option<()>, ProposeError> {
         match self.leader_addr()? {
             None => Ok(None),
@@ -307,11 +315,7 @@ impl ClusterNode {
             })
             .collect();
         let applied = self.sm.applied();
-        let tasks = applied
-            .state
-            .tasks()
-            .map(|(domain, task, record)| TaskStatus { domain: domain.to_string(), task, name: None, record: *record })
-            .collect();
+        let tasks = TaskStatus::all(&applied.state);
         ClusterStatus {
             node: self.id,
             role: format!("{:?}", m.state),
@@ -345,12 +349,9 @@ impl ClusterNode {
             if leading_since.get_or_insert_with(Instant::now).elapsed() < 2 * self.timing.heartbeat {
                 continue;
             }
-            let live: Vec<NodeId> = m
-                .membership_config
-                .membership()
-                .voter_ids()
-                .filter(|n| *n == self.id || self.liveness.heard_within(*n, self.timing.owner_timeout))
-                .collect();
+            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            let live: Vec<NodeId> =
+                voters.iter().copied().filter(|n| *n == self.id || self.liveness.heard_within(*n, self.timing.owner_timeout)).collect();
             let owners = self.state().owners().clone();
             for command in place(&domains, &live, &owners, Some(self.id)) {
                 let Command::Assign { domain, node } = &command else {
@@ -359,12 +360,10 @@ impl ClusterNode {
                 let why = match owners.get(domain) {
                     None => "it had no owner".to_string(),
                     Some(o) if live.contains(&o.node) => format!("spreading owners: node {} owned two or more domains more than node {node}", o.node),
+                    Some(o) if !voters.contains(&o.node) => format!("node {} left the cluster", o.node),
                     Some(o) => match self.liveness.last_heard(o.node) {
-                        _ if !m.membership_config.membership().voter_ids().any(|n| n == o.node) => {
-                            format!("node {} left the cluster", o.node)
-                        }
                         Some(t) => format!("node {} was not heard from for {} ms", o.node, t.elapsed().as_millis()),
-                        None => format!("node {} was not heard from since this node became leader", o.node),
+                        None => format!("node {} was never heard from by this node", o.node),
                     },
                 };
                 match self.raft.client_write(command.clone()).await {
