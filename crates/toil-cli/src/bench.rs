@@ -67,7 +67,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let overhead = measure_overhead(&app, args.requests).await?;
 
         let domains = Arc::new(DomainTable::new());
-        let domain = Domain { name: "hello".into(), request: Some(app.clone()), stream: None };
+        let domain = Domain::new("hello", 0, Some(app.clone()), None);
         domains.insert(domain, &["hello.localhost".into()], true);
         let edge = Arc::new(Edge::new(domains, 1 << 20, SessionLimits::default(), registry));
         let toil_listener = TcpListener::bind("127.0.0.1:0").await?;

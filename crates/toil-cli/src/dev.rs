@@ -1,50 +1,61 @@
-//! `toil dev`: build the configured apps and serve them on this machine;
-//! [`serve`] is also how `toil node` serves (with a raft log instead of an
-//! in-memory one).
+//! `toil dev`: build the configured apps and serve them on this machine,
+//! rebuilding and swapping an app when its sources change; [`serve`] is
+//! also how `toil node` serves (with a raft log instead of an in-memory one).
+//!
+//! Both serve what the log's releases say: the configured apps are offered
+//! as releases at start (a domain already deployed keeps its release), and
+//! `toil deploy`, `toil rollback` and dev reloads go through the same
+//! [`Deployer`].
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
+use toil_abi::stream::close_code;
 use toil_abi::Tier;
 use toil_build::{build_app, target_path, GuestToolchain};
 use toil_cluster::{place, Applied, ClusterState, Command, NodeId};
 use toil_config::{AppConfig, Config, QuicConfig};
 use toil_daemon::{ClaimLog, DaemonSettings, Daemons, LocalLog, LogError, TickError};
-use toil_edge::domains::Domain;
+use toil_deploy::api::{DeployRequest, RollbackRequest, BLOB_PATH, RELEASE_PATH, ROLLBACK_PATH};
+use toil_deploy::{BlobFetch, BlobStore, DeployError, DeploySettings, Deployer};
+use toil_edge::admin::{AdminReply, AdminRequest, AdminSecurity};
 use toil_edge::keys::NodeKeys;
 use toil_edge::sessions::SessionLimits;
 use toil_edge::workers::{QuicWorkers, Steering, UdpGroup};
 use toil_edge::{admin, quic, tcp, tls::DevCert, DomainTable, Edge};
 use toil_metrics::Registry;
 use toil_raft::{ClusterNode, ClusterStatus};
-use toil_runtime::daemon::DaemonApp;
-use toil_runtime::request::RequestApp;
-use toil_runtime::stream::StreamApp;
 use toil_runtime::{Limits, Runtime, RuntimeConfig};
 use tokio::net::TcpListener;
 
-pub fn run(config_path: &Path, build: bool, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
+use crate::admin_client::DEV_TOKEN_FILE;
+
+pub fn run(config_path: &Path, build: bool, watch: bool, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    if build {
-        let tc = GuestToolchain::detect()?;
+    let toolchain = if build { Some(GuestToolchain::detect()?) } else { None };
+    if let Some(tc) = &toolchain {
         for app in &config.apps {
             eprintln!("building {} ({})", app.domain, app.dir.display());
-            build_app(&tc, &app.dir, &app.targets, &config.guest_target_dir)?;
+            build_app(tc, &app.dir, &app.targets, &config.guest_target_dir)?;
         }
     }
+    let dev_dir = config.dev.cert_dir.clone();
     let host = Host {
         name: "dev".into(),
         node_id: 1,
         listen: config.dev.listen,
         admin: config.dev.admin,
-        cert_dir: config.dev.cert_dir.clone(),
+        cert_dir: dev_dir.clone(),
+        store: BlobStore::open(&dev_dir.with_file_name("toil-dev-artifacts")).context("opening the dev artifact store")?,
+        admin_token: admin::load_or_create_token(&dev_dir.join(DEV_TOKEN_FILE))?,
         cluster: None,
+        fetch: None,
+        watch: if watch { toolchain } else { None },
         stop_on_stdin_eof,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -59,8 +70,16 @@ pub struct Host {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub cert_dir: PathBuf,
+    /// Where uploaded and fetched artifacts are kept.
+    pub store: BlobStore,
+    /// What admin requests must carry (`Authorization: Bearer`).
+    pub admin_token: String,
     /// The raft node of `toil node`; `None` for `toil dev`.
     pub cluster: Option<Arc<ClusterNode>>,
+    /// Fetches artifacts from other nodes (`toil node`).
+    pub fetch: Option<Arc<dyn BlobFetch>>,
+    /// `toil dev`: rebuild and swap an app when its sources change, with this toolchain.
+    pub watch: Option<GuestToolchain>,
     pub stop_on_stdin_eof: bool,
 }
 
@@ -110,36 +129,38 @@ pub fn session_limits(config: &Config) -> SessionLimits {
     }
 }
 
-/// Loads every artifact an app has: the request and stream tiers for the
-/// edge, the daemon tier for this node's single-node cluster.
-fn load_app(runtime: &Runtime, registry: &Registry, app: &AppConfig) -> anyhow::Result<(Domain, Option<DaemonApp>)> {
-    let mut domain = Domain { name: app.domain.clone(), request: None, stream: None };
-    let mut daemon = None;
+/// Offers a configured app's built artifacts as a release of its domain
+/// (`only_if_new`: unless the domain already has one).
+async fn offer_app(deployer: &Deployer, app: &AppConfig, source: &str, only_if_new: bool) -> Result<toil_deploy::api::DeployReply, DeployError> {
+    let mut req = DeployRequest {
+        domain: app.domain.clone(),
+        hosts: app.hosts.clone(),
+        timezone: Some(app.timezone.name().to_string()),
+        source: source.to_string(),
+        ..DeployRequest::default()
+    };
     for tier in Tier::ALL {
         let path = app.artifact(target_path(&app.targets, tier));
-        if !path.exists() {
-            continue;
-        }
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let err = |e: toil_runtime::LoadError| anyhow::anyhow!("{}: {} artifact {}: {e}", app.domain, tier, path.display());
+        let Ok(bytes) = std::fs::read(&path) else { continue };
+        let sha = Some(deployer.upload(&bytes)?.sha256);
         match tier {
-            Tier::Request => domain.request = Some(Arc::new(RequestApp::load(runtime, registry, &app.domain, &bytes).map_err(err)?)),
-            Tier::Stream => domain.stream = Some(Arc::new(StreamApp::load(runtime, registry, &app.domain, &bytes).map_err(err)?)),
-            Tier::Daemon => daemon = Some(DaemonApp::load(runtime, registry, &app.domain, &bytes, app.timezone).map_err(err)?),
+            Tier::Request => req.request = sha,
+            Tier::Stream => req.stream = sha,
+            Tier::Daemon => req.daemon = sha,
         }
     }
-    Ok((domain, daemon))
+    deployer.deploy(req, only_if_new).await
 }
 
-/// The node's admin endpoints beyond metrics: `POST
-/// /daemon/tick?domain=D&task=T` (`toil tick`) and `GET /cluster/status`
-/// (`toil status`, JSON).
+/// The node's admin endpoints beyond metrics:
+/// - `GET /cluster/status` (`toil status`, JSON);
+/// - `POST /daemon/tick?domain=D&task=T` (`toil tick`);
+/// - `POST /deploy/blob`, `/deploy/release`, `/deploy/rollback` (`toil deploy`, `toil rollback`).
 struct NodeAdmin {
     daemons: Arc<Daemons>,
     log: Arc<dyn ClaimLog>,
     cluster: Option<Arc<ClusterNode>>,
-    /// Task names by domain, in index order.
-    task_names: BTreeMap<String, Vec<String>>,
+    deployer: Arc<Deployer>,
 }
 
 impl NodeAdmin {
@@ -149,38 +170,70 @@ impl NodeAdmin {
             None => ClusterStatus::single_node(&self.log.state()),
         };
         for t in &mut status.tasks {
-            t.name = self.task_names.get(&t.domain).and_then(|names| names.get(t.task as usize)).cloned();
+            t.name = self.daemons.app(&t.domain).and_then(|app| app.tasks().iter().find(|x| x.index == t.task).map(|x| x.name.clone()));
         }
         status
     }
 }
 
+fn reply_json<T: serde::Serialize>(result: Result<T, DeployError>) -> (http::StatusCode, String) {
+    match result {
+        Ok(v) => (http::StatusCode::OK, serde_json::to_string(&v).unwrap_or_default()),
+        Err(e) if e.is_client_error() => (http::StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")),
+        Err(e) => (http::StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}
+
 impl admin::AdminRoutes for NodeAdmin {
-    fn route(&self, method: &http::Method, path: &str, query: &str) -> Option<admin::AdminReply> {
-        if path == "/cluster/status" {
-            let status = serde_json::to_string_pretty(&self.status()).unwrap_or_default();
-            return Some(Box::pin(async move { (http::StatusCode::OK, status) }));
-        }
-        if path != "/daemon/tick" {
-            return None;
-        }
-        let daemons = self.daemons.clone();
-        let (method, query) = (method.clone(), query.to_string());
-        Some(Box::pin(async move {
-            use http::StatusCode;
-            if method != http::Method::POST {
-                return (StatusCode::METHOD_NOT_ALLOWED, "use POST\n".to_string());
+    fn route(&self, req: AdminRequest) -> Result<AdminReply, AdminRequest> {
+        use http::{Method, StatusCode};
+        let post_only = |req: &AdminRequest| req.method != Method::POST;
+        let path = req.path.clone();
+        match path.as_str() {
+            "/cluster/status" => {
+                let status = serde_json::to_string_pretty(&self.status()).unwrap_or_default();
+                Ok(Box::pin(async move { (StatusCode::OK, status) }))
             }
-            let param = |k: &str| query.split('&').find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')).map(str::to_string);
-            let (Some(domain), Some(task)) = (param("domain"), param("task")) else {
-                return (StatusCode::BAD_REQUEST, "expected ?domain=D&task=T\n".to_string());
-            };
-            match daemons.tick_now(&domain, &task).await {
-                Ok(fire_time) => (StatusCode::OK, format!("fired {domain} {task} (fire_time_ms {fire_time})\n")),
-                Err(e @ (TickError::NoDomain(_) | TickError::NoTask { .. })) => (StatusCode::NOT_FOUND, format!("{e}\n")),
-                Err(e) => (StatusCode::CONFLICT, format!("{e}\n")),
+            "/daemon/tick" | BLOB_PATH | RELEASE_PATH | ROLLBACK_PATH if post_only(&req) => {
+                Ok(Box::pin(async move { (StatusCode::METHOD_NOT_ALLOWED, "use POST\n".to_string()) }))
             }
-        }))
+            "/daemon/tick" => {
+                let daemons = self.daemons.clone();
+                Ok(Box::pin(async move {
+                    let (Some(domain), Some(task)) = (req.param("domain"), req.param("task")) else {
+                        return (StatusCode::BAD_REQUEST, "expected ?domain=D&task=T\n".to_string());
+                    };
+                    match daemons.tick_now(domain, task).await {
+                        Ok(fire_time) => (StatusCode::OK, format!("fired {domain} {task} (fire_time_ms {fire_time})\n")),
+                        Err(e @ (TickError::NoDomain(_) | TickError::NoTask { .. })) => (StatusCode::NOT_FOUND, format!("{e}\n")),
+                        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")),
+                    }
+                }))
+            }
+            BLOB_PATH => {
+                let result = self.deployer.upload(&req.body);
+                Ok(Box::pin(async move { reply_json(result) }))
+            }
+            RELEASE_PATH => {
+                let deployer = self.deployer.clone();
+                Ok(Box::pin(async move {
+                    match serde_json::from_slice::<DeployRequest>(&req.body) {
+                        Ok(r) => reply_json(deployer.deploy(r, false).await),
+                        Err(e) => (StatusCode::BAD_REQUEST, format!("malformed deploy request: {e}\n")),
+                    }
+                }))
+            }
+            ROLLBACK_PATH => {
+                let deployer = self.deployer.clone();
+                Ok(Box::pin(async move {
+                    match serde_json::from_slice::<RollbackRequest>(&req.body) {
+                        Ok(r) => reply_json(deployer.rollback(r).await),
+                        Err(e) => (StatusCode::BAD_REQUEST, format!("malformed rollback request: {e}\n")),
+                    }
+                }))
+            }
+            _ => Err(req),
+        }
     }
 }
 
@@ -238,17 +291,54 @@ pub async fn serve(config: Config, host: Host) -> anyhow::Result<()> {
     let registry = Registry::new();
     let runtime = Runtime::new(runtime_config(&config))?;
     let domains = Arc::new(DomainTable::new());
-    let mut served = Vec::new();
-    let mut daemon_apps = Vec::new();
-    for app in &config.apps {
-        let (domain, daemon) = load_app(&runtime, &registry, app)?;
-        daemon_apps.extend(daemon.map(Arc::new));
-        let default = config.default_domain.as_deref() == Some(app.domain.as_str()) || config.apps.len() == 1;
-        let routes: Vec<String> = domain.request.iter().flat_map(|r| r.routes().map(|(m, p)| format!("{m} {p}"))).collect();
-        let streams: Vec<String> = domain.stream.iter().flat_map(|s| s.names().map(|n| format!("/{n}"))).collect();
-        served.push((app, routes, streams));
-        domains.insert(domain, &app.hosts, default);
+
+    // The log: raft on a cluster node; in dev, an in-memory log on which this node owns every daemon.
+    let log: Arc<dyn ClaimLog> = match &host.cluster {
+        Some(node) => {
+            tokio::spawn(node.clone().place_daemons());
+            Arc::new(RaftLog(node.clone()))
+        }
+        None => {
+            let log: Arc<dyn ClaimLog> = Arc::new(LocalLog::default());
+            tokio::spawn(own_every_daemon(log.clone(), host.node_id));
+            log
+        }
+    };
+    let daemon_settings = DaemonSettings {
+        grace: config.cluster.tick_grace,
+        claim_lead: config.cluster.claim_lead,
+        ..DaemonSettings::new(host.node_id, host.name.clone())
+    };
+    let daemons = Daemons::start(Vec::new(), log.clone(), daemon_settings, &registry);
+    let (drain, close_code) = match &host.cluster {
+        Some(_) => (config.deploy.drain_timeout, close_code::REDEPLOYED),
+        None => (Duration::ZERO, close_code::RELOADED),
+    };
+    let default_domain = config.default_domain.clone().or_else(|| (config.apps.len() == 1).then(|| config.apps[0].domain.clone()));
+    let deployer = Deployer::new(
+        DeploySettings { node: host.node_id, default_domain, drain, close_code },
+        runtime,
+        registry.clone(),
+        host.store.clone(),
+        domains.clone(),
+        daemons.clone(),
+        log.clone(),
+        host.fetch.clone(),
+    );
+
+    // The configured apps are offered as releases; a domain the cluster
+    // already serves keeps its release (`toil deploy` changes it).
+    if host.cluster.is_none() {
+        for app in &config.apps {
+            offer_app(&deployer, app, "config", true).await.with_context(|| format!("app {}", app.domain))?;
+        }
+        if let Some((domain, e)) = deployer.sync().await.into_iter().next() {
+            return Err(anyhow::anyhow!(e).context(format!("app {domain}")));
+        }
+    } else {
+        tokio::spawn(offer_until_committed(deployer.clone(), config.apps.clone()));
     }
+    tokio::spawn(deployer.clone().run());
 
     let cert = DevCert::load_or_create(&host.cert_dir)?;
     let keys = NodeKeys::load_or_create(&host.cert_dir)?;
@@ -259,8 +349,10 @@ pub async fn serve(config: Config, host: Host) -> anyhow::Result<()> {
     let also = listeners.tcp.iter().skip(1).map(|l| l.local_addr().map(|a| format!(" and {a}"))).collect::<Result<String, _>>()?;
     let admin_listener = TcpListener::bind(host.admin).await.with_context(|| format!("binding admin {}", host.admin))?;
     let admin_addr = admin_listener.local_addr()?;
+    // The admin token must not cross a network in the clear.
+    let admin_tls = if admin_addr.ip().is_loopback() { None } else { Some(admin::tls_config(&cert)?) };
 
-    let mut edge = Edge::new(domains, config.limits.max_request_body, session_limits(&config), registry.clone());
+    let mut edge = Edge::new(domains.clone(), config.limits.max_request_body, session_limits(&config), registry.clone());
     edge.alt_svc = http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", listen.port())).ok();
     let dev_info = serde_json::json!({
         "certificateSha256": cert.sha256_hex(),
@@ -271,27 +363,33 @@ pub async fn serve(config: Config, host: Host) -> anyhow::Result<()> {
     let edge = Arc::new(edge);
 
     let port = listen.port();
-    println!("toil {}: serving {} app(s) from {}", host.name, served.len(), config.file.display());
-    for (app, routes, streams) in &served {
-        let host = app.hosts.first().map(String::as_str).unwrap_or("localhost");
-        println!("  {:<8} http://{host}:{port}/  (HTTP/1.1, HTTP/2 cleartext)  https://{host}:{port}/  (HTTP/3)", app.domain);
+    println!("toil {}: serving {} app(s) from {}", host.name, config.apps.len(), config.file.display());
+    for app in &config.apps {
+        let first_host = app.hosts.first().map(String::as_str).unwrap_or("localhost");
+        println!("  {:<8} http://{first_host}:{port}/  (HTTP/1.1, HTTP/2 cleartext)  https://{first_host}:{port}/  (HTTP/3)", app.domain);
+        let Some(domain) = domains.get(&app.domain) else {
+            println!("  {:<8} (the cluster's release is loading)", "");
+            continue;
+        };
+        let routes: Vec<String> = domain.request.iter().flat_map(|r| r.routes().map(|(m, p)| format!("{m} {p}"))).collect();
         if !routes.is_empty() {
             println!("  {:<8} routes: {}", "", routes.join(", "));
         }
+        let streams: Vec<String> = domain.stream.iter().flat_map(|s| s.names().map(|n| format!("https://{first_host}:{port}/{n}"))).collect();
         if !streams.is_empty() {
-            println!(
-                "  {:<8} WebTransport streams: {}",
-                "",
-                streams.iter().map(|s| format!("https://{host}:{port}{s}")).collect::<Vec<_>>().join(", ")
-            );
+            println!("  {:<8} WebTransport streams: {}", "", streams.join(", "));
+        }
+        if let Some(d) = daemons.app(&app.domain) {
+            let tasks: Vec<String> = d.tasks().iter().map(|t| format!("{} ({})", t.name, t.schedule.expr())).collect();
+            println!("  {:<8} daemon tasks: {}   (fire one now: toil tick {} TASK)", "", tasks.join(", "), app.domain);
         }
     }
-    for d in &daemon_apps {
-        let tasks: Vec<String> = d.tasks().iter().map(|t| format!("{} ({})", t.name, t.schedule.expr())).collect();
-        println!("  {:<8} daemon tasks: {}   (fire one now: toil tick {} TASK)", d.domain(), tasks.join(", "), d.domain());
-    }
     println!("  quic     {workers} worker(s), {steering:?} steering; listening on {listen}{also}");
-    println!("  metrics  http://{admin_addr}/metrics");
+    let scheme = if admin_tls.is_some() { "https" } else { "http" };
+    println!("  admin    {scheme}://{admin_addr}/  (metrics: /metrics; token: Authorization: Bearer <token>)");
+    if host.watch.is_some() {
+        println!("  reload   watching the apps' sources; an edit rebuilds and swaps the app (open sessions close with RELOADED)");
+    }
     let valid_days = cert.not_after.duration_since(std::time::SystemTime::now()).map(|d| d.as_secs() / 86400).unwrap_or(0);
     println!("  dev certificate SHA-256 (serverCertificateHashes): {}  (valid {valid_days} more days)", cert.sha256_hex());
     println!(
@@ -300,37 +398,17 @@ pub async fn serve(config: Config, host: Host) -> anyhow::Result<()> {
         cert.sha256_hex()
     );
 
-    // The daemon tier as a single-node cluster: every domain's daemon is owned here.
-    // The daemon tier: every domain's daemon is loaded here (a warm standby);
-    // the ones this node owns run. `toil dev` owns them all.
-    let daemon_settings = DaemonSettings {
-        grace: config.cluster.tick_grace,
-        claim_lead: config.cluster.claim_lead,
-        ..DaemonSettings::new(host.node_id, host.name.clone())
-    };
-    let domains: Vec<String> = daemon_apps.iter().map(|a| a.domain().to_string()).collect();
-    let task_names = daemon_apps.iter().map(|a| (a.domain().to_string(), a.tasks().iter().map(|t| t.name.clone()).collect())).collect();
-    let log: Arc<dyn ClaimLog> = match &host.cluster {
-        Some(node) => {
-            tokio::spawn(node.clone().place_daemons(domains));
-            Arc::new(RaftLog(node.clone()))
-        }
-        None => {
-            let log = Arc::new(LocalLog::default());
-            for command in place(&domains, &[host.node_id], log.state().owners(), None) {
-                log.propose(command).await?;
-            }
-            log
-        }
-    };
-    let daemons = Daemons::start(daemon_apps, log.clone(), daemon_settings, &registry);
-    let node_admin = NodeAdmin { daemons, log, cluster: host.cluster.clone(), task_names };
+    if let Some(tc) = host.watch.clone() {
+        tokio::spawn(reload_on_change(tc, config.clone(), deployer.clone()));
+    }
+    let node_admin = NodeAdmin { daemons, log, cluster: host.cluster.clone(), deployer };
     let quic_workers = QuicWorkers::start(listeners.udp, server_config, &keys, edge.clone())?;
     for l in listeners.tcp {
         tokio::spawn(tcp::serve(TcpListener::from_std(l)?, edge.clone()));
     }
+    let security = AdminSecurity { token: host.admin_token.clone(), tls: admin_tls };
     tokio::select! {
-        () = admin::serve(admin_listener, registry, Some(Arc::new(node_admin))) => {}
+        () = admin::serve(admin_listener, registry, Some(Arc::new(node_admin)), security) => {}
         r = tokio::signal::ctrl_c() => { r?; eprintln!("toil {}: shutting down", host.name); }
         () = stdin_closed(), if host.stop_on_stdin_eof => { eprintln!("toil {}: stdin closed, shutting down", host.name); }
     }
@@ -341,6 +419,130 @@ pub async fn serve(config: Config, host: Host) -> anyhow::Result<()> {
     edge.shutdown.send_replace(true);
     tokio::task::spawn_blocking(move || quic_workers.shutdown(Duration::from_secs(3))).await?;
     Ok(())
+}
+
+/// `toil dev`: this node owns the daemon of every domain that has one.
+async fn own_every_daemon(log: Arc<dyn ClaimLog>, node: NodeId) {
+    let mut changes = log.changes();
+    loop {
+        let state = log.state();
+        for command in place(&state.daemon_domains(), &[node], state.owners(), None) {
+            let _ = log.propose(command).await;
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `toil node`: offers the configured apps to the cluster, retrying while
+/// it has no leader. A domain the cluster already serves is left alone.
+async fn offer_until_committed(deployer: Arc<Deployer>, apps: Vec<AppConfig>) {
+    for app in apps {
+        loop {
+            match offer_app(&deployer, &app, "config", true).await {
+                Ok(r) if r.unchanged => tracing::info!(
+                    domain = app.domain,
+                    "the cluster serves {} version {}; the configured build is not deployed (use toil deploy)",
+                    app.domain,
+                    r.version
+                ),
+                Ok(r) => tracing::info!(domain = app.domain, "deployed the configured {} as version {}", app.domain, r.version),
+                Err(DeployError::Log(e)) => {
+                    tracing::debug!(domain = app.domain, "offering the configured app: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    continue;
+                }
+                Err(e) => tracing::error!(domain = app.domain, "the configured app is not deployed: {e}"),
+            }
+            break;
+        }
+    }
+}
+
+/// `toil dev`: rebuilds an app when a file of its crate changes and
+/// deploys the result as a new release. A failed build leaves the running
+/// version in place (the compiler's output is on the terminal).
+async fn reload_on_change(tc: GuestToolchain, config: Config, deployer: Arc<Deployer>) {
+    let mut seen: Vec<Fingerprint> = config.apps.iter().map(|a| fingerprint(&a.dir)).collect();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for (i, app) in config.apps.iter().enumerate() {
+            let now = fingerprint(&app.dir);
+            if now == seen[i] {
+                continue;
+            }
+            // Let an editor finish writing (save = truncate + write, or several files).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            seen[i] = fingerprint(&app.dir);
+            let started = Instant::now();
+            eprintln!("reload: {} changed; rebuilding", app.domain);
+            let (tc, dir, targets, target_dir) = (tc.clone(), app.dir.clone(), app.targets.clone(), config.guest_target_dir.clone());
+            let built = tokio::task::spawn_blocking(move || build_app(&tc, &dir, &targets, &target_dir)).await;
+            let build_time = started.elapsed();
+            match built {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    eprintln!("reload: {} did not build; the previous version keeps serving: {e}", app.domain);
+                    continue;
+                }
+                Err(e) => {
+                    eprintln!("reload: the build of {} panicked: {e}", app.domain);
+                    continue;
+                }
+            }
+            let swap_started = Instant::now();
+            let mut served = deployer.served();
+            match offer_app(&deployer, app, "dev reload", false).await {
+                Ok(r) if r.unchanged => eprintln!("reload: {} built in {build_time:?}; nothing changed (version {})", app.domain, r.version),
+                Ok(r) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), served.wait_for(|s| s.get(&app.domain) == Some(&r.version))).await;
+                    eprintln!(
+                        "reload: {} version {} serving {} ms after the build finished (build {} ms)",
+                        app.domain,
+                        r.version,
+                        swap_started.elapsed().as_millis(),
+                        build_time.as_millis()
+                    );
+                }
+                Err(e) => eprintln!("reload: {} was not swapped; the previous version keeps serving: {e}", app.domain),
+            }
+        }
+    }
+}
+
+/// What a source change is detected by: every file's path, length and modification time.
+#[derive(PartialEq, Eq, Default)]
+struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>)>);
+
+/// The crate's `Cargo.toml`, `build.rs` and everything under `src/`.
+fn fingerprint(dir: &Path) -> Fingerprint {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.join("src")];
+    for f in ["Cargo.toml", "build.rs"] {
+        files.push(dir.join(f));
+    }
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Fingerprint(
+        files
+            .into_iter()
+            .filter_map(|p| {
+                let m = std::fs::metadata(&p).ok()?;
+                Some((p, m.len(), m.modified().ok()))
+            })
+            .collect(),
+    )
 }
 
 async fn stdin_closed() {

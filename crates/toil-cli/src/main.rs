@@ -6,6 +6,9 @@
 //!   metrics);
 //! - `toil node --id N ...`: an edge node of a cluster (openraft); `toil
 //!   cluster secret|remove`; `toil status`: a node's view of its cluster;
+//! - `toil deploy [PATH]`: upload a domain's artifacts to a node; the
+//!   cluster replicates them and every node swaps to the new version;
+//!   `toil rollback DOMAIN [VERSION]`;
 //! - `toil tick DOMAIN TASK`: fire a daemon task now on a running node;
 //! - `toil bench`: the L1 benchmark (instance overhead, throughput vs native).
 //!   The L2/L3 benchmark is `cargo bench -p toil-cli --bench stream`.
@@ -13,8 +16,10 @@
 //! Each subcommand lives in its own module; the work is done by the library
 //! crates (`toil-build`, `toil-runtime`, `toil-edge`).
 
+mod admin_client;
 mod bench;
 mod build;
+mod deploy;
 mod dev;
 mod node;
 mod status;
@@ -50,6 +55,9 @@ enum Command {
         /// Serve the artifacts already built instead of building first.
         #[arg(long)]
         no_build: bool,
+        /// Do not rebuild and swap an app when its sources change.
+        #[arg(long)]
+        no_watch: bool,
         /// Exit when standard input closes (lets a supervising process, such
         /// as a test harness, take the server down with it).
         #[arg(long, hide = true)]
@@ -62,30 +70,27 @@ enum Command {
         domain: String,
         /// The task (its method name).
         task: String,
-        /// The config whose `dev.admin` address to reach.
-        #[arg(long, default_value = toil_config::FILE_NAME)]
-        config: PathBuf,
-        /// The admin address to reach instead (as `toil dev` printed it).
-        #[arg(long)]
-        admin: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        admin: admin_client::AdminArgs,
     },
+    /// Deploy a domain's artifacts (building its crate first) to a node;
+    /// the cluster replicates them and every node serves the new version.
+    Deploy(deploy::DeployArgs),
+    /// Serve an earlier version of a domain again (default: the one before the served one).
+    Rollback(deploy::RollbackArgs),
     /// Run an edge node of a cluster: serves the configured apps, and runs
     /// each domain's daemon on one elected node (raft, at-most-once ticks).
     Node(node::NodeArgs),
     /// Operate on a cluster: remove a node, make a secret.
     #[command(subcommand)]
     Cluster(node::ClusterCommand),
-    /// Show a node's view of its cluster: members, leader, daemon owners, ticks.
+    /// Show a node's view of its cluster: members, leader, deployed versions, daemon owners, ticks.
     Status {
-        /// The config whose `dev.admin` address to reach.
-        #[arg(long, default_value = toil_config::FILE_NAME)]
-        config: PathBuf,
-        /// The node's admin address instead.
-        #[arg(long)]
-        admin: Option<std::net::SocketAddr>,
         /// Print the status as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        admin: admin_client::AdminArgs,
     },
     /// Benchmark the L1 tier: per-request instance overhead, and HTTP/1.1
     /// throughput (wrk) against a native hyper server, as a ratio.
@@ -106,11 +111,13 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build { dir, target_dir } => build::run(&dir, target_dir.as_deref()),
-        Command::Dev { config, no_build, stop_on_stdin_eof } => dev::run(&config, !no_build, stop_on_stdin_eof),
-        Command::Tick { domain, task, config, admin } => tick::run(&config, admin, &domain, &task),
+        Command::Dev { config, no_build, no_watch, stop_on_stdin_eof } => dev::run(&config, !no_build, !no_watch, stop_on_stdin_eof),
+        Command::Tick { domain, task, admin } => tick::run(&admin, &domain, &task),
+        Command::Deploy(args) => deploy::run(args),
+        Command::Rollback(args) => deploy::rollback(args),
         Command::Node(args) => node::run(args),
         Command::Cluster(command) => node::cluster(command),
-        Command::Status { config, admin, json } => status::run(&config, admin, json),
+        Command::Status { json, admin } => status::run(&admin, json),
         Command::Bench(args) => bench::run(args),
     };
     match result {

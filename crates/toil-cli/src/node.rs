@@ -7,8 +7,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use anyhow::Context;
+use bytes::Bytes;
+use toil_cluster::{BlobRef, NodeId};
 use toil_config::Config;
+use toil_deploy::{BlobFetch, BlobStore};
+use toil_raft::rpc::{Reply, RpcHandler};
 use toil_raft::{ClusterNode, ClusterSecret, NodeOptions, RemoveRequest, RpcClient, Timing};
 
 use crate::dev::{serve, Host};
@@ -42,9 +49,12 @@ pub struct NodeArgs {
     /// HTTP/1.1, HTTP/2 and HTTP/3 (same port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Admin listener: metrics, status.
+    /// Admin listener: deploy, status, metrics. Off loopback it speaks TLS only.
     #[arg(long, default_value = "127.0.0.1:9090")]
     admin: SocketAddr,
+    /// The file holding the admin token (default: DATA_DIR/admin-token, made if missing).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
     /// The apps and limits to serve (artifacts must be built: `toil build`).
     #[arg(long, default_value = toil_config::FILE_NAME)]
     config: PathBuf,
@@ -60,6 +70,10 @@ fn parse_peer(s: &str) -> Result<(u64, String), String> {
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let secret = Arc::new(ClusterSecret::load(&args.secret_file)?);
+    let store =
+        BlobStore::open(&args.data_dir.join("artifacts")).with_context(|| format!("opening the artifact store in {}", args.data_dir.display()))?;
+    let token_file = args.admin_token_file.clone().unwrap_or_else(|| args.data_dir.join("admin-token"));
+    let admin_token = toil_edge::admin::load_or_create_token(&token_file)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.cluster).await.with_context(|| format!("binding the cluster port {}", args.cluster))?;
@@ -72,6 +86,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             secret,
             timing: Timing { heartbeat: c.heartbeat, election_timeout: c.election_timeout, owner_timeout: c.owner_timeout },
             overrides: args.peers.iter().cloned().collect::<BTreeMap<_, _>>(),
+            extension: Some(Arc::new(ArtifactRpc(store.clone()))),
         };
         let node = ClusterNode::start(options, listener).await?;
         if args.init {
@@ -87,11 +102,56 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             listen: args.listen,
             admin: args.admin,
             cert_dir: args.data_dir.join("tls"),
+            store,
+            admin_token,
+            fetch: Some(Arc::new(PeerFetch(node.clone()))),
             cluster: Some(node),
+            watch: None,
             stop_on_stdin_eof: args.stop_on_stdin_eof,
         };
         serve(config, host).await
     })
+}
+
+/// The cluster RPC that hands artifacts to other nodes.
+const ARTIFACT_RPC: &str = "/deploy/artifact";
+
+/// Serves [`ARTIFACT_RPC`]: the body is a blob's hex SHA-256, the reply its bytes.
+struct ArtifactRpc(BlobStore);
+
+impl RpcHandler for ArtifactRpc {
+    fn handle(self: Arc<Self>, _from: NodeId, path: &str, body: Bytes) -> Reply {
+        let reply = match path {
+            ARTIFACT_RPC => {
+                let sha = String::from_utf8_lossy(&body).trim().to_string();
+                self.0.get_by_hash(&sha).ok_or_else(|| (http::StatusCode::NOT_FOUND, format!("no artifact {sha:.12}… on this node")))
+            }
+            _ => Err((http::StatusCode::NOT_FOUND, format!("no cluster RPC {path}"))),
+        };
+        Box::pin(std::future::ready(reply))
+    }
+}
+
+/// Fetches artifacts from the node that accepted them, then from any other member.
+struct PeerFetch(Arc<ClusterNode>);
+
+impl BlobFetch for PeerFetch {
+    fn fetch<'a>(&'a self, blob: &'a BlobRef, origin: NodeId) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + 'a>> {
+        Box::pin(async move {
+            let me = self.0.id();
+            let mut candidates = vec![origin];
+            candidates.extend(self.0.member_ids().into_iter().filter(|n| *n != origin));
+            let mut why = Vec::new();
+            for node in candidates.into_iter().filter(|n| *n != me) {
+                match self.0.call_member(node, ARTIFACT_RPC, blob.sha256.clone().into_bytes(), Duration::from_secs(10)).await {
+                    Ok(bytes) if toil_deploy::store::sha256_hex(&bytes) == blob.sha256 => return Ok(bytes.to_vec()),
+                    Ok(_) => why.push(format!("node {node}: the bytes do not match the hash")),
+                    Err(e) => why.push(format!("node {node}: {e}")),
+                }
+            }
+            Err(if why.is_empty() { "no other node to fetch from".to_string() } else { why.join("; ") })
+        })
+    }
 }
 
 #[derive(clap::Subcommand)]

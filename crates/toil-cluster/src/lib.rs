@@ -19,12 +19,20 @@
 //!   skips: ticks that fell due while no one owned the domain are counted,
 //!   never replayed.
 //!
+//! - [`releases`]: which version of each domain is deployed, and its
+//!   history. [`Command::Deploy`] adds a version, [`Command::Activate`]
+//!   rolls back or forward, and each node reports what it serves with
+//!   [`Command::Served`].
+//!
 //! Everything takes the time as an argument, so tests run on a fake clock.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use toil_schedule::Schedule;
+
+pub mod releases;
+pub use releases::{BlobRef, DomainReleases, Release, ReleaseSpec};
 
 /// A node's id in the cluster.
 pub type NodeId = u64;
@@ -45,6 +53,15 @@ pub enum Command {
     /// Asks to fire tick `fire_time` (Unix ms) of task `task`; `skipped` is
     /// how many earlier ticks the owner skipped to get here.
     ClaimTick { domain: String, task: u32, fire_time: i64, fencing: u64, skipped: u64 },
+    /// Deploys a new version of `domain` and serves it. With `only_if_new`
+    /// it applies only to a domain with no release yet (nodes offering their
+    /// configured apps at start). A release with the same content as the
+    /// one served changes nothing.
+    Deploy { domain: String, release: ReleaseSpec, only_if_new: bool },
+    /// Serves an earlier (or later) version of `domain` from its history.
+    Activate { domain: String, version: u64 },
+    /// `node` now serves `version` of `domain` (0: the node stopped serving it).
+    Served { node: NodeId, domain: String, version: u64 },
 }
 
 impl std::fmt::Display for Command {
@@ -54,6 +71,18 @@ impl std::fmt::Display for Command {
             Command::ClaimTick { domain, task, fire_time, fencing, skipped } => {
                 write!(f, "claim {domain} task {task} tick {fire_time} (fencing {fencing}, skipped {skipped})")
             }
+            Command::Deploy { domain, release, only_if_new } => {
+                let n = release.blobs().count();
+                write!(
+                    f,
+                    "deploy {domain} ({n} artifact(s) from node {}, {}{})",
+                    release.origin,
+                    release.source,
+                    if *only_if_new { ", if new" } else { "" }
+                )
+            }
+            Command::Activate { domain, version } => write!(f, "activate {domain} version {version}"),
+            Command::Served { node, domain, version } => write!(f, "node {node} serves {domain} version {version}"),
         }
     }
 }
@@ -64,6 +93,14 @@ pub enum Applied {
     Assigned(Owner),
     /// The claim is accepted: the owner may fire the tick, once.
     Claimed,
+    /// `version` of the domain is now the one served; `unchanged` when the
+    /// deploy repeated what was already served (or `only_if_new` found a release).
+    Deployed {
+        version: u64,
+        unchanged: bool,
+    },
+    /// A report or other bookkeeping was recorded.
+    Recorded,
     Refused(Refused),
 }
 
@@ -74,6 +111,8 @@ pub enum Refused {
     NotOwner { current: Option<Owner> },
     /// A tick at or after this fire time was already claimed.
     NotNewer { last: i64 },
+    /// The domain has no release with this version (never deployed, or dropped from the history).
+    UnknownVersion { domain: String, version: u64 },
 }
 
 /// Per task: the last claimed fire time and counters.
@@ -91,6 +130,12 @@ pub struct ClusterState {
     #[serde(with = "task_list")]
     tasks: BTreeMap<(String, u32), TaskRecord>,
     last_fencing: u64,
+    /// Deployed releases by domain.
+    #[serde(default)]
+    releases: BTreeMap<String, DomainReleases>,
+    /// What each node reported serving: node → domain → version.
+    #[serde(default)]
+    served: BTreeMap<NodeId, BTreeMap<String, u64>>,
 }
 
 impl ClusterState {
@@ -118,7 +163,53 @@ impl ClusterState {
                 record.skipped += skipped;
                 Applied::Claimed
             }
+            Command::Deploy { domain, release, only_if_new } => {
+                let history = self.releases.entry(domain.clone()).or_default();
+                match history.active() {
+                    Some(active) if *only_if_new || active.spec.same_content(release) => {
+                        Applied::Deployed { version: active.version, unchanged: true }
+                    }
+                    _ => Applied::Deployed { version: history.push(release.clone()), unchanged: false },
+                }
+            }
+            Command::Activate { domain, version } => match self.releases.get_mut(domain) {
+                Some(history) if history.get(*version).is_some() => {
+                    let unchanged = history.active == *version;
+                    history.active = *version;
+                    Applied::Deployed { version: *version, unchanged }
+                }
+                _ => Applied::Refused(Refused::UnknownVersion { domain: domain.clone(), version: *version }),
+            },
+            Command::Served { node, domain, version } => {
+                let by_domain = self.served.entry(*node).or_default();
+                if *version == 0 {
+                    by_domain.remove(domain);
+                } else {
+                    by_domain.insert(domain.clone(), *version);
+                }
+                Applied::Recorded
+            }
         }
+    }
+
+    /// Every domain with a release, and its history.
+    pub fn releases(&self) -> &BTreeMap<String, DomainReleases> {
+        &self.releases
+    }
+
+    /// The release the cluster serves for `domain`.
+    pub fn active_release(&self, domain: &str) -> Option<&Release> {
+        self.releases.get(domain).and_then(DomainReleases::active)
+    }
+
+    /// Domains whose served release has a daemon: the ones that need an owner.
+    pub fn daemon_domains(&self) -> Vec<String> {
+        self.releases.iter().filter(|(_, h)| h.active().is_some_and(|r| r.spec.daemon.is_some())).map(|(d, _)| d.clone()).collect()
+    }
+
+    /// What each node reported serving: node → domain → version.
+    pub fn served(&self) -> &BTreeMap<NodeId, BTreeMap<String, u64>> {
+        &self.served
     }
 
     pub fn owner(&self, domain: &str) -> Option<Owner> {
@@ -329,11 +420,64 @@ mod tests {
         assert_eq!(place(&one, &[1], &BTreeMap::new(), Some(1)), vec![Command::Assign { domain: "jobs".into(), node: 1 }]);
     }
 
+    fn release(request_sha: &str) -> ReleaseSpec {
+        ReleaseSpec {
+            hosts: vec!["a.localhost".into()],
+            timezone: "UTC".into(),
+            request: Some(BlobRef { sha256: request_sha.into(), size: 10 }),
+            stream: None,
+            daemon: None,
+            origin: 1,
+            deployed_at_ms: 0,
+            source: "test".into(),
+        }
+    }
+
+    #[test]
+    fn deploys_number_versions_and_rollback_picks_from_history() {
+        let mut s = ClusterState::default();
+        let deploy =
+            |s: &mut ClusterState, sha: &str, only_if_new| s.apply(&Command::Deploy { domain: "a".into(), release: release(sha), only_if_new });
+        assert_eq!(deploy(&mut s, "v1", true), Applied::Deployed { version: 1, unchanged: false });
+        assert_eq!(deploy(&mut s, "other", true), Applied::Deployed { version: 1, unchanged: true }, "a seed never replaces a release");
+        assert_eq!(deploy(&mut s, "v1", false), Applied::Deployed { version: 1, unchanged: true }, "same content, same version");
+        assert_eq!(deploy(&mut s, "v2", false), Applied::Deployed { version: 2, unchanged: false });
+        assert_eq!(s.active_release("a").unwrap().spec.request.as_ref().unwrap().sha256, "v2");
+        assert_eq!(s.releases()["a"].previous().unwrap().version, 1);
+        assert_eq!(s.apply(&Command::Activate { domain: "a".into(), version: 1 }), Applied::Deployed { version: 1, unchanged: false });
+        assert_eq!(s.active_release("a").unwrap().spec.request.as_ref().unwrap().sha256, "v1");
+        assert_eq!(s.releases()["a"].previous(), None);
+        assert_eq!(
+            s.apply(&Command::Activate { domain: "a".into(), version: 7 }),
+            Applied::Refused(Refused::UnknownVersion { domain: "a".into(), version: 7 })
+        );
+        // Deploying after a rollback gets a fresh number, never a reused one.
+        assert_eq!(deploy(&mut s, "v3", false), Applied::Deployed { version: 3, unchanged: false });
+        assert!(s.daemon_domains().is_empty(), "no daemon artifact");
+    }
+
+    #[test]
+    fn history_is_bounded_and_keeps_the_served_release() {
+        let mut s = ClusterState::default();
+        for i in 0..releases::HISTORY + 5 {
+            s.apply(&Command::Deploy { domain: "a".into(), release: release(&format!("v{i}")), only_if_new: false });
+            if i == 0 {
+                s.apply(&Command::Activate { domain: "a".into(), version: 1 });
+            }
+        }
+        let h = &s.releases()["a"];
+        assert_eq!(h.releases.len(), releases::HISTORY);
+        assert_eq!(h.active, (releases::HISTORY + 5) as u64);
+        assert!(h.releases.windows(2).all(|w| w[0].version < w[1].version));
+    }
+
     #[test]
     fn state_round_trips_through_json() {
         let mut s = ClusterState::default();
         s.apply(&Command::Assign { domain: "a".into(), node: 1 });
         s.apply(&claim("a", 2, 1000, 1));
+        s.apply(&Command::Deploy { domain: "a".into(), release: release("aa"), only_if_new: false });
+        s.apply(&Command::Served { node: 2, domain: "a".into(), version: 1 });
         let back: ClusterState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
     }

@@ -128,6 +128,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub quic: QuicConfig,
     pub cluster: ClusterConfig,
+    pub deploy: DeployConfig,
     /// Shared target directory of guest builds.
     pub guest_target_dir: PathBuf,
 }
@@ -159,6 +160,20 @@ impl Default for ClusterConfig {
             claim_lead: Duration::from_millis(100),
             tick_grace: Duration::from_secs(1),
         }
+    }
+}
+
+/// How a node swaps to a new release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeployConfig {
+    /// Stream sessions opened on a replaced version may go on this long;
+    /// then they are closed with `REDEPLOYED`. (`toil dev` reloads close them at once, with `RELOADED`.)
+    pub drain_timeout: Duration,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        DeployConfig { drain_timeout: Duration::from_secs(30) }
     }
 }
 
@@ -318,7 +333,7 @@ impl Config {
         let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
         let base = std::path::absolute(&base).unwrap_or(base);
         let root = Obj::new(file, String::new(), v)?;
-        root.only(&["$schema", "targets", "apps", "defaultDomain", "dev", "limits", "quic", "cluster", "build"])?;
+        root.only(&["$schema", "targets", "apps", "defaultDomain", "dev", "limits", "quic", "cluster", "deploy", "build"])?;
 
         let mut apps = Vec::new();
         match root.map.get("apps") {
@@ -506,6 +521,14 @@ impl Config {
             over_two_heartbeats("ownerTimeoutMs", cluster.owner_timeout, "live owners are taken for dead")?;
         }
 
+        let mut deploy = DeployConfig::default();
+        if let Some(d) = root.obj("deploy")? {
+            d.only(&["drainTimeoutMs"])?;
+            if let Some(v) = d.positive("drainTimeoutMs")? {
+                deploy.drain_timeout = Duration::from_millis(v);
+            }
+        }
+
         let mut guest_target_dir = base.join("target/guest");
         if let Some(b) = root.obj("build")? {
             b.only(&["targetDir"])?;
@@ -514,7 +537,7 @@ impl Config {
             }
         }
 
-        Ok(Config { file: file.to_path_buf(), apps, default_domain, dev, limits, quic, cluster, guest_target_dir })
+        Ok(Config { file: file.to_path_buf(), apps, default_domain, dev, limits, quic, cluster, deploy, guest_target_dir })
     }
 }
 

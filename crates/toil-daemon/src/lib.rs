@@ -1,11 +1,13 @@
 //! Runs the L4 daemon tier on a node.
 //!
-//! Every node loads every domain's daemon artifact at start: compiled,
-//! linked and ready (a warm standby), so taking a domain over never waits
-//! for compilation. A supervisor follows the applied cluster state: when
-//! this node becomes a domain's owner it starts an owner task with the
-//! owner's fencing token; when the domain moves away, the task stops and
-//! its box is dropped.
+//! Every node keeps every domain's daemon artifact loaded: compiled, linked
+//! and ready (a warm standby), so taking a domain over never waits for
+//! compilation. A supervisor follows the applied cluster state: when this
+//! node becomes a domain's owner it starts an owner task with the owner's
+//! fencing token; when the domain moves away, the task stops and its box is
+//! dropped. A redeploy hands the owner task the new app
+//! ([`Daemons::set_app`]): it drops the old box and starts one on the new
+//! version between ticks, keeping its claims, so no tick fires twice.
 //!
 //! An owner task keeps one [`DaemonBox`] and a scheduler. It plans the next
 //! tick of each task from the last claim ([`toil_cluster::plan_tick`]),
@@ -116,6 +118,8 @@ struct ManualTick {
 /// The owner task running a domain's daemon on this node.
 struct Running {
     fencing: u64,
+    /// The version the task runs; replaced on redeploy.
+    app: watch::Sender<Arc<DaemonApp>>,
     manual: mpsc::Sender<ManualTick>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -123,8 +127,10 @@ struct Running {
 
 /// The daemons of a node.
 pub struct Daemons {
-    apps: BTreeMap<String, Arc<DaemonApp>>,
+    apps: Mutex<BTreeMap<String, Arc<DaemonApp>>>,
     running: Mutex<BTreeMap<String, Running>>,
+    /// Wakes the supervisor when the apps change.
+    apps_changed: watch::Sender<()>,
 }
 
 /// Why a manual tick did not run.
@@ -147,14 +153,38 @@ impl Daemons {
     /// `toil dev` for its one node).
     pub fn start(apps: Vec<Arc<DaemonApp>>, log: Arc<dyn ClaimLog>, settings: DaemonSettings, registry: &Registry) -> Arc<Daemons> {
         let apps: BTreeMap<String, Arc<DaemonApp>> = apps.into_iter().map(|a| (a.domain().to_string(), a)).collect();
-        let daemons = Arc::new(Daemons { apps, running: Mutex::default() });
+        let daemons = Arc::new(Daemons { apps: Mutex::new(apps), running: Mutex::default(), apps_changed: watch::Sender::new(()) });
         tokio::spawn(supervise(daemons.clone(), log, settings, registry.clone()));
         daemons
     }
 
+    /// Serves `app` as `domain`'s daemon from now on (`None`: the domain has
+    /// no daemon any more). A running owner task switches to it between
+    /// ticks; a standby just keeps it ready.
+    pub fn set_app(&self, domain: &str, app: Option<Arc<DaemonApp>>) {
+        let mut apps = self.apps.lock().expect("daemon apps");
+        match app {
+            Some(app) => {
+                if let Some(r) = self.running.lock().expect("running daemons").get(domain) {
+                    r.app.send_replace(app.clone());
+                }
+                apps.insert(domain.to_string(), app);
+            }
+            None => {
+                apps.remove(domain);
+            }
+        }
+        self.apps_changed.send_replace(());
+    }
+
+    /// The daemon app of `domain`, if this node has one.
+    pub fn app(&self, domain: &str) -> Option<Arc<DaemonApp>> {
+        self.apps.lock().expect("daemon apps").get(domain).cloned()
+    }
+
     /// Fires task `task` of `domain` now, on the running box (`toil tick`).
     pub async fn tick_now(&self, domain: &str, task: &str) -> Result<i64, TickError> {
-        let app = self.apps.get(domain).ok_or_else(|| TickError::NoDomain(domain.to_string()))?;
+        let app = self.app(domain).ok_or_else(|| TickError::NoDomain(domain.to_string()))?;
         let Some(t) = app.tasks().iter().find(|t| t.name == task) else {
             let known = app.tasks().iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ");
             return Err(TickError::NoTask { domain: domain.to_string(), task: task.to_string(), known });
@@ -170,23 +200,23 @@ impl Daemons {
 /// Starts and stops owner tasks as ownership changes in the applied state.
 async fn supervise(daemons: Arc<Daemons>, log: Arc<dyn ClaimLog>, settings: DaemonSettings, registry: Registry) {
     let mut changes = log.changes();
-    let owned: BTreeMap<&str, Arc<Gauge>> = daemons
-        .apps
-        .keys()
-        .map(|d| {
-            let g = registry.gauge(
-                "toil_daemon_owned",
-                "1 while this node owns and runs the domain's daemon; 0 while it is a warm standby.",
-                &[("domain", d)],
-            );
-            (d.as_str(), g)
-        })
-        .collect();
+    let mut apps_changed = daemons.apps_changed.subscribe();
+    let mut owned: BTreeMap<String, Arc<Gauge>> = BTreeMap::new();
     loop {
         let state = log.state();
         {
+            let apps = daemons.apps.lock().expect("daemon apps").clone();
             let mut running = daemons.running.lock().expect("running daemons");
-            for (domain, app) in &daemons.apps {
+            // Domains whose daemon is gone (undeployed) stop on this node.
+            running.retain(|domain, r| {
+                let keep = apps.contains_key(domain);
+                if !keep {
+                    r.stop.send_replace(true);
+                    tracing::info!(domain, "the domain no longer has a daemon; stopping it");
+                }
+                keep
+            });
+            for (domain, app) in &apps {
                 let mine = state.owner(domain).filter(|o| o.node == settings.node);
                 let current = running.get(domain).filter(|r| !r.task.is_finished()).map(|r| r.fencing);
                 if current.is_some() && current != mine.map(|o| o.fencing) {
@@ -198,8 +228,9 @@ async fn supervise(daemons: Arc<Daemons>, log: Arc<dyn ClaimLog>, settings: Daem
                     tracing::info!(domain, fencing = owner.fencing, "this node owns the daemon; starting it");
                     let (manual, manual_rx) = mpsc::channel(8);
                     let (stop, stop_rx) = watch::channel(false);
+                    let (app_tx, app_rx) = watch::channel(app.clone());
                     let task = tokio::spawn(own(
-                        app.clone(),
+                        app_rx,
                         log.clone(),
                         settings.clone(),
                         owner.fencing,
@@ -207,13 +238,26 @@ async fn supervise(daemons: Arc<Daemons>, log: Arc<dyn ClaimLog>, settings: Daem
                         stop_rx,
                         TickMetrics::new(&registry, domain),
                     ));
-                    running.insert(domain.clone(), Running { fencing: owner.fencing, manual, stop, task });
+                    running.insert(domain.clone(), Running { fencing: owner.fencing, app: app_tx, manual, stop, task });
                 }
-                owned[domain.as_str()].set(running.get(domain).is_some_and(|r| !r.task.is_finished()) as i64);
+                let gauge = owned.entry(domain.clone()).or_insert_with(|| {
+                    registry.gauge(
+                        "toil_daemon_owned",
+                        "1 while this node owns and runs the domain's daemon; 0 while it is a warm standby.",
+                        &[("domain", domain)],
+                    )
+                });
+                gauge.set(running.get(domain).is_some_and(|r| !r.task.is_finished()) as i64);
+            }
+            for (domain, gauge) in &owned {
+                if !apps.contains_key(domain) {
+                    gauge.set(0);
+                }
             }
         }
-        if changes.changed().await.is_err() {
-            return;
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            r = apps_changed.changed() => if r.is_err() { return },
         }
     }
 }
@@ -265,7 +309,7 @@ async fn stop_requested(stop: &mut watch::Receiver<bool>) {
 
 /// The owner task of one domain for one ownership term (one fencing token).
 async fn own(
-    app: Arc<DaemonApp>,
+    mut app_rx: watch::Receiver<Arc<DaemonApp>>,
     log: Arc<dyn ClaimLog>,
     settings: DaemonSettings,
     fencing: u64,
@@ -273,6 +317,7 @@ async fn own(
     mut stop: watch::Receiver<bool>,
     metrics: TickMetrics,
 ) {
+    let mut app = app_rx.borrow_and_update().clone();
     let domain = app.domain().to_string();
     let grace = settings.grace.as_millis() as i64;
     let lead = settings.claim_lead.as_millis() as i64;
@@ -283,6 +328,12 @@ async fn own(
     loop {
         if *stop.borrow() {
             return;
+        }
+        if !Arc::ptr_eq(&app, &app_rx.borrow()) {
+            // Redeployed: the old box goes, the next tick runs on the new version.
+            app = app_rx.borrow_and_update().clone();
+            daemon = None;
+            tracing::info!(domain, "the daemon was redeployed; restarting its box on the new version");
         }
         if daemon.is_none() {
             match app.start(&settings.node_name, fencing).await {
@@ -312,6 +363,7 @@ async fn own(
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = stop_requested(&mut stop) => return,
+            Ok(()) = app_rx.changed() => continue,
             Some(m) = manual.recv() => {
                 let fire_time = now_ms();
                 let result = running.tick(m.task, fire_time).await.map(|()| fire_time).map_err(|f| f.to_string());
@@ -358,7 +410,7 @@ async fn own(
                 metrics.refused.inc();
                 known_claims.insert(task, last);
             }
-            Ok(Applied::Assigned(_)) => unreachable!("a claim applies as a claim"),
+            Ok(other) => unreachable!("a claim applied as {other:?}"),
             Err(e) => {
                 tracing::warn!(domain, "claiming a tick: {e}");
                 if stopped_before(now_ms() + 200, &mut stop).await {

@@ -6,12 +6,42 @@ use std::sync::{Arc, RwLock};
 use toil_runtime::request::RequestApp;
 use toil_runtime::stream::StreamApp;
 
-/// What a node serves of one domain: its request tier and its stream tier,
-/// each present only if the domain has that artifact.
+/// What a node serves of one version of a domain: its request tier and its
+/// stream tier, each present only if the release has that artifact.
 pub struct Domain {
     pub name: String,
+    /// The release version (0 when not deployed through the cluster log).
+    pub version: u64,
     pub request: Option<Arc<RequestApp>>,
     pub stream: Option<Arc<StreamApp>>,
+    /// Set when this version is replaced and its open stream sessions must
+    /// close (after the drain timeout): the close code and reason.
+    retired: tokio::sync::watch::Sender<Option<Retirement>>,
+}
+
+/// Why a replaced version's sessions close.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retirement {
+    pub code: u32,
+    pub reason: String,
+}
+
+impl Domain {
+    pub fn new(name: impl Into<String>, version: u64, request: Option<Arc<RequestApp>>, stream: Option<Arc<StreamApp>>) -> Self {
+        Domain { name: name.into(), version, request, stream, retired: tokio::sync::watch::Sender::new(None) }
+    }
+
+    /// Closes the stream sessions still open on this version.
+    pub fn retire(&self, code: u32, reason: impl Into<String>) {
+        self.retired.send_replace(Some(Retirement { code, reason: reason.into() }));
+    }
+
+    /// Resolves with the retirement once this version is retired.
+    pub async fn retired(&self) -> Retirement {
+        let mut rx = self.retired.subscribe();
+        let r = rx.wait_for(Option::is_some).await.expect("the sender lives in self");
+        r.clone().expect("waited for Some")
+    }
 }
 
 /// The domains a node serves, by host name. Swapped whole when a domain is
@@ -33,12 +63,14 @@ impl DomainTable {
     }
 
     /// Serves `domain` for `hosts` (lower-case, without port), replacing
-    /// any earlier version of it; `default` also makes it answer hosts no
-    /// domain names.
-    pub fn insert(&self, domain: Domain, hosts: &[String], default: bool) {
+    /// any earlier version of it, which is returned; `default` also makes it
+    /// answer hosts no domain names. Requests already running keep the
+    /// version they resolved.
+    pub fn insert(&self, domain: Domain, hosts: &[String], default: bool) -> Option<Arc<Domain>> {
         let domain = Arc::new(domain);
         let mut guard = self.inner.write().expect("domain table");
         let mut next = (**guard).clone();
+        let previous = next.by_host.values().chain(next.default.iter()).find(|d| d.name == domain.name).cloned();
         next.by_host.retain(|_, d| d.name != domain.name);
         for h in hosts {
             next.by_host.insert(h.to_ascii_lowercase(), domain.clone());
@@ -47,6 +79,13 @@ impl DomainTable {
             next.default = Some(domain);
         }
         *guard = Arc::new(next);
+        previous
+    }
+
+    /// The version of `name` being served, if any.
+    pub fn get(&self, name: &str) -> Option<Arc<Domain>> {
+        let snap = self.inner.read().expect("domain table").clone();
+        snap.by_host.values().chain(snap.default.iter()).find(|d| d.name == name).cloned()
     }
 
     /// The domain for a `Host` header value or URI authority (port ignored).

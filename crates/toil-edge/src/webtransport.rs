@@ -45,6 +45,7 @@ use toil_runtime::stream::{OutFrame, StreamApp, StreamBox};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use crate::domains::Domain;
 use crate::serve::Edge;
 use crate::sessions::{Ending, SessionPermit};
 use crate::wt::{self, Accepted, Capsule, H3Connection, RecvHalf, RequestStream, SendHalf, Session};
@@ -68,6 +69,8 @@ enum Inbound {
 
 /// A CONNECT that may open a session: its box's app and a session slot.
 pub struct Admitted {
+    /// The version admitted; the session closes if it is retired.
+    domain: Arc<Domain>,
     app: Arc<StreamApp>,
     permit: SessionPermit,
 }
@@ -90,7 +93,7 @@ pub async fn admit(edge: &Edge, req: &Request<()>, stream: &mut RequestStream) -
         return None;
     };
     match edge.sessions.admit(app.domain()) {
-        Ok(permit) => Some(Admitted { app, permit }),
+        Ok(permit) => Some(Admitted { domain: domain.expect("resolved above"), app, permit }),
         Err(why) => {
             tracing::warn!(domain = %app.domain(), stream = name, "WebTransport session refused: {why}");
             refuse(stream, StatusCode::SERVICE_UNAVAILABLE).await;
@@ -108,9 +111,9 @@ pub async fn run(edge: Arc<Edge>, admitted: Admitted, req: Request<()>, stream: 
         Ok((s, c)) => (Arc::new(s), c),
         Err(e) => return tracing::debug!("WebTransport accept failed: {e}"),
     };
-    let Admitted { app, permit } = admitted;
+    let Admitted { domain, app, permit } = admitted;
     let name = path.trim_start_matches('/').to_string();
-    let driver = Driver { edge, app, quic, permit, primary: None, pending: Vec::new(), pending_bytes: 0 };
+    let driver = Driver { edge, domain, app, quic, permit, primary: None, pending: Vec::new(), pending_bytes: 0 };
     driver.run(session, connect, &name, &path, &query).await;
 }
 
@@ -123,6 +126,7 @@ async fn refuse(stream: &mut RequestStream, status: StatusCode) {
 
 struct Driver {
     edge: Arc<Edge>,
+    domain: Arc<Domain>,
     app: Arc<StreamApp>,
     quic: quinn::Connection,
     permit: SessionPermit,
@@ -182,6 +186,10 @@ impl Driver {
                 err = self.quic.closed() => { end = Some(classify(err)); break; }
                 _ = shutdown.wait_for(|s| *s) => {
                     end = Some(End::Close { code: close_code::SHUTDOWN, reason: "node shutting down".into(), by_host: true });
+                    break;
+                }
+                r = self.domain.retired() => {
+                    end = Some(End::Close { code: r.code, reason: r.reason, by_host: true });
                     break;
                 }
             };

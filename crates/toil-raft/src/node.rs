@@ -12,7 +12,7 @@ use http::StatusCode;
 use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, Raft, RaftMetrics, ServerState};
 use serde::{Deserialize, Serialize};
-use toil_cluster::{place, Applied, ClusterState, Command, NodeId, Owner, TaskRecord};
+use toil_cluster::{place, Applied, ClusterState, Command, DomainReleases, NodeId, Owner, TaskRecord};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -43,6 +43,9 @@ pub struct NodeOptions {
     pub timing: Timing,
     /// Addresses to reach nodes at instead of the ones they advertise.
     pub overrides: BTreeMap<NodeId, String>,
+    /// Serves the cluster RPCs that are not raft's (such as artifact
+    /// fetches); requests reach it authenticated.
+    pub extension: Option<Arc<dyn RpcHandler>>,
 }
 
 /// Why a proposal failed.
@@ -109,6 +112,12 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
     pub owners: BTreeMap<String, Owner>,
     pub tasks: Vec<TaskStatus>,
+    /// Deployed releases by domain (history and the served version).
+    #[serde(default)]
+    pub releases: BTreeMap<String, DomainReleases>,
+    /// The version of each domain each node reported serving.
+    #[serde(default)]
+    pub served: BTreeMap<NodeId, BTreeMap<String, u64>>,
 }
 
 impl ClusterStatus {
@@ -123,6 +132,8 @@ impl ClusterStatus {
             members: vec![MemberStatus { id: 1, addr: "local (toil dev)".into(), voter: true, heard_ms_ago: Some(0) }],
             owners: state.owners().clone(),
             tasks: TaskStatus::all(state),
+            releases: state.releases().clone(),
+            served: state.served().clone(),
         }
     }
 }
@@ -137,6 +148,7 @@ pub struct ClusterNode {
     liveness: Arc<Liveness>,
     overrides: Arc<BTreeMap<NodeId, String>>,
     timing: Timing,
+    extension: Option<Arc<dyn RpcHandler>>,
 }
 
 impl ClusterNode {
@@ -158,7 +170,17 @@ impl ClusterNode {
         let overrides = Arc::new(options.overrides);
         let network = Network { rpc: rpc.clone(), liveness: liveness.clone(), overrides: overrides.clone() };
         let raft = Raft::new(options.id, Arc::new(config), network, log, sm.clone()).await?;
-        let node = Arc::new(ClusterNode { id: options.id, advertise: options.advertise, raft, sm, rpc, liveness, overrides, timing: options.timing });
+        let node = Arc::new(ClusterNode {
+            id: options.id,
+            advertise: options.advertise,
+            raft,
+            sm,
+            rpc,
+            liveness,
+            overrides,
+            timing: options.timing,
+            extension: options.extension,
+        });
         tokio::spawn(rpc::serve(listener, options.secret, node.clone()));
         Ok(node)
     }
@@ -325,13 +347,36 @@ impl ClusterNode {
             members,
             owners: applied.state.owners().clone(),
             tasks,
+            releases: applied.state.releases().clone(),
+            served: applied.state.served().clone(),
         }
     }
 
-    /// While this node leads: gives every domain in `domains` a live owner
-    /// and spreads owners over live nodes ([`toil_cluster::place`]). A node
-    /// is live if heard from within the owner timeout.
-    pub async fn place_daemons(self: Arc<Self>, domains: Vec<String>) {
+    /// Calls `path` on member `node` with a raw body and returns the raw
+    /// reply (artifact fetches). The address is the node's advertised one
+    /// unless overridden.
+    pub async fn call_member(&self, node: NodeId, path: &str, body: Vec<u8>, timeout: Duration) -> Result<Bytes, CallError> {
+        let addr = match self.overrides.get(&node) {
+            Some(a) => a.clone(),
+            None => {
+                let m = self.metrics();
+                let found = m.membership_config.membership().nodes().find(|(id, _)| **id == node).map(|(_, n)| n.addr.clone());
+                found.ok_or_else(|| CallError::Unreachable { addr: format!("node {node}"), reason: "not a member".into() })?
+            }
+        };
+        self.rpc.call_raw(&addr, path, body, timeout).await
+    }
+
+    /// The members of the cluster (voters and learners), by id.
+    pub fn member_ids(&self) -> Vec<NodeId> {
+        self.metrics().membership_config.membership().nodes().map(|(id, _)| *id).collect()
+    }
+
+    /// While this node leads: gives every domain whose release has a daemon
+    /// a live owner and spreads owners over live nodes
+    /// ([`toil_cluster::place`]). A node is live if heard from within the
+    /// owner timeout.
+    pub async fn place_daemons(self: Arc<Self>) {
         let mut leading_since: Option<Instant> = None;
         let mut known_leader = None;
         loop {
@@ -352,7 +397,8 @@ impl ClusterNode {
             let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
             let live: Vec<NodeId> =
                 voters.iter().copied().filter(|n| *n == self.id || self.liveness.heard_within(*n, self.timing.owner_timeout)).collect();
-            let owners = self.state().owners().clone();
+            let state = self.state();
+            let (owners, domains) = (state.owners().clone(), state.daemon_domains());
             for command in place(&domains, &live, &owners, Some(self.id)) {
                 let Command::Assign { domain, node } = &command else {
                     continue;
@@ -429,6 +475,7 @@ impl RpcHandler for ClusterNode {
                 json(&())
             }),
             "/cluster/status" => Box::pin(async move { json(&self.status()) }),
+            _ if self.extension.is_some() => self.extension.clone().expect("checked").handle(from, &path, body),
             _ => Box::pin(async move { Err((StatusCode::NOT_FOUND, format!("no cluster RPC {path}"))) }),
         }
     }

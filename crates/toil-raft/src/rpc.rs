@@ -65,6 +65,13 @@ impl RpcClient {
         timeout: Duration,
     ) -> Result<Resp, CallError> {
         let body = serde_json::to_vec(request).map_err(|e| CallError::BadReply { addr: addr.into(), reason: e.to_string() })?;
+        let bytes = self.call_raw(addr, path, body, timeout).await?;
+        serde_json::from_slice(&bytes).map_err(|e| CallError::BadReply { addr: addr.into(), reason: e.to_string() })
+    }
+
+    /// POSTs `body` to `http://addr/path` and returns the reply's bytes
+    /// (artifacts travel this way, not as JSON).
+    pub async fn call_raw(&self, addr: &str, path: &str, body: Vec<u8>, timeout: Duration) -> Result<Bytes, CallError> {
         let auth = self.secret.sign(self.me, now_ms(), "POST", path, &body);
         let req = http::Request::post(format!("http://{addr}{path}"))
             .header(HEADER, auth)
@@ -80,7 +87,7 @@ impl RpcClient {
         let (status, bytes) = tokio::time::timeout(timeout, exchange).await.map_err(|_| CallError::Timeout { addr: addr.into(), timeout })??;
         let text = || String::from_utf8_lossy(&bytes).trim_end().to_string();
         match status {
-            StatusCode::OK => serde_json::from_slice(&bytes).map_err(|e| CallError::BadReply { addr: addr.into(), reason: e.to_string() }),
+            StatusCode::OK => Ok(bytes),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => {
                 Err(CallError::Refused { addr: addr.into(), status, text: text() })
             }
@@ -101,7 +108,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// A handler's reply: JSON bytes, or a status and a message.
+/// A handler's reply: the body (JSON, or an artifact's bytes), or a status and a message.
 pub type Reply = Pin<Box<dyn Future<Output = Result<Vec<u8>, (StatusCode, String)>> + Send>>;
 
 /// What the cluster port serves, once a request is authenticated.

@@ -96,7 +96,11 @@ impl TcpRelay {
 pub struct Node {
     pub id: u64,
     pub cluster_port: u16,
+    /// The admin listener of the current start (each start picks a free port).
     pub admin: SocketAddr,
+    /// HTTP (TCP and UDP) of the current start, and its certificate's SHA-256.
+    pub http: Option<SocketAddr>,
+    pub cert_sha256: String,
     child: Option<Child>,
     /// How many times this node was started (each start logs to its own file).
     starts: u32,
@@ -110,27 +114,39 @@ pub struct Cluster {
     relays: BTreeMap<(u64, u64), TcpRelay>,
     config: PathBuf,
     secret: PathBuf,
+    /// The admin token every node of the cluster is started with.
+    pub token_file: PathBuf,
 }
 
 impl Cluster {
-    /// Starts `n` nodes: node 1 forms the cluster, the others join it.
+    /// Starts `n` nodes serving the pulse guest: node 1 forms the cluster,
+    /// the others join it.
     pub fn start(tag: &str, n: u64, cluster_config: serde_json::Value) -> Cluster {
+        Cluster::start_with(tag, n, serde_json::json!({"apps": [{"domain": "pulse", "dir": pulse_dir()}], "cluster": cluster_config}))
+    }
+
+    /// [`Cluster::start`] with `config` as every node's toilconfig.json.
+    pub fn start_with(tag: &str, n: u64, config_json: serde_json::Value) -> Cluster {
         let dir = repo_root().join("target/e2e").join(format!("{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("toilconfig.json");
-        let json = serde_json::json!({
-            "apps": [{"domain": "pulse", "dir": pulse_dir()}],
-            "cluster": cluster_config,
-        });
-        std::fs::write(&config, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+        std::fs::write(&config, serde_json::to_vec_pretty(&config_json).unwrap()).unwrap();
         let secret = dir.join("cluster.secret");
         let out = toil().args(["cluster", "secret"]).output().unwrap();
         std::fs::write(&secret, &out.stdout).unwrap();
         let ids: Vec<u64> = (1..=n).collect();
         let nodes: Vec<Node> = ids
             .iter()
-            .map(|&id| Node { id, cluster_port: free_port(), admin: format!("127.0.0.1:{}", free_port()).parse().unwrap(), child: None, starts: 0 })
+            .map(|&id| Node {
+                id,
+                cluster_port: free_port(),
+                admin: "127.0.0.1:0".parse().unwrap(),
+                http: None,
+                cert_sha256: String::new(),
+                child: None,
+                starts: 0,
+            })
             .collect();
         let mut relays = BTreeMap::new();
         for a in &nodes {
@@ -140,7 +156,9 @@ impl Cluster {
                 }
             }
         }
-        let mut c = Cluster { dir, nodes, relays, config, secret };
+        let token_file = dir.join("admin.token");
+        std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
+        let mut c = Cluster { dir, nodes, relays, config, secret, token_file };
         for id in ids {
             c.launch(id);
             if id == 1 {
@@ -159,7 +177,7 @@ impl Cluster {
 
     /// Starts (or restarts, on the same data directory) node `id`.
     pub fn launch(&mut self, id: u64) {
-        let (config, secret, dir) = (self.config.clone(), self.secret.clone(), self.dir.clone());
+        let (config, secret, dir, token_file) = (self.config.clone(), self.secret.clone(), self.dir.clone(), self.token_file.clone());
         let peers: Vec<String> =
             self.relays.iter().filter(|((from, _), _)| *from == id).map(|((_, to), r)| format!("--peer={to}={}", r.addr)).collect();
         let join = self.relays.get(&(id, 1)).map(|r| r.addr.to_string());
@@ -174,8 +192,10 @@ impl Cluster {
             .arg(format!("--cluster=127.0.0.1:{}", node.cluster_port))
             .arg("--secret-file")
             .arg(&secret)
+            .arg("--admin-token-file")
+            .arg(&token_file)
             .arg("--listen=127.0.0.1:0")
-            .arg(format!("--admin={}", node.admin))
+            .arg("--admin=127.0.0.1:0")
             .arg("--config")
             .arg(&config)
             .arg("--stop-on-stdin-eof")
@@ -192,14 +212,18 @@ impl Cluster {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        loop {
+        let listening = loop {
             match lines.next() {
-                Some(Ok(l)) if l.starts_with("listening ") => break,
+                Some(Ok(l)) if l.starts_with("listening ") => break l,
                 Some(Ok(_)) => continue,
                 _ => panic!("node {id} exited before listening; see {}", log.display()),
             }
-        }
+        };
         std::thread::spawn(move || for _ in lines {});
+        let field = |k: &str| listening.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{k}="))).unwrap().to_string();
+        node.http = Some(field("http").parse().unwrap());
+        node.admin = field("admin").parse().unwrap();
+        node.cert_sha256 = field("cert-sha256");
         node.child = Some(child);
     }
 
@@ -230,6 +254,29 @@ impl Cluster {
         node.child.as_ref()?;
         let text = admin_get(node.admin, "/cluster/status")?;
         serde_json::from_str(&text).ok()
+    }
+
+    /// Node `id`'s HTTP address (TCP and QUIC) in its current start.
+    pub fn http(&self, id: u64) -> SocketAddr {
+        self.nodes.iter().find(|n| n.id == id).and_then(|n| n.http).expect("a started node")
+    }
+
+    /// A `toil` command aimed at node `id`'s admin API, with the token.
+    pub fn toil_admin(&self, id: u64, args: &[&str]) -> std::process::Output {
+        let node = self.nodes.iter().find(|n| n.id == id).unwrap();
+        toil().args(args).arg("--admin").arg(node.admin.to_string()).arg("--token-file").arg(&self.token_file).output().unwrap()
+    }
+
+    /// Every node log's text, concatenated.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(&self.dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "log") {
+                out.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+        out
     }
 
     /// The live nodes' ids.
@@ -329,11 +376,14 @@ pub fn now_us() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64
 }
 
-/// A GET on an admin listener; the body if the status is 200.
+/// The admin token of every [`Cluster`] node.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A GET on an admin listener, with the cluster's token; the body if the status is 200.
 pub fn admin_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: admin\r\nauthorization: Bearer {ADMIN_TOKEN}\r\nconnection: close\r\n\r\n").ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let (head, body) = text.split_once("\r\n\r\n")?;

@@ -29,6 +29,8 @@ pub struct Server {
     /// Hex SHA-256 of the dev certificate (what browsers pin).
     pub cert_sha256: String,
     pub dir: PathBuf,
+    /// The admin token file `toil dev` made (admin requests but /metrics need it).
+    pub token_file: PathBuf,
     pub pid: u32,
     child: Child,
 }
@@ -102,6 +104,7 @@ pub fn start_server(tag: &str, extra: serde_json::Value) -> Server {
             admin: field("admin").parse().unwrap(),
             cert: field("cert").into(),
             cert_sha256: field("cert-sha256"),
+            token_file: dir.join("cert/admin-token"),
             dir,
             pid: child.id(),
             child,
@@ -136,6 +139,18 @@ impl Server {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("dev.log")).unwrap_or_default()
+    }
+
+    /// The admin token.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(&self.token_file).unwrap().trim().to_string()
+    }
+
+    /// One admin request carrying the token.
+    pub async fn admin(&self, method: &str, path: &str, body: impl Into<Bytes>) -> Resp {
+        let mut req = request(method, "admin", path, body);
+        req.headers_mut().insert("authorization", format!("Bearer {}", self.token()).parse().unwrap());
+        http1(self.admin, req).await
     }
 }
 
@@ -240,10 +255,9 @@ pub async fn http3(addr: SocketAddr, cert: &Path, req: http::Request<Full<Bytes>
     Resp { status: resp.status().as_u16(), headers: resp.headers().clone(), body: out.into() }
 }
 
-/// GETs a path of the admin listener.
+/// GETs a path of the shared server's admin listener, with its token.
 pub async fn admin_get(path: &str) -> Resp {
-    let s = server();
-    http1(s.admin, request("GET", "admin", path, Bytes::new())).await
+    server().admin("GET", path, Bytes::new()).await
 }
 
 // ------------------------------------------------------------ WebTransport
@@ -268,7 +282,12 @@ pub fn wt_endpoint(to: SocketAddr) -> wtransport::Endpoint<wtransport::endpoint:
 
 /// [`wt_endpoint`] for a server other than the shared one.
 pub fn wt_endpoint_for(s: &Server, to: SocketAddr) -> wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client> {
-    let hash: [u8; 32] = (0..32).map(|i| u8::from_str_radix(&s.cert_sha256[2 * i..2 * i + 2], 16).unwrap()).collect::<Vec<_>>().try_into().unwrap();
+    wt_endpoint_pinned(&s.cert_sha256, to)
+}
+
+/// [`wt_endpoint`] for any node, trusting the certificate with SHA-256 `cert_sha256` (hex).
+pub fn wt_endpoint_pinned(cert_sha256: &str, to: SocketAddr) -> wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client> {
+    let hash: [u8; 32] = (0..32).map(|i| u8::from_str_radix(&cert_sha256[2 * i..2 * i + 2], 16).unwrap()).collect::<Vec<_>>().try_into().unwrap();
     let mut config =
         wtransport::ClientConfig::builder().with_bind_default().with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)]).build();
     config.set_dns_resolver(ToDevServer(to));
@@ -436,3 +455,48 @@ impl UdpRelay {
     }
 }
 pub mod cluster;
+
+// ------------------------------------------------------------ Deploys
+
+/// A copy of the `versioned` test guest in `parent/name` whose `LABEL` is
+/// `label` (a developer's edit of the source); not built.
+pub fn versioned_copy(parent: &Path, name: &str, label: &str) -> PathBuf {
+    let from = repo_root().join("crates/toil-cli/tests/guests/versioned");
+    let dir = parent.join(name);
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    let sdk = repo_root().join("guest-sdk/toil");
+    let manifest = std::fs::read_to_string(from.join("Cargo.toml")).unwrap().replace("../../../../../guest-sdk/toil", sdk.to_str().unwrap());
+    std::fs::write(dir.join("Cargo.toml"), manifest).unwrap();
+    std::fs::copy(from.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    std::fs::copy(from.join("src/lib.rs"), dir.join("src/lib.rs")).unwrap();
+    set_label(&dir, label);
+    dir
+}
+
+/// Rewrites the `LABEL` of a [`versioned_copy`].
+pub fn set_label(dir: &Path, label: &str) {
+    let path = dir.join("src/lib.rs");
+    let src = std::fs::read_to_string(&path).unwrap();
+    let line = src.lines().find(|l| l.starts_with("const LABEL")).unwrap().to_string();
+    std::fs::write(&path, src.replace(&line, &format!("const LABEL: &str = {label:?};"))).unwrap();
+}
+
+/// Builds a guest crate with `toil build` into its `build/server`.
+pub fn build_guest(dir: &Path) -> PathBuf {
+    let out = toil().arg("build").arg(dir).arg("--target-dir").arg(repo_root().join("target/guest")).output().unwrap();
+    assert!(out.status.success(), "building {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    dir.join("build/server")
+}
+
+/// GET `path` on `addr` for `host` over HTTP/1.1: the status and body, or `None` if the connection failed.
+pub fn get_blocking(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
