@@ -65,6 +65,9 @@ impl AdminClient {
             None => (false, target.as_str()),
         };
         let host = host.trim_end_matches('/').to_string();
+        if !tls && !is_loopback(&host) {
+            anyhow::bail!("--admin {target}: the admin token is not sent over plain HTTP off loopback; use https://{host} with --cert-sha256");
+        }
         let tls = match (tls, &args.cert_sha256) {
             (false, _) => None,
             (true, Some(pin)) => Some(pinned_tls(pin)?),
@@ -113,6 +116,12 @@ impl AdminClient {
     pub fn request_blocking(&self, method: http::Method, path_and_query: &str, body: Vec<u8>) -> anyhow::Result<(http::StatusCode, String)> {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(self.request(method, path_and_query, body))
     }
+}
+
+/// Whether `host` (`name:port`, `ip:port` or `[ip]:port`) is this machine's loopback.
+fn is_loopback(host: &str) -> bool {
+    let name = host.rsplit_once(':').map_or(host, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn read_token(path: &Path) -> anyhow::Result<String> {

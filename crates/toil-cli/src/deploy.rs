@@ -175,7 +175,12 @@ pub fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Polls the node's status until every member reports serving the version.
+/// A member not heard from for this long is taken to be down, and not waited for.
+const DOWN_AFTER_MS: u64 = 2000;
+
+/// Polls the node's status until every live member reports serving the
+/// version. Members that are down are named, not waited for: they swap when
+/// they come back.
 async fn wait_until_served(client: &AdminClient, reply: &DeployReply) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last = String::new();
@@ -183,14 +188,18 @@ async fn wait_until_served(client: &AdminClient, reply: &DeployReply) -> anyhow:
         let (status, text) = client.request(http::Method::GET, "/cluster/status", Vec::new()).await?;
         anyhow::ensure!(status.is_success(), "reading the cluster status: {}", text.trim_end());
         let s: ClusterStatus = serde_json::from_str(&text)?;
-        let serving: Vec<u64> =
-            s.members.iter().filter(|m| s.served.get(&m.id).and_then(|d| d.get(&reply.domain)) == Some(&reply.version)).map(|m| m.id).collect();
-        let line = format!("{}/{} nodes serve {} version {}", serving.len(), s.members.len(), reply.domain, reply.version);
+        let (live, down): (Vec<_>, Vec<_>) = s.members.iter().partition(|m| m.heard_ms_ago.is_some_and(|ms| ms < DOWN_AFTER_MS));
+        let serving = live.iter().filter(|m| s.served.get(&m.id).and_then(|d| d.get(&reply.domain)) == Some(&reply.version)).count();
+        let mut line = format!("{serving}/{} nodes serve {} version {}", live.len(), reply.domain, reply.version);
+        if !down.is_empty() {
+            let ids: Vec<String> = down.iter().map(|m| m.id.to_string()).collect();
+            line.push_str(&format!(" (not heard from, will swap when back: node {})", ids.join(", ")));
+        }
         if line != last {
             eprintln!("  {line} ({:?})", started.elapsed());
             last = line;
         }
-        if serving.len() == s.members.len() {
+        if serving == live.len() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -142,7 +142,7 @@ async fn offer_app(deployer: &Deployer, app: &AppConfig, source: &str, only_if_n
     for tier in Tier::ALL {
         let path = app.artifact(target_path(&app.targets, tier));
         let Ok(bytes) = std::fs::read(&path) else { continue };
-        let sha = Some(deployer.upload(&bytes)?.sha256);
+        let sha = Some(deployer.upload(bytes.into()).await?.sha256);
         match tier {
             Tier::Request => req.request = sha,
             Tier::Stream => req.stream = sha,
@@ -165,14 +165,10 @@ struct NodeAdmin {
 
 impl NodeAdmin {
     fn status(&self) -> ClusterStatus {
-        let mut status = match &self.cluster {
+        match &self.cluster {
             Some(node) => node.status(),
             None => ClusterStatus::single_node(&self.log.state()),
-        };
-        for t in &mut status.tasks {
-            t.name = self.daemons.app(&t.domain).and_then(|app| app.tasks().iter().find(|x| x.index == t.task).map(|x| x.name.clone()));
         }
-        status
     }
 }
 
@@ -211,8 +207,8 @@ impl admin::AdminRoutes for NodeAdmin {
                 }))
             }
             BLOB_PATH => {
-                let result = self.deployer.upload(&req.body);
-                Ok(Box::pin(async move { reply_json(result) }))
+                let deployer = self.deployer.clone();
+                Ok(Box::pin(async move { reply_json(deployer.upload(req.body).await) }))
             }
             RELEASE_PATH => {
                 let deployer = self.deployer.clone();
@@ -339,6 +335,7 @@ pub async fn serve(config: Config, host: Host) -> anyhow::Result<()> {
         tokio::spawn(offer_until_committed(deployer.clone(), config.apps.clone()));
     }
     tokio::spawn(deployer.clone().run());
+    tokio::spawn(deployer.clone().report_served());
 
     let cert = DevCert::load_or_create(&host.cert_dir)?;
     let keys = NodeKeys::load_or_create(&host.cert_dir)?;

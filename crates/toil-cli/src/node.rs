@@ -121,14 +121,21 @@ struct ArtifactRpc(BlobStore);
 
 impl RpcHandler for ArtifactRpc {
     fn handle(self: Arc<Self>, _from: NodeId, path: &str, body: Bytes) -> Reply {
-        let reply = match path {
-            ARTIFACT_RPC => {
-                let sha = String::from_utf8_lossy(&body).trim().to_string();
-                self.0.get_by_hash(&sha).ok_or_else(|| (http::StatusCode::NOT_FOUND, format!("no artifact {sha:.12}… on this node")))
+        if path != ARTIFACT_RPC {
+            let path = path.to_string();
+            return Box::pin(async move { Err((http::StatusCode::NOT_FOUND, format!("no cluster RPC {path}"))) });
+        }
+        let sha = String::from_utf8_lossy(&body).trim().to_string();
+        // Reading and hashing a large blob must not hold up raft on this runtime.
+        Box::pin(async move {
+            let store = self.0.clone();
+            let found = tokio::task::spawn_blocking(move || store.get_by_hash(&sha).ok_or(sha)).await;
+            match found {
+                Ok(Ok(bytes)) => Ok(bytes),
+                Ok(Err(sha)) => Err((http::StatusCode::NOT_FOUND, format!("no artifact {sha:.12}… on this node"))),
+                Err(e) => Err((http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
             }
-            _ => Err((http::StatusCode::NOT_FOUND, format!("no cluster RPC {path}"))),
-        };
-        Box::pin(std::future::ready(reply))
+        })
     }
 }
 

@@ -61,7 +61,7 @@ fn render(s: &ClusterStatus) -> String {
     }
     let _ = writeln!(out, "\nticks:\n  {:<12} {:<12} {:>8} {:>8}  last claimed (Unix ms)", "domain", "task", "fired", "skipped");
     for t in &s.tasks {
-        let name = t.name.clone().unwrap_or_else(|| format!("#{}", t.task));
+        let name = &t.name;
         let last = t.record.last_claimed.map_or("-".to_string(), |l| l.to_string());
         let _ = writeln!(out, "  {:<12} {:<12} {:>8} {:>8}  {last}", t.domain, name, t.record.fired, t.record.skipped);
     }

@@ -50,16 +50,20 @@ pub struct Owner {
 pub enum Command {
     /// Makes `node` the owner of `domain`'s daemon, with a new fencing token.
     Assign { domain: String, node: NodeId },
-    /// Asks to fire tick `fire_time` (Unix ms) of task `task`; `skipped` is
-    /// how many earlier ticks the owner skipped to get here.
-    ClaimTick { domain: String, task: u32, fire_time: i64, fencing: u64, skipped: u64 },
+    /// Asks to fire tick `fire_time` (Unix ms) of the task named `task`;
+    /// `skipped` is how many earlier ticks the owner skipped to get here.
+    /// Claims are kept by task name, so a redeploy that reorders a daemon's
+    /// tasks keeps each task's last claim.
+    ClaimTick { domain: String, task: String, fire_time: i64, fencing: u64, skipped: u64 },
     /// Deploys a new version of `domain` and serves it. With `only_if_new`
     /// it applies only to a domain with no release yet (nodes offering their
     /// configured apps at start). A release with the same content as the
     /// one served changes nothing.
     Deploy { domain: String, release: ReleaseSpec, only_if_new: bool },
-    /// Serves an earlier (or later) version of `domain` from its history.
-    Activate { domain: String, version: u64 },
+    /// Serves an earlier (or later) version of `domain` from its history;
+    /// with `from`, only if `from` is the version served (a rollback to
+    /// "the previous one" must not act on a state that moved on).
+    Activate { domain: String, version: u64, from: Option<u64> },
     /// `node` now serves `version` of `domain` (0: the node stopped serving it).
     Served { node: NodeId, domain: String, version: u64 },
 }
@@ -81,7 +85,7 @@ impl std::fmt::Display for Command {
                     if *only_if_new { ", if new" } else { "" }
                 )
             }
-            Command::Activate { domain, version } => write!(f, "activate {domain} version {version}"),
+            Command::Activate { domain, version, .. } => write!(f, "activate {domain} version {version}"),
             Command::Served { node, domain, version } => write!(f, "node {node} serves {domain} version {version}"),
         }
     }
@@ -113,6 +117,10 @@ pub enum Refused {
     NotNewer { last: i64 },
     /// The domain has no release with this version (never deployed, or dropped from the history).
     UnknownVersion { domain: String, version: u64 },
+    /// A host name of the release is served by another domain.
+    HostTaken { host: String, domain: String },
+    /// The served version is not the one the command was made against.
+    ActiveChanged { active: u64 },
 }
 
 /// Per task: the last claimed fire time and counters.
@@ -128,7 +136,7 @@ pub struct TaskRecord {
 pub struct ClusterState {
     owners: BTreeMap<String, Owner>,
     #[serde(with = "task_list")]
-    tasks: BTreeMap<(String, u32), TaskRecord>,
+    tasks: BTreeMap<(String, String), TaskRecord>,
     last_fencing: u64,
     /// Deployed releases by domain.
     #[serde(default)]
@@ -154,7 +162,7 @@ impl ClusterState {
                 if current.map(|o| o.fencing) != Some(*fencing) {
                     return Applied::Refused(Refused::NotOwner { current });
                 }
-                let record = self.tasks.entry((domain.clone(), *task)).or_default();
+                let record = self.tasks.entry((domain.clone(), task.clone())).or_default();
                 if let Some(last) = record.last_claimed.filter(|last| fire_time <= last) {
                     return Applied::Refused(Refused::NotNewer { last });
                 }
@@ -164,6 +172,9 @@ impl ClusterState {
                 Applied::Claimed
             }
             Command::Deploy { domain, release, only_if_new } => {
+                if let Some((host, other)) = self.host_conflict(domain, &release.hosts) {
+                    return Applied::Refused(Refused::HostTaken { host, domain: other });
+                }
                 let history = self.releases.entry(domain.clone()).or_default();
                 match history.active() {
                     Some(active) if *only_if_new || active.spec.same_content(release) => {
@@ -172,14 +183,21 @@ impl ClusterState {
                     _ => Applied::Deployed { version: history.push(release.clone()), unchanged: false },
                 }
             }
-            Command::Activate { domain, version } => match self.releases.get_mut(domain) {
-                Some(history) if history.get(*version).is_some() => {
-                    let unchanged = history.active == *version;
-                    history.active = *version;
-                    Applied::Deployed { version: *version, unchanged }
+            Command::Activate { domain, version, from } => {
+                let Some(hosts) = self.releases.get(domain).and_then(|h| h.get(*version)).map(|r| r.spec.hosts.clone()) else {
+                    return Applied::Refused(Refused::UnknownVersion { domain: domain.clone(), version: *version });
+                };
+                if let Some((host, other)) = self.host_conflict(domain, &hosts) {
+                    return Applied::Refused(Refused::HostTaken { host, domain: other });
                 }
-                _ => Applied::Refused(Refused::UnknownVersion { domain: domain.clone(), version: *version }),
-            },
+                let history = self.releases.get_mut(domain).expect("found above");
+                if from.is_some_and(|f| f != history.active) {
+                    return Applied::Refused(Refused::ActiveChanged { active: history.active });
+                }
+                let unchanged = history.active == *version;
+                history.active = *version;
+                Applied::Deployed { version: *version, unchanged }
+            }
             Command::Served { node, domain, version } => {
                 let by_domain = self.served.entry(*node).or_default();
                 if *version == 0 {
@@ -190,6 +208,14 @@ impl ClusterState {
                 Applied::Recorded
             }
         }
+    }
+
+    /// A host of `hosts` that a domain other than `domain` serves, and that domain.
+    pub fn host_conflict(&self, domain: &str, hosts: &[String]) -> Option<(String, String)> {
+        self.releases.iter().filter(|(d, _)| *d != domain).find_map(|(d, h)| {
+            let active = h.active()?;
+            hosts.iter().find(|host| active.spec.hosts.contains(host)).map(|host| (host.clone(), d.clone()))
+        })
     }
 
     /// Every domain with a release, and its history.
@@ -220,13 +246,13 @@ impl ClusterState {
         &self.owners
     }
 
-    /// Every task with a claim: (domain, task index, record).
-    pub fn tasks(&self) -> impl Iterator<Item = (&str, u32, &TaskRecord)> {
-        self.tasks.iter().map(|((d, t), r)| (d.as_str(), *t, r))
+    /// Every task with a claim: (domain, task name, record).
+    pub fn tasks(&self) -> impl Iterator<Item = (&str, &str, &TaskRecord)> {
+        self.tasks.iter().map(|((d, t), r)| (d.as_str(), t.as_str(), r))
     }
 
-    pub fn task(&self, domain: &str, task: u32) -> TaskRecord {
-        self.tasks.get(&(domain.to_string(), task)).copied().unwrap_or_default()
+    pub fn task(&self, domain: &str, task: &str) -> TaskRecord {
+        self.tasks.get(&(domain.to_string(), task.to_string())).copied().unwrap_or_default()
     }
 }
 
@@ -235,12 +261,12 @@ mod task_list {
     use super::*;
     use serde::{Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(tasks: &BTreeMap<(String, u32), TaskRecord>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(tasks: &BTreeMap<(String, String), TaskRecord>, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(tasks.iter())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<(String, u32), TaskRecord>, D::Error> {
-        Ok(Vec::<((String, u32), TaskRecord)>::deserialize(d)?.into_iter().collect())
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<(String, String), TaskRecord>, D::Error> {
+        Ok(Vec::<((String, String), TaskRecord)>::deserialize(d)?.into_iter().collect())
     }
 }
 
@@ -314,8 +340,8 @@ pub fn plan_tick(schedule: &Schedule, last_claimed: Option<i64>, now: i64, grace
 mod tests {
     use super::*;
 
-    fn claim(domain: &str, task: u32, fire_time: i64, fencing: u64) -> Command {
-        Command::ClaimTick { domain: domain.into(), task, fire_time, fencing, skipped: 0 }
+    fn claim(domain: &str, task: &str, fire_time: i64, fencing: u64) -> Command {
+        Command::ClaimTick { domain: domain.into(), task: task.into(), fire_time, fencing, skipped: 0 }
     }
 
     #[test]
@@ -325,11 +351,11 @@ mod tests {
             Applied::Assigned(o) => o,
             other => panic!("{other:?}"),
         };
-        assert_eq!(s.apply(&claim("jobs", 0, 5000, a.fencing)), Applied::Claimed);
-        assert_eq!(s.apply(&claim("jobs", 0, 5000, a.fencing)), Applied::Refused(Refused::NotNewer { last: 5000 }));
-        assert_eq!(s.apply(&claim("jobs", 0, 4000, a.fencing)), Applied::Refused(Refused::NotNewer { last: 5000 }));
-        assert_eq!(s.apply(&claim("jobs", 1, 4000, a.fencing)), Applied::Claimed, "tasks are independent");
-        assert!(matches!(s.apply(&claim("other", 0, 1, a.fencing)), Applied::Refused(Refused::NotOwner { current: None })));
+        assert_eq!(s.apply(&claim("jobs", "t0", 5000, a.fencing)), Applied::Claimed);
+        assert_eq!(s.apply(&claim("jobs", "t0", 5000, a.fencing)), Applied::Refused(Refused::NotNewer { last: 5000 }));
+        assert_eq!(s.apply(&claim("jobs", "t0", 4000, a.fencing)), Applied::Refused(Refused::NotNewer { last: 5000 }));
+        assert_eq!(s.apply(&claim("jobs", "t1", 4000, a.fencing)), Applied::Claimed, "tasks are independent");
+        assert!(matches!(s.apply(&claim("other", "t0", 1, a.fencing)), Applied::Refused(Refused::NotOwner { current: None })));
 
         // Failover: node 2 takes over; node 1, partitioned, keeps trying.
         let b = match s.apply(&Command::Assign { domain: "jobs".into(), node: 2 }) {
@@ -337,9 +363,9 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert!(b.fencing > a.fencing);
-        assert_eq!(s.apply(&claim("jobs", 0, 10_000, a.fencing)), Applied::Refused(Refused::NotOwner { current: Some(b) }));
-        assert_eq!(s.apply(&claim("jobs", 0, 10_000, b.fencing)), Applied::Claimed);
-        assert_eq!(s.task("jobs", 0), TaskRecord { last_claimed: Some(10_000), fired: 2, skipped: 0 });
+        assert_eq!(s.apply(&claim("jobs", "t0", 10_000, a.fencing)), Applied::Refused(Refused::NotOwner { current: Some(b) }));
+        assert_eq!(s.apply(&claim("jobs", "t0", 10_000, b.fencing)), Applied::Claimed);
+        assert_eq!(s.task("jobs", "t0"), TaskRecord { last_claimed: Some(10_000), fired: 2, skipped: 0 });
     }
 
     /// Replaying the same log gives the same state (what every node does).
@@ -347,10 +373,10 @@ mod tests {
     fn apply_is_deterministic() {
         let log = vec![
             Command::Assign { domain: "a".into(), node: 1 },
-            claim("a", 0, 1000, 1),
+            claim("a", "t0", 1000, 1),
             Command::Assign { domain: "a".into(), node: 3 },
-            claim("a", 0, 2000, 1),
-            claim("a", 0, 3000, 2),
+            claim("a", "t0", 2000, 1),
+            claim("a", "t0", 3000, 2),
         ];
         let run = || {
             let mut s = ClusterState::default();
@@ -358,7 +384,7 @@ mod tests {
             (s, results)
         };
         assert_eq!(run(), run());
-        assert_eq!(run().0.task("a", 0).fired, 2);
+        assert_eq!(run().0.task("a", "t0").fired, 2);
     }
 
     #[test]
@@ -444,13 +470,21 @@ mod tests {
         assert_eq!(deploy(&mut s, "v2", false), Applied::Deployed { version: 2, unchanged: false });
         assert_eq!(s.active_release("a").unwrap().spec.request.as_ref().unwrap().sha256, "v2");
         assert_eq!(s.releases()["a"].previous().unwrap().version, 1);
-        assert_eq!(s.apply(&Command::Activate { domain: "a".into(), version: 1 }), Applied::Deployed { version: 1, unchanged: false });
+        assert_eq!(s.apply(&Command::Activate { domain: "a".into(), version: 1, from: None }), Applied::Deployed { version: 1, unchanged: false });
         assert_eq!(s.active_release("a").unwrap().spec.request.as_ref().unwrap().sha256, "v1");
         assert_eq!(s.releases()["a"].previous(), None);
         assert_eq!(
-            s.apply(&Command::Activate { domain: "a".into(), version: 7 }),
+            s.apply(&Command::Activate { domain: "a".into(), version: 7, from: None }),
             Applied::Refused(Refused::UnknownVersion { domain: "a".into(), version: 7 })
         );
+        assert_eq!(
+            s.apply(&Command::Activate { domain: "a".into(), version: 2, from: Some(2) }),
+            Applied::Refused(Refused::ActiveChanged { active: 1 }),
+            "a rollback made against another served version is refused"
+        );
+        // A host of another domain's served release is refused.
+        let taken = s.apply(&Command::Deploy { domain: "b".into(), release: release("b1"), only_if_new: false });
+        assert_eq!(taken, Applied::Refused(Refused::HostTaken { host: "a.localhost".into(), domain: "a".into() }));
         // Deploying after a rollback gets a fresh number, never a reused one.
         assert_eq!(deploy(&mut s, "v3", false), Applied::Deployed { version: 3, unchanged: false });
         assert!(s.daemon_domains().is_empty(), "no daemon artifact");
@@ -462,7 +496,7 @@ mod tests {
         for i in 0..releases::HISTORY + 5 {
             s.apply(&Command::Deploy { domain: "a".into(), release: release(&format!("v{i}")), only_if_new: false });
             if i == 0 {
-                s.apply(&Command::Activate { domain: "a".into(), version: 1 });
+                s.apply(&Command::Activate { domain: "a".into(), version: 1, from: None });
             }
         }
         let h = &s.releases()["a"];
@@ -475,7 +509,7 @@ mod tests {
     fn state_round_trips_through_json() {
         let mut s = ClusterState::default();
         s.apply(&Command::Assign { domain: "a".into(), node: 1 });
-        s.apply(&claim("a", 2, 1000, 1));
+        s.apply(&claim("a", "t2", 1000, 1));
         s.apply(&Command::Deploy { domain: "a".into(), release: release("aa"), only_if_new: false });
         s.apply(&Command::Served { node: 2, domain: "a".into(), version: 1 });
         let back: ClusterState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();

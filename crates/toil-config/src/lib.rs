@@ -271,6 +271,25 @@ fn err(file: &Path, key: &str, problem: String) -> ConfigError {
 }
 
 /// Checks a domain name: 1-63 of `a-z`, `0-9`, `-`, not starting or ending with `-`.
+/// A host name a domain answers: DNS labels (letters, digits, `-`, `_`,
+/// dots) or a bracketed IPv6 literal, without a port.
+pub fn validate_host(h: &str) -> Result<(), String> {
+    let ok = match h.strip_prefix('[').and_then(|v6| v6.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !h.is_empty()
+                && h.len() <= 253
+                && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+                && !h.starts_with(['.', '-'])
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{h:?} is not a host name (letters, digits, '-', '_', '.', or [IPv6]; no port)"))
+    }
+}
+
 pub fn validate_domain(d: &str) -> Result<(), String> {
     let ok = !d.is_empty()
         && d.len() <= 63
@@ -368,7 +387,7 @@ impl Config {
                             .iter()
                             .enumerate()
                             .map(|(j, h)| match h {
-                                Value::String(s) if !s.is_empty() => Ok(s.to_ascii_lowercase()),
+                                Value::String(s) => validate_host(s).map(|()| s.to_ascii_lowercase()).map_err(|p| app.err(&format!("hosts[{j}]"), p)),
                                 other => Err(app.err(&format!("hosts[{j}]"), format!("expected a host name, found {other}"))),
                             })
                             .collect::<Result<_, _>>()?,

@@ -219,6 +219,16 @@ async fn supervise(daemons: Arc<Daemons>, log: Arc<dyn ClaimLog>, settings: Daem
             for (domain, app) in &apps {
                 let mine = state.owner(domain).filter(|o| o.node == settings.node);
                 let current = running.get(domain).filter(|r| !r.task.is_finished()).map(|r| r.fencing);
+                if let Some(r) = running.get(domain) {
+                    // `set_app` may have run between the snapshot of the apps
+                    // and this pass: the running task always gets the latest.
+                    r.app.send_if_modified(|cur| {
+                        !Arc::ptr_eq(cur, app) && {
+                            *cur = app.clone();
+                            true
+                        }
+                    });
+                }
                 if current.is_some() && current != mine.map(|o| o.fencing) {
                     let r = running.remove(domain).expect("present");
                     r.stop.send_replace(true);
@@ -323,7 +333,7 @@ async fn own(
     let lead = settings.claim_lead.as_millis() as i64;
     // Claims this task made or learnt of that the local state may not show
     // yet (a follower applies the leader's commits a heartbeat later).
-    let mut known_claims: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut known_claims: BTreeMap<String, i64> = BTreeMap::new();
     let mut daemon = None;
     loop {
         if *stop.borrow() {
@@ -354,11 +364,11 @@ async fn own(
             .tasks()
             .iter()
             .filter_map(|t| {
-                let last = state.task(&domain, t.index).last_claimed.max(known_claims.get(&t.index).copied());
-                plan_tick(&t.schedule, last, now, grace).map(|p| (t.index, p))
+                let last = state.task(&domain, &t.name).last_claimed.max(known_claims.get(&t.name).copied());
+                plan_tick(&t.schedule, last, now, grace).map(|p| (t.index, t.name.clone(), p))
             })
-            .min_by_key(|(_, p)| p.fire_time);
-        let claim_at = next.map_or(now + 3_600_000, |(_, p)| p.fire_time - lead);
+            .min_by_key(|(_, _, p)| p.fire_time);
+        let claim_at = next.as_ref().map_or(now + 3_600_000, |(_, _, p)| p.fire_time - lead);
         let wait = Duration::from_millis((claim_at - now).max(0) as u64);
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
@@ -374,15 +384,15 @@ async fn own(
                 continue;
             }
         }
-        let Some((task, plan)) = next else { continue };
-        let claim = Command::ClaimTick { domain: domain.clone(), task, fire_time: plan.fire_time, fencing, skipped: plan.skipped };
+        let Some((task, name, plan)) = next else { continue };
+        let claim = Command::ClaimTick { domain: domain.clone(), task: name.clone(), fire_time: plan.fire_time, fencing, skipped: plan.skipped };
         let outcome = match tokio::time::timeout(settings.claim_timeout, log.propose(claim)).await {
             Ok(result) => result,
             Err(_) => Err(LogError(format!("the claim was not committed within {:?}", settings.claim_timeout))),
         };
         match outcome {
             Ok(Applied::Claimed) => {
-                known_claims.insert(task, plan.fire_time);
+                known_claims.insert(name, plan.fire_time);
                 if plan.skipped > 0 {
                     metrics.skipped.add(plan.skipped);
                     tracing::warn!(domain, task, skipped = plan.skipped, "ticks fell due while this daemon was not running; skipped");
@@ -408,7 +418,7 @@ async fn own(
             Ok(Applied::Refused(Refused::NotNewer { last })) => {
                 // Another term claimed it first; plan from its claim.
                 metrics.refused.inc();
-                known_claims.insert(task, last);
+                known_claims.insert(name, last);
             }
             Ok(other) => unreachable!("a claim applied as {other:?}"),
             Err(e) => {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use toil_cluster::{Applied, BlobRef, Command, NodeId, Refused, Release, ReleaseSpec};
 use toil_daemon::{now_ms, ClaimLog, Daemons};
@@ -19,6 +19,11 @@ use tokio::sync::watch;
 use crate::api::{DeployReply, DeployRequest, RollbackRequest};
 use crate::release::{self, tier_blobs, DeployError, LoadedRelease};
 use crate::store::BlobStore;
+
+/// Runs `f` on the blocking pool (file I/O, hashing, compilation).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, DeployError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| DeployError::Log(format!("a blocking task failed: {e}")))
+}
 
 /// Fetches a blob this node lacks from other nodes (`origin` first: it accepted the upload).
 pub trait BlobFetch: Send + Sync + 'static {
@@ -53,6 +58,15 @@ pub struct Deployer {
     validated: Mutex<HashMap<String, (ReleaseSpec, Arc<LoadedRelease>)>>,
     /// The version of each domain this node serves.
     served: watch::Sender<BTreeMap<String, u64>>,
+    /// Releases that failed to load, by domain, and when to try again.
+    failures: Mutex<HashMap<String, Failure>>,
+}
+
+/// A release that could not be swapped in.
+struct Failure {
+    version: u64,
+    next_try: Instant,
+    delay: Duration,
 }
 
 impl Deployer {
@@ -78,6 +92,7 @@ impl Deployer {
             fetch,
             validated: Mutex::default(),
             served: watch::Sender::new(BTreeMap::new()),
+            failures: Mutex::default(),
         })
     }
 
@@ -90,9 +105,10 @@ impl Deployer {
         self.served.subscribe()
     }
 
-    /// Stores an uploaded artifact.
-    pub fn upload(&self, bytes: &[u8]) -> Result<BlobRef, DeployError> {
-        Ok(self.store.put(bytes)?)
+    /// Stores an uploaded artifact (hashing and writing off the async workers).
+    pub async fn upload(&self, bytes: bytes::Bytes) -> Result<BlobRef, DeployError> {
+        let store = self.store.clone();
+        Ok(blocking(move || store.put(&bytes)).await??)
     }
 
     /// Validates the release `req` names and commits it to the log
@@ -101,8 +117,8 @@ impl Deployer {
     pub async fn deploy(&self, req: DeployRequest, only_if_new: bool) -> Result<DeployReply, DeployError> {
         let blob = |tier, sha: &Option<String>| -> Result<Option<BlobRef>, DeployError> {
             let Some(sha) = sha else { return Ok(None) };
-            let bytes = self.store.get_by_hash(sha).ok_or_else(|| DeployError::NotUploaded { tier, sha256: sha.clone() })?;
-            Ok(Some(BlobRef { sha256: sha.clone(), size: bytes.len() as u64 }))
+            let size = self.store.size_of(sha).ok_or_else(|| DeployError::NotUploaded { tier, sha256: sha.clone() })?;
+            Ok(Some(BlobRef { sha256: sha.clone(), size }))
         };
         let hosts =
             if req.hosts.is_empty() { vec![format!("{}.localhost", req.domain)] } else { req.hosts.iter().map(|h| h.to_ascii_lowercase()).collect() };
@@ -117,30 +133,29 @@ impl Deployer {
             source: req.source.clone(),
         };
         let domain = req.domain;
-        let active = self.log.state().active_release(&domain).cloned();
-        if let Some(active) = active.filter(|a| only_if_new || a.spec.same_content(&spec)) {
+        let state = self.log.state();
+        // A node's state may lag the log, but it never shows a release that
+        // does not exist: a seed can stop here. Anything else is decided by the log.
+        if let Some(active) = state.active_release(&domain).filter(|_| only_if_new) {
             return Ok(DeployReply { domain, version: active.version, unchanged: true });
         }
-        let loaded = self.load(&domain, &spec).await?;
-        self.validated.lock().expect("validated releases").insert(domain.clone(), (spec.clone(), loaded));
-        let applied = self
-            .log
-            .propose(Command::Deploy { domain: domain.clone(), release: spec, only_if_new })
-            .await
-            .map_err(|e| DeployError::Log(e.to_string()))?;
-        match applied {
-            Applied::Deployed { version, unchanged } => Ok(DeployReply { domain, version, unchanged }),
-            other => Err(DeployError::Log(format!("the log applied the deploy as {other:?}"))),
+        if let Some((host, other)) = state.host_conflict(&domain, &spec.hosts) {
+            return Err(DeployError::HostTaken { host, domain: other });
         }
+        let loaded = self.load(&domain, &spec).await?;
+        let command = Command::Deploy { domain: domain.clone(), release: spec.clone(), only_if_new };
+        self.commit(&domain, spec, loaded, command).await
     }
 
     /// Serves an earlier release again: `version`, or the one before the served one.
     pub async fn rollback(&self, req: RollbackRequest) -> Result<DeployReply, DeployError> {
         let state = self.log.state();
         let history = state.releases().get(&req.domain).ok_or_else(|| DeployError::Domain(format!("{:?} was never deployed", req.domain)))?;
-        let version = match req.version {
-            Some(v) => v,
-            None => history.previous().ok_or_else(|| DeployError::NoPrevious(req.domain.clone()))?.version,
+        // "The previous one" is relative to what is served: the log refuses
+        // the switch if another deploy or rollback got there first.
+        let (version, from) = match req.version {
+            Some(v) => (v, None),
+            None => (history.previous().ok_or_else(|| DeployError::NoPrevious(req.domain.clone()))?.version, Some(history.active)),
         };
         let Some(release) = history.get(version) else {
             let kept = history.releases.iter().map(|r| r.version.to_string()).collect::<Vec<_>>().join(", ");
@@ -148,49 +163,77 @@ impl Deployer {
         };
         // The blobs must still be loadable here before the cluster switches.
         let loaded = self.load(&req.domain, &release.spec).await?;
-        self.validated.lock().expect("validated releases").insert(req.domain.clone(), (release.spec.clone(), loaded));
-        let applied =
-            self.log.propose(Command::Activate { domain: req.domain.clone(), version }).await.map_err(|e| DeployError::Log(e.to_string()))?;
+        let command = Command::Activate { domain: req.domain.clone(), version, from };
+        self.commit(&req.domain, release.spec.clone(), loaded, command).await
+    }
+
+    /// Proposes a deploy or rollback of `domain` whose release this node
+    /// loaded; the loaded release is kept for the swap if the log takes it.
+    async fn commit(&self, domain: &str, spec: ReleaseSpec, loaded: Arc<LoadedRelease>, command: Command) -> Result<DeployReply, DeployError> {
+        self.validated.lock().expect("validated releases").insert(domain.to_string(), (spec, loaded));
+        let applied = self.log.propose(command).await;
+        let forget = || {
+            self.validated.lock().expect("validated releases").remove(domain);
+        };
+        let domain = domain.to_string();
         match applied {
-            Applied::Deployed { version, unchanged } => Ok(DeployReply { domain: req.domain, version, unchanged }),
-            Applied::Refused(Refused::UnknownVersion { .. }) => Err(DeployError::UnknownVersion { domain: req.domain, version, kept: "?".into() }),
-            other => Err(DeployError::Log(format!("the log applied the rollback as {other:?}"))),
+            Ok(Applied::Deployed { version, unchanged }) => {
+                if unchanged {
+                    forget();
+                }
+                Ok(DeployReply { domain, version, unchanged })
+            }
+            Ok(Applied::Refused(refused)) => {
+                forget();
+                Err(match refused {
+                    Refused::HostTaken { host, domain } => DeployError::HostTaken { host, domain },
+                    Refused::ActiveChanged { active } => {
+                        DeployError::Conflict(format!("{domain} now serves version {active}; look at `toil status` and retry"))
+                    }
+                    Refused::UnknownVersion { version, .. } => DeployError::UnknownVersion { domain, version, kept: "?".into() },
+                    other => DeployError::Log(format!("the log refused: {other:?}")),
+                })
+            }
+            Ok(other) => {
+                forget();
+                Err(DeployError::Log(format!("the log applied the command as {other:?}")))
+            }
+            Err(e) => {
+                forget();
+                Err(DeployError::Log(e.to_string()))
+            }
         }
     }
 
-    /// Loads every artifact of `spec` (fetching the blobs this node lacks),
-    /// compiling off the async workers.
+    /// Loads every artifact of `spec` (fetching the blobs this node lacks).
+    /// Reading, hashing and compiling run off the async workers.
     async fn load(&self, domain: &str, spec: &ReleaseSpec) -> Result<Arc<LoadedRelease>, DeployError> {
         release::check_fields(domain, spec)?;
-        let mut bytes: [Option<Vec<u8>>; 3] = Default::default();
+        let (store, local_spec) = (self.store.clone(), spec.clone());
+        let mut bytes: [Option<Vec<u8>>; 3] = blocking(move || tier_blobs(&local_spec).map(|(_, blob)| blob.and_then(|b| store.get(b)))).await?;
         for (slot, (tier, blob)) in bytes.iter_mut().zip(tier_blobs(spec)) {
-            let Some(blob) = blob else { continue };
-            *slot = Some(match self.store.get(blob) {
-                Some(b) => b,
-                None => {
-                    let fetch = self.fetch.as_ref().ok_or_else(|| DeployError::NotUploaded { tier, sha256: blob.sha256.clone() })?;
-                    let got = fetch.fetch(blob, spec.origin).await.map_err(|why| DeployError::Fetch { tier, sha256: blob.sha256.clone(), why })?;
-                    let stored = self.store.put(&got)?;
-                    if stored != *blob {
-                        return Err(DeployError::Fetch {
-                            tier,
-                            sha256: blob.sha256.clone(),
-                            why: format!("got {} bytes with sha256 {}", stored.size, stored.sha256),
-                        });
-                    }
-                    got
-                }
-            });
+            let (Some(blob), None) = (blob, slot.as_ref()) else { continue };
+            let fetch = self.fetch.as_ref().ok_or_else(|| DeployError::NotUploaded { tier, sha256: blob.sha256.clone() })?;
+            let got = fetch.fetch(blob, spec.origin).await.map_err(|why| DeployError::Fetch { tier, sha256: blob.sha256.clone(), why })?;
+            let store = self.store.clone();
+            let (stored, got) = blocking(move || store.put(&got).map(|s| (s, got))).await??;
+            if stored != *blob {
+                return Err(DeployError::Fetch {
+                    tier,
+                    sha256: blob.sha256.clone(),
+                    why: format!("got {} bytes with sha256 {}", stored.size, stored.sha256),
+                });
+            }
+            *slot = Some(got);
         }
         let (runtime, registry, domain, spec) = (self.runtime.clone(), self.registry.clone(), domain.to_string(), spec.clone());
-        let loaded = tokio::task::spawn_blocking(move || release::load(&runtime, &registry, &domain, &spec, bytes))
-            .await
-            .map_err(|e| DeployError::Log(format!("loading panicked: {e}")))??;
+        let loaded = blocking(move || release::load(&runtime, &registry, &domain, &spec, bytes)).await??;
         Ok(Arc::new(loaded))
     }
 
-    /// Serves the release the log says for every domain, now. Returns the
-    /// domains that could not be swapped, with why.
+    /// Serves the release the log says for every domain, now. A release that
+    /// failed to load is tried again only once its back-off has passed.
+    /// Returns the domains that could not be swapped, with why.
     pub async fn sync(&self) -> Vec<(String, DeployError)> {
         let state = self.log.state();
         let mut failed = Vec::new();
@@ -199,40 +242,74 @@ impl Deployer {
             if self.served.borrow().get(domain) == Some(&release.version) {
                 continue;
             }
-            if let Err(e) = self.swap(domain, release).await {
-                tracing::error!(domain, version = release.version, "cannot serve the deployed release; the previous version keeps serving: {e}");
-                failed.push((domain.clone(), e));
+            let backing_off =
+                self.failures.lock().expect("failures").get(domain).is_some_and(|f| f.version == release.version && Instant::now() < f.next_try);
+            if backing_off {
+                continue;
+            }
+            match self.swap(domain, release).await {
+                Ok(()) => {
+                    self.failures.lock().expect("failures").remove(domain);
+                }
+                Err(e) => {
+                    let mut failures = self.failures.lock().expect("failures");
+                    let f = failures.entry(domain.clone()).or_insert(Failure {
+                        version: release.version,
+                        next_try: Instant::now(),
+                        delay: Duration::ZERO,
+                    });
+                    // 1, 2, 4 … 30 s between tries of the same release: each try may fetch and compile.
+                    f.delay = if f.version == release.version {
+                        (f.delay * 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
+                    } else {
+                        Duration::from_secs(1)
+                    };
+                    f.version = release.version;
+                    f.next_try = Instant::now() + f.delay;
+                    tracing::error!(
+                        domain,
+                        version = release.version,
+                        "cannot serve the deployed release (next try in {:?}); the previous version keeps serving: {e}",
+                        f.delay
+                    );
+                    failed.push((domain.clone(), e));
+                }
             }
         }
         failed
     }
 
     /// Follows the log: every committed deploy or rollback is swapped in.
-    /// A release that cannot be loaded (a blob not reachable yet) is retried.
+    /// A release that cannot be loaded (a blob not reachable yet) is retried
+    /// with a growing delay.
     pub async fn run(self: Arc<Self>) {
         let mut changes = self.log.changes();
         loop {
-            let failed = self.sync().await;
-            let retry = if failed.is_empty() { Duration::from_secs(3600) } else { Duration::from_secs(1) };
+            self.sync().await;
+            let next_try = self.failures.lock().expect("failures").values().map(|f| f.next_try).min();
+            let wait = next_try.map_or(Duration::from_secs(3600), |t| t.saturating_duration_since(Instant::now()));
             tokio::select! {
                 r = changes.changed() => if r.is_err() { return },
-                () = tokio::time::sleep(retry) => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
     }
 
     /// Swaps `domain` to `release`.
     async fn swap(&self, domain: &str, release: &Release) -> Result<(), DeployError> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let validated = self.validated.lock().expect("validated releases").remove(domain);
         let loaded = match validated {
             Some((spec, loaded)) if spec.same_content(&release.spec) => loaded,
             _ => self.load(domain, &release.spec).await?,
         };
-        let default = match &self.settings.default_domain {
-            Some(d) => d == domain,
-            None => self.log.state().releases().len() == 1,
-        };
+        // Loading takes a while; a newer deploy or rollback may have been
+        // committed meanwhile. The next sync swaps to that one instead.
+        if self.log.state().active_release(domain).map(|r| r.version) != Some(release.version) {
+            tracing::info!(domain, version = release.version, "not swapping to version {}: superseded while it loaded", release.version);
+            return Ok(());
+        }
+        let default = self.settings.default_domain.as_deref() == Some(domain);
         let next = Domain::new(domain, release.version, loaded.request.clone(), loaded.stream.clone());
         let previous = self.domains.insert(next, &release.spec.hosts, default);
         self.daemons.set_app(domain, loaded.daemon.clone());
@@ -259,22 +336,34 @@ impl Deployer {
                 old.retire(code, reason);
             });
         }
-        self.report(domain, release.version);
         Ok(())
     }
 
-    /// Records in the log which version this node now serves (for `toil status`).
-    fn report(&self, domain: &str, version: u64) {
-        let (log, node, domain) = (self.log.clone(), self.settings.node, domain.to_string());
-        tokio::spawn(async move {
-            for attempt in 0..5u32 {
-                let command = Command::Served { node, domain: domain.clone(), version };
-                match log.propose(command).await {
-                    Ok(_) => return,
-                    Err(e) if attempt == 4 => tracing::warn!(domain, version, "could not record the served version: {e}"),
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200 << attempt)).await,
+    /// Records in the log which version of each domain this node serves
+    /// (for `toil status` and `toil deploy`'s wait). One task, always
+    /// reporting the latest, so a slow report never overwrites a newer one.
+    pub async fn report_served(self: Arc<Self>) {
+        let mut served = self.served.subscribe();
+        let mut reported: BTreeMap<String, u64> = BTreeMap::new();
+        loop {
+            let now = served.borrow_and_update().clone();
+            for (domain, version) in &now {
+                if reported.get(domain) == Some(version) {
+                    continue;
+                }
+                let command = Command::Served { node: self.settings.node, domain: domain.clone(), version: *version };
+                match self.log.propose(command).await {
+                    Ok(_) => {
+                        reported.insert(domain.clone(), *version);
+                    }
+                    Err(e) => tracing::debug!(domain, version, "recording the served version: {e}; retrying"),
                 }
             }
-        });
+            if now.iter().any(|(d, v)| reported.get(d) != Some(v)) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            } else if served.changed().await.is_err() {
+                return;
+            }
+        }
     }
 }

@@ -16,8 +16,8 @@ use toil_runtime::{LoadError, Runtime};
 pub enum DeployError {
     #[error("domain: {0}")]
     Domain(String),
-    #[error("hosts[{index}]: {host:?} is not a host name (letters, digits, '-', '.')")]
-    Host { index: usize, host: String },
+    #[error("hosts[{index}]: {why}")]
+    Host { index: usize, why: String },
     #[error("timezone: {0}")]
     Timezone(String),
     #[error("the release has no artifact; a domain needs at least one tier")]
@@ -25,13 +25,17 @@ pub enum DeployError {
     #[error("the {tier} artifact {sha256:.12}… was not uploaded to this node (POST /deploy/blob first)")]
     NotUploaded { tier: Tier, sha256: String },
     #[error("{domain}: the {tier} artifact ({size} bytes, sha256 {sha256:.12}…) is refused: {source}")]
-    Invalid { domain: String, tier: Tier, size: u64, sha256: String, source: LoadError },
+    Invalid { domain: String, tier: Tier, size: u64, sha256: String, source: Box<LoadError> },
     #[error("the {tier} artifact {sha256:.12}… could not be fetched from any node: {why}")]
     Fetch { tier: Tier, sha256: String, why: String },
     #[error("{domain} has no release {version} (versions kept: {kept})")]
     UnknownVersion { domain: String, version: u64, kept: String },
     #[error("{0} has no earlier release to roll back to")]
     NoPrevious(String),
+    #[error("hosts: {host:?} is served by the {domain} domain")]
+    HostTaken { host: String, domain: String },
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Log(String),
     #[error("storing the artifact: {0}")]
@@ -61,13 +65,7 @@ pub fn tier_blobs(spec: &ReleaseSpec) -> [(Tier, Option<&BlobRef>); 3] {
 pub fn check_fields(domain: &str, spec: &ReleaseSpec) -> Result<toil_schedule::Tz, DeployError> {
     toil_config::validate_domain(domain).map_err(DeployError::Domain)?;
     for (index, host) in spec.hosts.iter().enumerate() {
-        let ok = !host.is_empty()
-            && host.len() <= 253
-            && host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-            && !host.starts_with(['.', '-']);
-        if !ok {
-            return Err(DeployError::Host { index, host: host.clone() });
-        }
+        toil_config::validate_host(host).map_err(|why| DeployError::Host { index, why })?;
     }
     if spec.blobs().next().is_none() {
         return Err(DeployError::Empty);
@@ -89,7 +87,13 @@ pub fn load(
     let mut loaded = LoadedRelease { request: None, stream: None, daemon: None };
     for ((tier, blob), bytes) in tier_blobs(spec).into_iter().zip(bytes) {
         let (Some(blob), Some(bytes)) = (blob, bytes) else { continue };
-        let invalid = |source| DeployError::Invalid { domain: domain.to_string(), tier, size: blob.size, sha256: blob.sha256.clone(), source };
+        let invalid = |source| DeployError::Invalid {
+            domain: domain.to_string(),
+            tier,
+            size: blob.size,
+            sha256: blob.sha256.clone(),
+            source: Box::new(source),
+        };
         match tier {
             Tier::Request => loaded.request = Some(Arc::new(RequestApp::load(runtime, registry, domain, &bytes).map_err(invalid)?)),
             Tier::Stream => loaded.stream = Some(Arc::new(StreamApp::load(runtime, registry, domain, &bytes).map_err(invalid)?)),

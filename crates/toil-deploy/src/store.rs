@@ -32,16 +32,35 @@ impl BlobStore {
         self.dir.join("sha256").join(sha256)
     }
 
-    /// Stores `bytes` and returns its reference (storing the same bytes twice is a no-op).
+    /// Stores `bytes` and returns its reference. A blob already stored intact
+    /// is kept; a damaged one (a crash mid-write on a filesystem that lost the
+    /// rename's data) is replaced. The file is synced before it is renamed
+    /// into place, so a reader never sees half a blob.
     pub fn put(&self, bytes: &[u8]) -> std::io::Result<BlobRef> {
+        use std::io::Write;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
         let blob = BlobRef { sha256: sha256_hex(bytes), size: bytes.len() as u64 };
-        let path = self.path(&blob.sha256);
-        if !path.exists() {
-            let tmp = self.dir.join(format!(".{}.{}.tmp", blob.sha256, std::process::id()));
-            std::fs::write(&tmp, bytes)?;
-            std::fs::rename(&tmp, &path)?;
+        if self.get(&blob).is_some() {
+            return Ok(blob);
         }
+        let tmp = self.dir.join(format!(".{}.{}.{}.tmp", blob.sha256, std::process::id(), NEXT_TMP.fetch_add(1, Ordering::Relaxed)));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, self.path(&blob.sha256)).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })?;
         Ok(blob)
+    }
+
+    /// The size of the blob stored under `sha256`, without reading it.
+    pub fn size_of(&self, sha256: &str) -> Option<u64> {
+        if !is_sha256_hex(sha256) {
+            return None;
+        }
+        std::fs::metadata(self.path(sha256)).ok().map(|m| m.len())
     }
 
     /// The bytes of `blob`, if stored here and intact.
@@ -75,9 +94,12 @@ mod tests {
         assert_eq!(store.put(b"hello").unwrap(), blob);
         assert_eq!(store.get(&blob).unwrap(), b"hello");
         assert!(store.get(&BlobRef { size: 4, ..blob.clone() }).is_none(), "size must match");
-        // A corrupted file is not served.
+        // A corrupted file is not served, and storing the bytes again repairs it.
         std::fs::write(dir.path().join("sha256").join(&blob.sha256), b"jello").unwrap();
         assert!(store.get(&blob).is_none());
+        assert_eq!(store.put(b"hello").unwrap(), blob);
+        assert_eq!(store.get(&blob).unwrap(), b"hello");
+        assert_eq!(store.size_of(&blob.sha256), Some(5));
         assert!(store.get_by_hash("../../etc/passwd").is_none());
     }
 }

@@ -57,10 +57,14 @@ pub struct AdminSecurity {
 pub fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
     use anyhow::Context;
     use std::io::Write;
-    if let Ok(text) = std::fs::read_to_string(path) {
-        let token = text.trim().to_string();
-        anyhow::ensure!(token.len() >= 16, "the admin token in {} is shorter than 16 characters", path.display());
-        return Ok(token);
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let token = text.trim().to_string();
+            anyhow::ensure!(token.len() >= 16, "the admin token in {} is shorter than 16 characters", path.display());
+            return Ok(token);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading the admin token {}", path.display())),
     }
     let mut bytes = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).map_err(|_| anyhow::anyhow!("no system randomness"))?;

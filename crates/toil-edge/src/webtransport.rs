@@ -180,10 +180,10 @@ impl Driver {
         let mut end = self.flush(&session, &mut boxed).await;
         while end.is_none() {
             boxed.set_max_datagram(self.quic.max_datagram_size().unwrap_or(0));
+            // Shutdown and retirement come first: a client that keeps the
+            // queue full must not keep an old version alive.
             let inbound = tokio::select! {
                 biased;
-                inbound = rx.recv() => inbound,
-                err = self.quic.closed() => { end = Some(classify(err)); break; }
                 _ = shutdown.wait_for(|s| *s) => {
                     end = Some(End::Close { code: close_code::SHUTDOWN, reason: "node shutting down".into(), by_host: true });
                     break;
@@ -192,6 +192,8 @@ impl Driver {
                     end = Some(End::Close { code: r.code, reason: r.reason, by_host: true });
                     break;
                 }
+                inbound = rx.recv() => inbound,
+                err = self.quic.closed() => { end = Some(classify(err)); break; }
             };
             let result = match inbound {
                 Some(Inbound::Frame(kind, bytes)) => {

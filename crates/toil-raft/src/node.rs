@@ -86,10 +86,8 @@ pub struct MemberStatus {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskStatus {
     pub domain: String,
-    pub task: u32,
-    /// The task's name, when the node knows the domain's artifact.
-    #[serde(default)]
-    pub name: Option<String>,
+    /// The task's name (its method in the guest).
+    pub name: String,
     #[serde(flatten)]
     pub record: TaskRecord,
 }
@@ -97,7 +95,7 @@ pub struct TaskStatus {
 impl TaskStatus {
     /// Every task with a claim in `state`.
     fn all(state: &ClusterState) -> Vec<TaskStatus> {
-        state.tasks().map(|(domain, task, record)| TaskStatus { domain: domain.to_string(), task, name: None, record: *record }).collect()
+        state.tasks().map(|(domain, name, record)| TaskStatus { domain: domain.to_string(), name: name.to_string(), record: *record }).collect()
     }
 }
 
