@@ -111,8 +111,16 @@ fn main() {
         }
         save_to_serve_ms.push(started.elapsed().as_secs_f64() * 1000.0);
         // "reload: versioned version N serving X ms after the build finished (build Y ms)"
-        let log = s.log();
-        let line = log.lines().filter(|l| l.contains(&format!("reload: versioned version {} serving", i + 1))).last().expect("the reload line");
+        // The dev server prints the line just after the swap.
+        let needle = format!("reload: versioned version {} serving", i + 1);
+        let waited = Instant::now();
+        let line = loop {
+            if let Some(l) = s.log().lines().find(|l| l.contains(&needle)) {
+                break l.to_string();
+            }
+            assert!(waited.elapsed() < Duration::from_secs(10), "no {needle:?} line in the dev log");
+            std::thread::sleep(Duration::from_millis(10));
+        };
         let num = |after: &str| line.split(after).nth(1).and_then(|t| t.split_whitespace().next()).and_then(|n| n.parse::<f64>().ok()).unwrap();
         after_build_ms.push(num("serving "));
         build_ms.push(num("(build "));
