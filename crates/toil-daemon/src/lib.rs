@@ -111,7 +111,8 @@ impl DaemonSettings {
 
 /// A tick fired by hand (`toil tick`): outside the schedule, not claimed.
 struct ManualTick {
-    task: u32,
+    /// The task's name: the owner resolves it against the version its box runs.
+    task: String,
     done: oneshot::Sender<Result<i64, String>>,
 }
 
@@ -192,7 +193,7 @@ impl Daemons {
         let sender = self.running.lock().expect("running daemons").get(domain).map(|r| r.manual.clone());
         let sender = sender.ok_or_else(|| TickError::NotOwner(domain.to_string()))?;
         let (done, result) = oneshot::channel();
-        sender.send(ManualTick { task: t.index, done }).await.map_err(|_| TickError::NotOwner(domain.to_string()))?;
+        sender.send(ManualTick { task: t.name.clone(), done }).await.map_err(|_| TickError::NotOwner(domain.to_string()))?;
         result.await.map_err(|_| TickError::NotOwner(domain.to_string()))?.map_err(TickError::Failed)
     }
 }
@@ -376,10 +377,16 @@ async fn own(
             Ok(()) = app_rx.changed() => continue,
             Some(m) = manual.recv() => {
                 let fire_time = now_ms();
-                let result = running.tick(m.task, fire_time).await.map(|()| fire_time).map_err(|f| f.to_string());
-                if result.is_err() {
-                    daemon = None;
-                }
+                let result = match app.tasks().iter().find(|t| t.name == m.task) {
+                    Some(t) => {
+                        let ran = running.tick(t.index, fire_time).await.map(|()| fire_time).map_err(|f| f.to_string());
+                        if ran.is_err() {
+                            daemon = None; // a faulted box is replaced before the next tick
+                        }
+                        ran
+                    }
+                    None => Err(format!("the running version has no task {:?}", m.task)),
+                };
                 let _ = m.done.send(result);
                 continue;
             }
