@@ -15,7 +15,6 @@ use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use sha2::{Digest, Sha256};
 
 /// Where the admin API is and how to authenticate to it.
 #[derive(clap::Args, Clone, Debug)]
@@ -160,7 +159,7 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCert {
         _ocsp_response: &[u8],
         _now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let got: String = Sha256::digest(end_entity.as_ref()).iter().map(|b| format!("{b:02x}")).collect();
+        let got = toil_deploy::store::sha256_hex(end_entity.as_ref());
         if got == self.pin {
             Ok(rustls::client::danger::ServerCertVerified::assertion())
         } else {

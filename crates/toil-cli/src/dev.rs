@@ -142,12 +142,7 @@ async fn offer_app(deployer: &Deployer, app: &AppConfig, source: &str, only_if_n
     for tier in Tier::ALL {
         let path = app.artifact(target_path(&app.targets, tier));
         let Ok(bytes) = std::fs::read(&path) else { continue };
-        let sha = Some(deployer.upload(bytes.into()).await?.sha256);
-        match tier {
-            Tier::Request => req.request = sha,
-            Tier::Stream => req.stream = sha,
-            Tier::Daemon => req.daemon = sha,
-        }
+        req.set_artifact(tier, deployer.upload(bytes.into()).await?.sha256);
     }
     deployer.deploy(req, only_if_new).await
 }

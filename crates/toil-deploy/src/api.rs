@@ -30,6 +30,18 @@ pub struct DeployRequest {
     pub source: String,
 }
 
+impl DeployRequest {
+    /// Names `sha256` as the artifact of `tier`.
+    pub fn set_artifact(&mut self, tier: toil_abi::Tier, sha256: String) {
+        let slot = match tier {
+            toil_abi::Tier::Request => &mut self.request,
+            toil_abi::Tier::Stream => &mut self.stream,
+            toil_abi::Tier::Daemon => &mut self.daemon,
+        };
+        *slot = Some(sha256);
+    }
+}
+
 /// `toil rollback DOMAIN [VERSION]`: without a version, the one before the served one.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RollbackRequest {

@@ -56,7 +56,6 @@ pub struct AdminSecurity {
 /// 0600) if the file does not exist yet.
 pub fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
     use anyhow::Context;
-    use std::io::Write;
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let token = text.trim().to_string();
@@ -72,12 +71,7 @@ pub fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).with_context(|| format!("creating the admin token {}", path.display()))?;
-    writeln!(file, "{token}")?;
+    crate::keys::write_private(path, format!("{token}\n").as_bytes())?;
     Ok(token)
 }
 

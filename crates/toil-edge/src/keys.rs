@@ -59,7 +59,8 @@ impl NodeKeys {
     }
 }
 
-fn write_private(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+/// Creates `file` (which must not exist) readable by its owner only, holding `bytes`.
+pub(crate) fn write_private(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
