@@ -130,12 +130,7 @@ pub fn run(args: DeployArgs) -> anyhow::Result<()> {
             anyhow::ensure!(status.is_success(), "uploading {}: {status}: {}", file.display(), text.trim_end());
             let blob: toil_cluster::BlobRef = serde_json::from_str(&text).context("the node's reply to an upload")?;
             eprintln!("sha256 {:.12}…", blob.sha256);
-            let slot = match tier {
-                Tier::Request => &mut req.request,
-                Tier::Stream => &mut req.stream,
-                Tier::Daemon => &mut req.daemon,
-            };
-            *slot = Some(blob.sha256);
+            req.set_artifact(*tier, blob.sha256);
         }
         eprint!("validating and committing {} … ", plan.domain);
         let started = Instant::now();
@@ -179,8 +174,9 @@ pub fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
 const DOWN_AFTER_MS: u64 = 2000;
 
 /// Polls the node's status until every live member reports serving the
-/// version. Members that are down are named, not waited for: they swap when
-/// they come back.
+/// version. Members the leader has not heard from are named, not waited
+/// for: they swap when they come back (asked through a follower, which
+/// cannot tell, every member is waited for).
 async fn wait_until_served(client: &AdminClient, reply: &DeployReply) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last = String::new();
@@ -188,7 +184,10 @@ async fn wait_until_served(client: &AdminClient, reply: &DeployReply) -> anyhow:
         let (status, text) = client.request(http::Method::GET, "/cluster/status", Vec::new()).await?;
         anyhow::ensure!(status.is_success(), "reading the cluster status: {}", text.trim_end());
         let s: ClusterStatus = serde_json::from_str(&text)?;
-        let (live, down): (Vec<_>, Vec<_>) = s.members.iter().partition(|m| m.heard_ms_ago.is_some_and(|ms| ms < DOWN_AFTER_MS));
+        // Only the leader hears from every member; a follower's silence from
+        // another follower means nothing, so through a follower all are waited for.
+        let leads = s.leader == Some(s.node);
+        let (live, down): (Vec<_>, Vec<_>) = s.members.iter().partition(|m| !leads || m.heard_ms_ago.is_some_and(|ms| ms < DOWN_AFTER_MS));
         let serving = live.iter().filter(|m| s.served.get(&m.id).and_then(|d| d.get(&reply.domain)) == Some(&reply.version)).count();
         let mut line = format!("{serving}/{} nodes serve {} version {}", live.len(), reply.domain, reply.version);
         if !down.is_empty() {
