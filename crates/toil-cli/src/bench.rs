@@ -1,11 +1,13 @@
 //! `toil bench`: the L1 request-tier benchmark.
 //!
 //! 1. Per-request instance overhead: instantiate + `handle` + drop of the
-//!    hello example's `GET /`, called in-process, sequentially; median and p99.
+//!    hello example's `GET /`, called in-process, sequentially; median, p99
+//!    and mean, measured once per round and reported as medians of rounds.
 //! 2. HTTP/1.1 keep-alive throughput with `wrk` against the hello example
 //!    served by the real edge, and against a native hyper server answering
 //!    the same bytes, measured in the same run in alternating rounds; the
-//!    table reports medians and the toil/native ratio.
+//!    table reports medians, the toil/native ratio, and the server CPU time
+//!    per request of each (the process's CPU time over a round).
 //!
 //! Run it on a release build: `cargo run --release -p toil-cli -- bench`.
 
@@ -64,7 +66,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let registry = Registry::new();
         let app = Arc::new(RequestApp::load(&runtime, &registry, "hello", &bytes)?);
 
-        let overhead = measure_overhead(&app, args.requests).await?;
+        // The machine's noise drifts over seconds: one overhead measurement
+        // per round, next to that round's wrk runs, and the medians of those.
+        let mut overheads = vec![measure_overhead(&app, args.requests).await?];
 
         let domains = Arc::new(DomainTable::new());
         let domain = Domain::new("hello", 0, Some(app.clone()), None);
@@ -79,26 +83,39 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
         let (mut toil_rps, mut native_rps) = (Vec::new(), Vec::new());
         let (mut toil_p99, mut native_p99) = (Vec::new(), Vec::new());
+        let (mut toil_cpu, mut native_cpu) = (Vec::new(), Vec::new());
         for round in 0..args.rounds {
-            for (name, addr, rps, p99) in
-                [("toil", toil_addr, &mut toil_rps, &mut toil_p99), ("native", native_addr, &mut native_rps, &mut native_p99)]
-            {
+            if round > 0 {
+                overheads.push(measure_overhead(&app, args.requests).await?);
+            }
+            for (name, addr, rps, p99, cpu) in [
+                ("toil", toil_addr, &mut toil_rps, &mut toil_p99, &mut toil_cpu),
+                ("native", native_addr, &mut native_rps, &mut native_p99, &mut native_cpu),
+            ] {
+                let cpu_before = process_cpu_time();
                 let r = wrk(addr, args.connections, args.seconds).await?;
-                eprintln!("round {}: {name:<6} {:>10.0} req/s  p99 {:>8.0} µs", round + 1, r.rps, r.p99_us);
+                let cpu_per_request = (process_cpu_time() - cpu_before).as_secs_f64() * 1e6 / r.requests;
+                eprintln!("round {}: {name:<6} {:>10.0} req/s  p99 {:>8.0} µs  server CPU {cpu_per_request:>6.1} µs/req", round + 1, r.rps, r.p99_us);
                 rps.push(r.rps);
                 p99.push(r.p99_us);
+                cpu.push(cpu_per_request);
             }
         }
         let (t, n) = (median(&mut toil_rps), median(&mut native_rps));
+        let of = |f: fn(&Overhead) -> f64| median(&mut overheads.iter().map(f).collect::<Vec<_>>());
+        let (overhead_median, overhead_p99, overhead_mean) = (of(|o| o.median), of(|o| o.p99), of(|o| o.mean));
         println!();
         println!("| measurement | value |");
         println!("|---|---|");
-        println!("| instance overhead (instantiate + handle + drop), median | {:.2} µs |", overhead.0);
-        println!("| instance overhead, p99 | {:.2} µs |", overhead.1);
+        let per_round = format!("median of {} rounds × {} calls", overheads.len(), args.requests);
+        println!("| instance overhead (instantiate + handle + drop), median ({per_round}) | {overhead_median:.2} µs |");
+        println!("| instance overhead, p99 | {overhead_p99:.2} µs |");
+        println!("| instance overhead, mean | {overhead_mean:.2} µs |");
         println!("| HTTP/1.1 throughput, toil (wrk -c{}, median of {} × {}s) | {t:.0} req/s |", args.connections, args.rounds, args.seconds);
         println!("| HTTP/1.1 throughput, native hyper (same run) | {n:.0} req/s |");
         println!("| throughput ratio toil / native | {:.2} |", t / n);
         println!("| wrk p99 latency, toil / native | {:.0} µs / {:.0} µs |", median(&mut toil_p99), median(&mut native_p99));
+        println!("| server CPU per request, toil / native | {:.1} µs / {:.1} µs |", median(&mut toil_cpu), median(&mut native_cpu));
         Ok(())
     })
 }
@@ -116,8 +133,8 @@ fn hello_artifact() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Median and p99, in µs, of in-process `GET /` calls.
-async fn measure_overhead(app: &RequestApp, n: usize) -> anyhow::Result<(f64, f64)> {
+/// Median, p99 and mean, in µs, of in-process `GET /` calls.
+async fn measure_overhead(app: &RequestApp, n: usize) -> anyhow::Result<Overhead> {
     let req = GuestRequest { method: "GET", path: "/", query: "", headers: vec![("host", b"hello.localhost")], body: b"" };
     for _ in 0..n.min(2000) {
         app.handle(&req).await;
@@ -129,9 +146,16 @@ async fn measure_overhead(app: &RequestApp, n: usize) -> anyhow::Result<(f64, f6
         samples.push(t.elapsed());
         anyhow::ensure!(matches!(&out, Outcome::Response(r) if r.status == 200), "GET / failed: {out:?}");
     }
-    samples.sort();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
-    Ok((us(samples[n / 2]), us(samples[(n * 99 / 100).min(n - 1)])))
+    let mean = us(samples.iter().sum::<Duration>()) / n as f64;
+    samples.sort();
+    Ok(Overhead { median: us(samples[n / 2]), p99: us(samples[(n * 99 / 100).min(n - 1)]), mean })
+}
+
+struct Overhead {
+    median: f64,
+    p99: f64,
+    mean: f64,
 }
 
 /// The native baseline: hyper answering the bytes the hello example answers.
@@ -154,7 +178,22 @@ async fn native_hello(listener: TcpListener) {
 
 struct WrkResult {
     rps: f64,
+    requests: f64,
     p99_us: f64,
+}
+
+/// CPU time (user + system) this process has used: both servers run in it,
+/// one at a time, so a round's delta over its request count is the cost of
+/// a request to the server under test (wrk runs in its own process).
+fn process_cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF cannot fail.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 /// Runs `wrk --latency` and parses requests/s and the 99th percentile.
@@ -174,7 +213,12 @@ async fn wrk(addr: SocketAddr, connections: u32, seconds: u32) -> anyhow::Result
         .and_then(|v| v.trim().parse().ok())
         .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
     let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).map(|v| parse_wrk_duration(v.trim())).unwrap_or(f64::NAN);
-    Ok(WrkResult { rps, p99_us: p99 })
+    // "  123456 requests in 5.00s, 12.34MB read"
+    let requests = text
+        .lines()
+        .find_map(|l| l.split_once(" requests in ").and_then(|(n, _)| n.trim().parse().ok()))
+        .with_context(|| format!("no request count in wrk output:\n{text}"))?;
+    Ok(WrkResult { rps, requests, p99_us: p99 })
 }
 
 /// `"1.23ms"` → 1230.0 (µs).
