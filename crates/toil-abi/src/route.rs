@@ -175,6 +175,8 @@ pub enum RouteMatch<'t> {
     Found {
         method: &'t str,
         pattern: &'t str,
+        /// `"<method> <pattern>"`, the route key the guest dispatches on.
+        route: &'t str,
         params: Vec<(String, String)>,
     },
     /// The path matches, but not with this method; `allow` lists the methods that would.
@@ -188,16 +190,46 @@ pub enum RouteMatch<'t> {
 #[cfg(feature = "alloc")]
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
-    routes: Vec<(String, String, Vec<SegmentKind>)>,
+    routes: Vec<Route>,
+}
+
+#[cfg(feature = "alloc")]
+#[derive(Clone, Debug)]
+struct Route {
+    /// `"<method> <pattern>"`: built once, so a request formats nothing.
+    key: String,
+    method_len: usize,
+    specificity: Vec<SegmentKind>,
+}
+
+#[cfg(feature = "alloc")]
+impl Route {
+    fn method(&self) -> &str {
+        &self.key[..self.method_len]
+    }
+
+    fn pattern(&self) -> &str {
+        &self.key[self.method_len + 1..]
+    }
+
+    fn found(&self, params: Vec<(String, String)>) -> RouteMatch<'_> {
+        RouteMatch::Found { method: self.method(), pattern: self.pattern(), route: &self.key, params }
+    }
 }
 
 #[cfg(feature = "alloc")]
 impl RouteTable {
     /// Builds a table from `(method, pattern)` pairs that were already validated.
     pub fn new<'a>(decls: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        let mut routes: Vec<_> =
-            decls.into_iter().map(|(m, p)| (m.into(), p.into(), segments(p).map(|s| segment_kind(s).0).collect::<Vec<_>>())).collect();
-        routes.sort_by(|a, b| a.2.cmp(&b.2));
+        let mut routes: Vec<_> = decls
+            .into_iter()
+            .map(|(m, p)| Route {
+                key: alloc::format!("{m} {p}"),
+                method_len: m.len(),
+                specificity: segments(p).map(|s| segment_kind(s).0).collect(),
+            })
+            .collect();
+        routes.sort_by(|a, b| a.specificity.cmp(&b.specificity));
         RouteTable { routes }
     }
 
@@ -207,19 +239,20 @@ impl RouteTable {
         let mut params = Vec::new();
         let mut allow = Vec::new();
         let mut fallback = None;
-        for (m, pattern, _) in &self.routes {
-            if !match_path(pattern, path, &mut params) {
+        for route in &self.routes {
+            if !match_path(route.pattern(), path, &mut params) {
                 continue;
             }
+            let m = route.method();
             if m == method {
-                return RouteMatch::Found { method: m, pattern, params };
+                return route.found(params);
             }
             if fallback.is_none() && (m == "ANY" || (method == "HEAD" && m == "GET")) {
-                fallback = Some(RouteMatch::Found { method: m, pattern, params: core::mem::take(&mut params) });
+                fallback = Some(route.found(core::mem::take(&mut params)));
             }
             params.clear();
-            if !allow.contains(&m.as_str()) {
-                allow.push(m.as_str());
+            if !allow.contains(&m) {
+                allow.push(m);
             }
         }
         match fallback {
@@ -273,10 +306,19 @@ mod tests {
     #[test]
     fn table_prefers_specific_and_reports_405() {
         let t = RouteTable::new(vec![("GET", "/users/:id"), ("GET", "/users/me"), ("POST", "/echo"), ("GET", "/*any")]);
-        assert_eq!(t.lookup("GET", "/users/me"), RouteMatch::Found { method: "GET", pattern: "/users/me", params: vec![] });
-        assert_eq!(t.lookup("GET", "/users/5"), RouteMatch::Found { method: "GET", pattern: "/users/:id", params: p(&[("id", "5")]) });
-        assert_eq!(t.lookup("HEAD", "/users/5"), RouteMatch::Found { method: "GET", pattern: "/users/:id", params: p(&[("id", "5")]) });
-        assert_eq!(t.lookup("GET", "/echo"), RouteMatch::Found { method: "GET", pattern: "/*any", params: p(&[("any", "echo")]) });
+        assert_eq!(t.lookup("GET", "/users/me"), RouteMatch::Found { method: "GET", pattern: "/users/me", route: "GET /users/me", params: vec![] });
+        assert_eq!(
+            t.lookup("GET", "/users/5"),
+            RouteMatch::Found { method: "GET", pattern: "/users/:id", route: "GET /users/:id", params: p(&[("id", "5")]) }
+        );
+        assert_eq!(
+            t.lookup("HEAD", "/users/5"),
+            RouteMatch::Found { method: "GET", pattern: "/users/:id", route: "GET /users/:id", params: p(&[("id", "5")]) }
+        );
+        assert_eq!(
+            t.lookup("GET", "/echo"),
+            RouteMatch::Found { method: "GET", pattern: "/*any", route: "GET /*any", params: p(&[("any", "echo")]) }
+        );
         let t = RouteTable::new(vec![("POST", "/echo"), ("PUT", "/echo")]);
         assert_eq!(t.lookup("GET", "/echo"), RouteMatch::MethodNotAllowed { allow: vec!["POST", "PUT"] });
         assert_eq!(t.lookup("GET", "/nope"), RouteMatch::NotFound);

@@ -6,8 +6,9 @@
 //! 2. HTTP/1.1 keep-alive throughput with `wrk` against the hello example
 //!    served by the real edge, and against a native hyper server answering
 //!    the same bytes, measured in the same run in alternating rounds; the
-//!    table reports medians, the toil/native ratio, and the server CPU time
-//!    per request of each (the process's CPU time over a round).
+//!    table reports medians, the toil/native ratio, and the CPU time per
+//!    request of each server (this process's CPU time over a round) and of
+//!    wrk driving it (wrk's CPU time: both share the machine's cores).
 //!
 //! Run it on a release build: `cargo run --release -p toil-cli -- bench`.
 
@@ -84,21 +85,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let (mut toil_rps, mut native_rps) = (Vec::new(), Vec::new());
         let (mut toil_p99, mut native_p99) = (Vec::new(), Vec::new());
         let (mut toil_cpu, mut native_cpu) = (Vec::new(), Vec::new());
+        let (mut toil_wrk_cpu, mut native_wrk_cpu) = (Vec::new(), Vec::new());
         for round in 0..args.rounds {
             if round > 0 {
                 overheads.push(measure_overhead(&app, args.requests).await?);
             }
-            for (name, addr, rps, p99, cpu) in [
-                ("toil", toil_addr, &mut toil_rps, &mut toil_p99, &mut toil_cpu),
-                ("native", native_addr, &mut native_rps, &mut native_p99, &mut native_cpu),
+            for (name, addr, rps, p99, cpu, wrk_cpu) in [
+                ("toil", toil_addr, &mut toil_rps, &mut toil_p99, &mut toil_cpu, &mut toil_wrk_cpu),
+                ("native", native_addr, &mut native_rps, &mut native_p99, &mut native_cpu, &mut native_wrk_cpu),
             ] {
-                let cpu_before = process_cpu_time();
+                let (server_before, client_before) = (cpu_time(libc::RUSAGE_SELF), cpu_time(libc::RUSAGE_CHILDREN));
                 let r = wrk(addr, args.connections, args.seconds).await?;
-                let cpu_per_request = (process_cpu_time() - cpu_before).as_secs_f64() * 1e6 / r.requests;
-                eprintln!("round {}: {name:<6} {:>10.0} req/s  p99 {:>8.0} µs  server CPU {cpu_per_request:>6.1} µs/req", round + 1, r.rps, r.p99_us);
+                let per_request = |d: Duration| d.as_secs_f64() * 1e6 / r.requests;
+                let server = per_request(cpu_time(libc::RUSAGE_SELF) - server_before);
+                let client = per_request(cpu_time(libc::RUSAGE_CHILDREN) - client_before);
+                eprintln!(
+                    "round {}: {name:<6} {:>10.0} req/s  p99 {:>8.0} µs  CPU per request: server {server:>5.1} µs, wrk {client:>5.1} µs",
+                    round + 1,
+                    r.rps,
+                    r.p99_us
+                );
                 rps.push(r.rps);
                 p99.push(r.p99_us);
-                cpu.push(cpu_per_request);
+                cpu.push(server);
+                wrk_cpu.push(client);
             }
         }
         let (t, n) = (median(&mut toil_rps), median(&mut native_rps));
@@ -116,6 +126,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("| throughput ratio toil / native | {:.2} |", t / n);
         println!("| wrk p99 latency, toil / native | {:.0} µs / {:.0} µs |", median(&mut toil_p99), median(&mut native_p99));
         println!("| server CPU per request, toil / native | {:.1} µs / {:.1} µs |", median(&mut toil_cpu), median(&mut native_cpu));
+        println!("| wrk CPU per request, against toil / native | {:.1} µs / {:.1} µs |", median(&mut toil_wrk_cpu), median(&mut native_wrk_cpu));
         Ok(())
     })
 }
@@ -182,14 +193,16 @@ struct WrkResult {
     p99_us: f64,
 }
 
-/// CPU time (user + system) this process has used: both servers run in it,
+/// CPU time (user + system) used by this process (`RUSAGE_SELF`) or by its
+/// finished children (`RUSAGE_CHILDREN`). Both servers run in this process,
 /// one at a time, so a round's delta over its request count is the cost of
-/// a request to the server under test (wrk runs in its own process).
-fn process_cpu_time() -> Duration {
+/// a request to the server under test; wrk is the child, reaped at the end
+/// of its round.
+fn cpu_time(who: libc::c_int) -> Duration {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF cannot fail.
+    // SAFETY: getrusage fills the struct it is given; both `who` values are valid.
     let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        libc::getrusage(who, usage.as_mut_ptr());
         usage.assume_init()
     };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);

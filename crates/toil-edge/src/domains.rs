@@ -1,10 +1,13 @@
 //! Host-name routing: which domain serves a request.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use toil_runtime::request::RequestApp;
 use toil_runtime::stream::StreamApp;
+
+use crate::serve::DomainMetrics;
 
 /// What a node serves of one version of a domain: its request tier and its
 /// stream tier, each present only if the release has that artifact.
@@ -17,6 +20,8 @@ pub struct Domain {
     /// Set when this version is replaced and its open stream sessions must
     /// close (after the drain timeout): the close code and reason.
     retired: tokio::sync::watch::Sender<Option<Retirement>>,
+    /// The domain's request metrics, looked up once instead of per request.
+    pub(crate) metrics: OnceLock<Arc<DomainMetrics>>,
 }
 
 /// Why a replaced version's sessions close.
@@ -28,7 +33,7 @@ pub struct Retirement {
 
 impl Domain {
     pub fn new(name: impl Into<String>, version: u64, request: Option<Arc<RequestApp>>, stream: Option<Arc<StreamApp>>) -> Self {
-        Domain { name: name.into(), version, request, stream, retired: tokio::sync::watch::Sender::new(None) }
+        Domain { name: name.into(), version, request, stream, retired: tokio::sync::watch::Sender::new(None), metrics: OnceLock::new() }
     }
 
     /// Closes the stream sessions still open on this version.
@@ -91,8 +96,10 @@ impl DomainTable {
     /// The domain for a `Host` header value or URI authority (port ignored).
     pub fn resolve(&self, host: Option<&str>) -> Option<Arc<Domain>> {
         let snap = self.inner.read().expect("domain table").clone();
-        let name = host.map(strip_port).map(str::to_ascii_lowercase);
-        name.and_then(|n| snap.by_host.get(&n).cloned()).or_else(|| snap.default.clone())
+        let name =
+            host.map(strip_port)
+                .map(|h| if h.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(h.to_ascii_lowercase()) } else { Cow::Borrowed(h) });
+        name.and_then(|n| snap.by_host.get(n.as_ref()).cloned()).or_else(|| snap.default.clone())
     }
 }
 

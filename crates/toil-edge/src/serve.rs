@@ -1,7 +1,7 @@
 //! Protocol-independent request serving: host → domain → guest → response.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -11,7 +11,7 @@ use toil_metrics::{Counter, Histogram, Registry};
 use toil_runtime::request::{GuestRequest, Outcome};
 use toil_runtime::GuestFault;
 
-use crate::domains::DomainTable;
+use crate::domains::{Domain, DomainTable};
 use crate::sessions::{SessionLimits, SessionTable};
 
 /// The HTTP version a request arrived on (a metrics label).
@@ -61,10 +61,12 @@ pub struct Edge {
     pub dev_info: Option<Bytes>,
     registry: Registry,
     per_domain: RwLock<HashMap<String, Arc<DomainMetrics>>>,
+    /// Requests for hosts no domain serves (the `-` domain label).
+    unrouted: OnceLock<Arc<DomainMetrics>>,
 }
 
 /// Request counters of one domain, by protocol and status class.
-struct DomainMetrics {
+pub(crate) struct DomainMetrics {
     requests: [[Arc<Counter>; 5]; 3],
     duration: Arc<Histogram>,
 }
@@ -110,10 +112,21 @@ impl Edge {
             dev_info: None,
             registry,
             per_domain: RwLock::default(),
+            unrouted: OnceLock::new(),
         }
     }
 
-    fn metrics(&self, domain: &str) -> Arc<DomainMetrics> {
+    /// `domain`'s metrics; `None` for requests no domain serves.
+    fn metrics<'a>(&'a self, domain: Option<&'a Domain>) -> &'a DomainMetrics {
+        match domain {
+            Some(d) => d.metrics.get_or_init(|| self.metrics_by_name(&d.name)),
+            None => self.unrouted.get_or_init(|| self.metrics_by_name("-")),
+        }
+    }
+
+    /// Every version of a domain shares its series (the registry and this
+    /// map hand out the same handles).
+    fn metrics_by_name(&self, domain: &str) -> Arc<DomainMetrics> {
         if let Some(m) = self.per_domain.read().expect("metrics map").get(domain) {
             return m.clone();
         }
@@ -137,7 +150,7 @@ impl Edge {
                 Some(d) => text(StatusCode::NOT_FOUND, format!("the {} app has no request tier\n", d.name)),
                 None => text(StatusCode::NOT_FOUND, format!("no app on this node serves host {:?}\n", host.unwrap_or(""))),
             };
-            self.record(domain.as_ref().map_or("-", |d| d.name.as_str()), proto, &resp, started);
+            self.record(domain.as_deref(), proto, &resp, started);
             return resp;
         };
         let mut resp = match body {
@@ -159,11 +172,11 @@ impl Edge {
                 resp.headers_mut().insert(http::header::ALT_SVC, alt.clone());
             }
         }
-        self.record(app.domain(), proto, &resp, started);
+        self.record(domain.as_deref(), proto, &resp, started);
         resp
     }
 
-    fn record(&self, domain: &str, proto: Protocol, resp: &Response<Bytes>, started: Instant) {
+    fn record(&self, domain: Option<&Domain>, proto: Protocol, resp: &Response<Bytes>, started: Instant) {
         let m = self.metrics(domain);
         let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
         let p = match proto {
