@@ -19,13 +19,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::cluster::{now_us, Cluster};
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
+use common::percentile;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -20,18 +20,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
-use common::{build_guest, get_blocking, repo_root, set_label, start_server, versioned_copy};
+use common::{build_guest, get_blocking, median, repo_root, set_label, start_server, versioned_copy};
 
 const HOST: &str = "versioned.localhost";
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
-}
 
 fn max(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::NAN, f64::max)

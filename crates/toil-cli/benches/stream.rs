@@ -76,11 +76,7 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64) {
     let per_box = (after as f64 - before as f64) / held.len() as f64;
     drop(held);
 
-    let m = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
-    let (tp50, tp99, np50, np99) = (m(&mut toil_p50), m(&mut toil_p99), m(&mut native_p50), m(&mut native_p99));
+    let (tp50, tp99, np50, np99) = (median(&mut toil_p50), median(&mut toil_p99), median(&mut native_p50), median(&mut native_p99));
     println!();
     println!("| measurement | value |");
     println!("|---|---|");

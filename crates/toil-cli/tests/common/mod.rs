@@ -500,3 +500,17 @@ pub fn get_blocking(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, St
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((status, body.to_string()))
 }
+
+/// The `p` quantile (0 to 1) of samples sorted ascending; NaN when there are none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The median of `samples`, which it sorts.
+pub fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    percentile(samples, 0.5)
+}
