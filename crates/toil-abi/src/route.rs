@@ -173,9 +173,7 @@ fn hex(c: u8) -> Option<u8> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum RouteMatch<'t> {
     Found {
-        method: &'t str,
-        pattern: &'t str,
-        /// `"<method> <pattern>"`, the route key the guest dispatches on.
+        /// `"<declared method> <pattern>"`, the route key the guest dispatches on.
         route: &'t str,
         params: Vec<(String, String)>,
     },
@@ -213,7 +211,7 @@ impl Route {
     }
 
     fn found(&self, params: Vec<(String, String)>) -> RouteMatch<'_> {
-        RouteMatch::Found { method: self.method(), pattern: self.pattern(), route: &self.key, params }
+        RouteMatch::Found { route: &self.key, params }
     }
 }
 
@@ -306,19 +304,10 @@ mod tests {
     #[test]
     fn table_prefers_specific_and_reports_405() {
         let t = RouteTable::new(vec![("GET", "/users/:id"), ("GET", "/users/me"), ("POST", "/echo"), ("GET", "/*any")]);
-        assert_eq!(t.lookup("GET", "/users/me"), RouteMatch::Found { method: "GET", pattern: "/users/me", route: "GET /users/me", params: vec![] });
-        assert_eq!(
-            t.lookup("GET", "/users/5"),
-            RouteMatch::Found { method: "GET", pattern: "/users/:id", route: "GET /users/:id", params: p(&[("id", "5")]) }
-        );
-        assert_eq!(
-            t.lookup("HEAD", "/users/5"),
-            RouteMatch::Found { method: "GET", pattern: "/users/:id", route: "GET /users/:id", params: p(&[("id", "5")]) }
-        );
-        assert_eq!(
-            t.lookup("GET", "/echo"),
-            RouteMatch::Found { method: "GET", pattern: "/*any", route: "GET /*any", params: p(&[("any", "echo")]) }
-        );
+        assert_eq!(t.lookup("GET", "/users/me"), RouteMatch::Found { route: "GET /users/me", params: vec![] });
+        assert_eq!(t.lookup("GET", "/users/5"), RouteMatch::Found { route: "GET /users/:id", params: p(&[("id", "5")]) });
+        assert_eq!(t.lookup("HEAD", "/users/5"), RouteMatch::Found { route: "GET /users/:id", params: p(&[("id", "5")]) });
+        assert_eq!(t.lookup("GET", "/echo"), RouteMatch::Found { route: "GET /*any", params: p(&[("any", "echo")]) });
         let t = RouteTable::new(vec![("POST", "/echo"), ("PUT", "/echo")]);
         assert_eq!(t.lookup("GET", "/echo"), RouteMatch::MethodNotAllowed { allow: vec!["POST", "PUT"] });
         assert_eq!(t.lookup("GET", "/nope"), RouteMatch::NotFound);

@@ -21,7 +21,7 @@ pub struct Domain {
     /// close (after the drain timeout): the close code and reason.
     retired: tokio::sync::watch::Sender<Option<Retirement>>,
     /// The domain's request metrics, looked up once instead of per request.
-    pub(crate) metrics: OnceLock<Arc<DomainMetrics>>,
+    pub(crate) metrics: OnceLock<DomainMetrics>,
 }
 
 /// Why a replaced version's sessions close.

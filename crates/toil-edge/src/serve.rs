@@ -1,7 +1,6 @@
 //! Protocol-independent request serving: host → domain → guest → response.
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -60,9 +59,8 @@ pub struct Edge {
     /// dev page can open WebTransport (certificate hash, HTTP/3 port).
     pub dev_info: Option<Bytes>,
     registry: Registry,
-    per_domain: RwLock<HashMap<String, Arc<DomainMetrics>>>,
     /// Requests for hosts no domain serves (the `-` domain label).
-    unrouted: OnceLock<Arc<DomainMetrics>>,
+    unrouted: OnceLock<DomainMetrics>,
 }
 
 /// Request counters of one domain, by protocol and status class.
@@ -111,7 +109,6 @@ impl Edge {
             shutdown: tokio::sync::watch::channel(false).0,
             dev_info: None,
             registry,
-            per_domain: RwLock::default(),
             unrouted: OnceLock::new(),
         }
     }
@@ -119,19 +116,11 @@ impl Edge {
     /// `domain`'s metrics; `None` for requests no domain serves.
     fn metrics<'a>(&'a self, domain: Option<&'a Domain>) -> &'a DomainMetrics {
         match domain {
-            Some(d) => d.metrics.get_or_init(|| self.metrics_by_name(&d.name)),
-            None => self.unrouted.get_or_init(|| self.metrics_by_name("-")),
+            // Every version of a domain gets the same series: the registry
+            // hands out one handle per name and labels.
+            Some(d) => d.metrics.get_or_init(|| DomainMetrics::new(&self.registry, &d.name)),
+            None => self.unrouted.get_or_init(|| DomainMetrics::new(&self.registry, "-")),
         }
-    }
-
-    /// Every version of a domain shares its series (the registry and this
-    /// map hand out the same handles).
-    fn metrics_by_name(&self, domain: &str) -> Arc<DomainMetrics> {
-        if let Some(m) = self.per_domain.read().expect("metrics map").get(domain) {
-            return m.clone();
-        }
-        let mut map = self.per_domain.write().expect("metrics map");
-        map.entry(domain.to_string()).or_insert_with(|| Arc::new(DomainMetrics::new(&self.registry, domain))).clone()
     }
 
     /// Serves one request. `host` is the `Host` header or `:authority`.
