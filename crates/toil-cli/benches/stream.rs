@@ -180,7 +180,12 @@ async fn open_idle(server: &'static Server, n: usize) -> (Vec<(wtransport::Conne
 async fn native_server(server: &Server) -> SocketAddr {
     let cert = toil_edge::tls::DevCert::load_or_create(&server.dir.join("cert")).unwrap();
     let keys = toil_edge::keys::NodeKeys::load_or_create(&server.dir.join("native-keys")).unwrap();
-    let config = toil_edge::quic::server_config(&cert, &keys, Duration::from_secs(300)).unwrap();
+    let config = toil_edge::quic::server_config(
+        &cert,
+        &keys,
+        &toil_edge::quic::ConnectionLimits { idle_timeout: Duration::from_secs(300), ..Default::default() },
+    )
+    .unwrap();
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = socket.local_addr().unwrap();
     // Its own single-threaded runtime, like one toil QUIC worker.

@@ -24,12 +24,15 @@ use toil_daemon::{ClaimLog, DaemonSettings, Daemons, LocalLog, LogError, TickErr
 use toil_deploy::api::{DeployRequest, RollbackRequest, BLOB_PATH, RELEASE_PATH, ROLLBACK_PATH};
 use toil_deploy::{BlobFetch, BlobStore, DeployError, DeploySettings, Deployer};
 use toil_edge::admin::{AdminReply, AdminRequest, AdminSecurity};
+use toil_edge::conns::{self, ConnLimits, ConnTable};
 use toil_edge::keys::NodeKeys;
 use toil_edge::sessions::SessionLimits;
+use toil_edge::tcp::TcpTimeouts;
 use toil_edge::workers::{QuicWorkers, Steering, UdpGroup};
 use toil_edge::{admin, quic, tcp, tls::DevCert, DomainTable, Edge};
 use toil_metrics::Registry;
 use toil_raft::{ClusterNode, ClusterStatus};
+use toil_runtime::admission::AdmissionLimits;
 use toil_runtime::{Limits, Runtime, RuntimeConfig};
 use tokio::net::TcpListener;
 
@@ -51,7 +54,10 @@ pub fn run(config_path: &Path, build: bool, watch: bool, stop_on_stdin_eof: bool
         listen: config.dev.listen,
         admin: config.dev.admin,
         cert_dir: dev_dir.clone(),
-        store: BlobStore::open(&dev_dir.with_file_name("toil-dev-artifacts")).context("opening the dev artifact store")?,
+        store: {
+            let dir = dev_dir.with_file_name("toil-dev-artifacts");
+            BlobStore::open(&dir).with_context(|| format!("opening the dev artifact store {} (next to dev.certDir)", dir.display()))?
+        },
         admin_token: admin::load_or_create_token(&dev_dir.join(DEV_TOKEN_FILE))?,
         cluster: None,
         fetch: None,
@@ -111,10 +117,28 @@ pub fn runtime_config(config: &Config) -> RuntimeConfig {
             max_response_body: l.max_response_body,
             max_frame_bytes: l.max_frame_bytes,
             max_outbound_bytes_per_event: l.max_outbound_bytes_per_event,
+            max_response_headers: l.max_response_headers,
+            max_response_header_bytes: l.max_response_header_bytes,
             ..Limits::default()
         },
         max_instances: l.max_instances,
+        admission: AdmissionLimits {
+            max_running: l.max_requests_per_domain,
+            max_waiting: l.request_queue_per_domain,
+            max_wait: l.request_queue_timeout,
+        },
         ..RuntimeConfig::default()
+    }
+}
+
+/// What one QUIC connection may make the node hold.
+pub fn connection_limits(config: &Config) -> quic::ConnectionLimits {
+    let l = &config.limits;
+    quic::ConnectionLimits {
+        idle_timeout: l.idle_timeout,
+        receive_window: l.connection_receive_window,
+        max_bidi_streams: l.max_streams_per_connection,
+        ..quic::ConnectionLimits::default()
     }
 }
 
@@ -279,8 +303,15 @@ fn bind(addr: SocketAddr, quic: &QuicConfig) -> anyhow::Result<Listeners> {
 }
 
 pub async fn serve(config: Config, host: Host) -> anyhow::Result<()> {
+    trim_heap_periodically();
     let registry = Registry::new();
-    let runtime = Runtime::new(runtime_config(&config))?;
+    let runtime = Runtime::new(runtime_config(&config)).with_context(|| {
+        format!(
+            "reserving the instance pool ({} instances of {} MiB memory each: lower limits.maxInstances or limits.memoryMb)",
+            config.limits.max_instances,
+            config.limits.memory_bytes >> 20
+        )
+    })?;
     let domains = Arc::new(DomainTable::new());
 
     // The log: raft on a cluster node; in dev, an in-memory log on which this node owns every daemon.
@@ -334,7 +365,7 @@ pub async fn serve(config: Config, host: Host) -> anyhow::Result<()> {
 
     let cert = DevCert::load_or_create(&host.cert_dir)?;
     let keys = NodeKeys::load_or_create(&host.cert_dir)?;
-    let server_config = quic::server_config(&cert, &keys, config.limits.idle_timeout)?;
+    let server_config = quic::server_config(&cert, &keys, &connection_limits(&config))?;
     let listeners = bind(host.listen, &config.quic)?;
     let (workers, steering) = (config.quic.workers, listeners.steering);
     let listen = listeners.tcp[0].local_addr()?;
@@ -345,6 +376,31 @@ pub async fn serve(config: Config, host: Host) -> anyhow::Result<()> {
     let admin_tls = if admin_addr.ip().is_loopback() { None } else { Some(admin::tls_config(&cert)?) };
 
     let mut edge = Edge::new(domains.clone(), config.limits.max_request_body, session_limits(&config), registry.clone());
+    let l = &config.limits;
+    let wanted = ConnLimits { max_total: l.max_connections, max_per_ip: l.max_connections_per_address };
+    let conn_limits = match conns::raise_fd_limit() {
+        Ok(fds) => {
+            let limits = ConnLimits::within_fd_limit(wanted, fds);
+            tracing::info!(fds, max_connections = limits.max_total, "open-file limit");
+            if limits.max_total < wanted.max_total {
+                tracing::warn!(
+                    "the open-file limit of {fds} allows {} TCP connections, not limits.maxConnections = {} (raise the hard RLIMIT_NOFILE)",
+                    limits.max_total,
+                    wanted.max_total
+                );
+            }
+            limits
+        }
+        Err(e) => {
+            tracing::warn!("cannot read the open-file limit: {e}");
+            wanted
+        }
+    };
+    edge.conns = ConnTable::new(conn_limits);
+    // QUIC connections cost no descriptor, only memory (their buffers).
+    edge.quic_conns = ConnTable::new(wanted);
+    edge.tcp = TcpTimeouts { header: l.header_timeout, idle: l.tcp_idle_timeout };
+    edge.body_timeout = l.body_timeout;
     edge.alt_svc = http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", listen.port())).ok();
     let dev_info = serde_json::json!({
         "certificateSha256": cert.sha256_hex(),
@@ -411,6 +467,28 @@ pub async fn serve(config: Config, host: Host) -> anyhow::Result<()> {
     edge.shutdown.send_replace(true);
     tokio::task::spawn_blocking(move || quic_workers.shutdown(Duration::from_secs(3))).await?;
     Ok(())
+}
+
+/// Returns freed heap memory to the kernel every few seconds. glibc keeps
+/// what finished connections and sessions freed in its per-thread arenas,
+/// so after a burst (a flood of sessions that then ended) the node's RSS
+/// would stay at the peak; `malloc_trim` releases the free pages of every
+/// arena.
+fn trim_heap_periodically() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static STARTED: std::sync::Once = std::sync::Once::new();
+        STARTED.call_once(|| {
+            let trim = || loop {
+                std::thread::sleep(Duration::from_secs(5));
+                // SAFETY: malloc_trim only hands free pages back to the kernel.
+                unsafe { libc::malloc_trim(0) };
+            };
+            if let Err(e) = std::thread::Builder::new().name("toil-trim".into()).spawn(trim) {
+                tracing::warn!("cannot start the heap-trim thread: {e}");
+            }
+        });
+    }
 }
 
 /// `toil dev`: this node owns the daemon of every domain that has one.

@@ -34,6 +34,34 @@ fn bad_config_names_the_key_and_exits_nonzero() {
     assert!(err.contains("not valid JSON"), "{err}");
 }
 
+/// Values that overflow or cannot be honoured are refused naming the key,
+/// before anything is built or reserved; causes are said once.
+#[test]
+fn config_edges_are_refused_with_the_key() {
+    let hello = common::repo_root().join("examples/hello");
+    let with_limits = |limits: &str| format!(r#"{{"apps": [{{"domain": "hello", "dir": {hello:?}}}], "limits": {limits}}}"#);
+    for (limits, key, says) in [
+        (r#"{"idleTimeoutMs": 4611686018427387904}"#, "limits.idleTimeoutMs", "ceiling"),
+        (r#"{"maxInstances": 40000}"#, "limits.maxInstances", "at most 16131"),
+        (r#"{"maxResponseHeaders": 40000}"#, "limits.maxResponseHeaders", "ceiling"),
+        (r#"{"deadlineMs": 5, "deadlineMs": 6}"#, "deadlineMs", "appears twice"),
+    ] {
+        let (ok, err) = dev_with_config(&with_limits(limits));
+        assert!(!ok, "{limits}");
+        assert!(err.contains(key) && err.contains(says), "{limits}: {err}");
+    }
+    let (ok, err) = dev_with_config(r#"{"apps": [],}"#);
+    assert!(!ok);
+    assert_eq!(err.matches("trailing comma").count(), 1, "the cause is said once: {err}");
+
+    // A certificate directory that cannot be made names its path.
+    common::build_guest(&hello);
+    let cfg = format!(r#"{{"apps": [{{"domain": "hello", "dir": {hello:?}}}], "dev": {{"certDir": "/proc/toil-cannot-be-here/cert"}}}}"#);
+    let (ok, err) = dev_with_config(&cfg);
+    assert!(!ok);
+    assert!(err.contains("/proc/toil-cannot-be-here/"), "{err}");
+}
+
 #[test]
 fn build_refuses_a_directory_without_a_crate() {
     let dir = tempfile::tempdir().unwrap();

@@ -22,10 +22,12 @@ pub const FILE_NAME: &str = "toilconfig.json";
 /// A configuration problem, naming the key (dotted path) and what is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
-    Read { file: PathBuf, source: std::io::Error },
-    #[error("{file}: not valid JSON: {source}")]
-    Json { file: PathBuf, source: serde_json::Error },
+    // The cause is part of the message, not a `source`: a `{:#}` chain
+    // would print it twice.
+    #[error("{file}: cannot read: {error}")]
+    Read { file: PathBuf, error: std::io::Error },
+    #[error("{file}: not valid JSON: {error}")]
+    Json { file: PathBuf, error: serde_json::Error },
     #[error("{file}: `{key}`: {problem}")]
     Key { file: PathBuf, key: String, problem: String },
 }
@@ -96,7 +98,49 @@ pub struct LimitsConfig {
     pub send_stall_timeout: Duration,
     /// A QUIC connection silent this long is lost (stream boxes get `disconnect`).
     pub idle_timeout: Duration,
+    /// Response headers a guest may set: how many, and their bytes.
+    pub max_response_headers: usize,
+    pub max_response_header_bytes: usize,
+    /// Requests of one domain running at once; default: half the instances
+    /// sessions leave free, so no one domain can take them all.
+    pub max_requests_per_domain: usize,
+    /// Requests of one domain waiting for an instance, and for how long.
+    pub request_queue_per_domain: usize,
+    pub request_queue_timeout: Duration,
+    /// TCP connections per node and per client address (the node's cap is
+    /// lowered to leave file descriptors free).
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    /// An HTTP/1.1 request head (or an idle keep-alive connection), an idle
+    /// TCP connection, and a request body: how long each may take.
+    pub header_timeout: Duration,
+    pub tcp_idle_timeout: Duration,
+    pub body_timeout: Duration,
+    /// Bytes one QUIC connection may have in flight to the node unread, and
+    /// bidirectional streams (requests, WebTransport streams) open at once.
+    pub connection_receive_window: u32,
+    pub max_streams_per_connection: u32,
 }
+
+impl LimitsConfig {
+    /// Instances the node leaves for requests once every session has its box.
+    pub fn instances_for_requests(&self) -> usize {
+        (self.max_instances as usize).saturating_sub(self.max_sessions)
+    }
+}
+
+/// Virtual address space the instance pool reserves per instance: wasmtime
+/// reserves 4 GiB for each 32-bit linear memory plus a 32 MiB guard, with
+/// the stack, table and instance slots on top (rounded up here).
+pub const POOL_BYTES_PER_INSTANCE: u64 = (4 << 30) + (64 << 20);
+/// The part of the 128 TiB user address space of x86-64 and aarch64 Linux
+/// the pool may take.
+pub const POOL_ADDRESS_SPACE: u64 = 64 << 40;
+/// Longest QUIC idle timeout (QUIC carries it as a varint of milliseconds;
+/// a day is far past any useful value).
+pub const MAX_IDLE_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
+/// Longest per-call deadline: a minute, which no request or tick should need.
+pub const MAX_DEADLINE_MS: u64 = 60_000;
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -112,6 +156,18 @@ impl Default for LimitsConfig {
             max_outbound_bytes_per_event: 1 << 20,
             send_stall_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            max_response_headers: 100,
+            max_response_header_bytes: 64 << 10,
+            max_requests_per_domain: 250,
+            request_queue_per_domain: 250,
+            request_queue_timeout: Duration::from_millis(100),
+            max_connections: 10_000,
+            max_connections_per_address: 1_000,
+            header_timeout: Duration::from_secs(10),
+            tcp_idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            connection_receive_window: 1 << 20,
+            max_streams_per_connection: 32,
         }
     }
 }
@@ -304,8 +360,70 @@ pub fn validate_domain(d: &str) -> Result<(), String> {
 }
 
 fn read_json(file: &Path) -> Result<Value, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.into(), source })?;
-    serde_json::from_str(&text).map_err(|source| ConfigError::Json { file: file.into(), source })
+    let text = std::fs::read_to_string(file).map_err(|error| ConfigError::Read { file: file.into(), error })?;
+    parse_json(&text).map_err(|error| ConfigError::Json { file: file.into(), error })
+}
+
+/// Parses JSON, refusing an object that repeats a key: serde_json keeps the
+/// last value silently, so a config with a key given twice would run with
+/// one of them without a word.
+pub fn parse_json(text: &str) -> Result<Value, serde_json::Error> {
+    serde_json::from_str::<UniqueKeys>(text)?;
+    serde_json::from_str(text)
+}
+
+/// Deserializes any JSON, failing on the first repeated key of an object.
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format_args!("key {key:?} appears twice in one object")));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
+    }
 }
 
 /// Reads `targets` of an app's own config (or defaults if it has none).
@@ -442,8 +560,23 @@ impl Config {
                 "maxOutboundBytesPerEvent",
                 "sendStallTimeoutMs",
                 "idleTimeoutMs",
+                "maxResponseHeaders",
+                "maxResponseHeaderBytes",
+                "maxRequestsPerDomain",
+                "requestQueuePerDomain",
+                "requestQueueTimeoutMs",
+                "maxConnections",
+                "maxConnectionsPerAddress",
+                "headerTimeoutMs",
+                "tcpIdleTimeoutMs",
+                "bodyTimeoutMs",
+                "connectionReceiveWindowBytes",
+                "maxStreamsPerConnection",
             ])?;
             if let Some(v) = l.positive("deadlineMs")? {
+                if v > MAX_DEADLINE_MS {
+                    return Err(l.err("deadlineMs", format!("{v} is over the {MAX_DEADLINE_MS} ms ceiling")));
+                }
                 limits.deadline = Duration::from_millis(v);
             }
             if let Some(v) = l.positive("memoryMb")? {
@@ -459,7 +592,20 @@ impl Config {
                 limits.max_response_body = v as usize;
             }
             if let Some(v) = l.positive("maxInstances")? {
-                limits.max_instances = u32::try_from(v).map_err(|_| l.err("maxInstances", "too large"))?;
+                let most = POOL_ADDRESS_SPACE / POOL_BYTES_PER_INSTANCE;
+                if v > most {
+                    return Err(l.err(
+                        "maxInstances",
+                        format!(
+                            "{v} instances would reserve {} TiB of address space ({} MiB each: a 4 GiB linear memory reservation and guards, \
+                             whatever memoryMb is); at most {most} fit in the {} TiB a node may reserve",
+                            (v * POOL_BYTES_PER_INSTANCE) >> 40,
+                            POOL_BYTES_PER_INSTANCE >> 20,
+                            POOL_ADDRESS_SPACE >> 40
+                        ),
+                    ));
+                }
+                limits.max_instances = v as u32;
             }
             let per_domain_given = l.positive("maxSessionsPerDomain")?;
             if let Some(v) = l.positive("maxSessions")? {
@@ -491,7 +637,81 @@ impl Config {
                 limits.send_stall_timeout = Duration::from_millis(v);
             }
             if let Some(v) = l.positive("idleTimeoutMs")? {
+                if v > MAX_IDLE_TIMEOUT_MS {
+                    return Err(l.err("idleTimeoutMs", format!("{v} is over the {MAX_IDLE_TIMEOUT_MS} ms (one day) ceiling")));
+                }
                 limits.idle_timeout = Duration::from_millis(v);
+            }
+            if let Some(v) = l.positive("maxResponseHeaders")? {
+                // `http`'s header map holds at most 32,768 entries.
+                if v > 10_000 {
+                    return Err(l.err("maxResponseHeaders", format!("{v} is over the 10000-header ceiling")));
+                }
+                limits.max_response_headers = v as usize;
+            }
+            if let Some(v) = l.positive("maxResponseHeaderBytes")? {
+                if v > 16 << 20 {
+                    return Err(l.err("maxResponseHeaderBytes", format!("{v} is over the 16 MiB ceiling")));
+                }
+                limits.max_response_header_bytes = v as usize;
+            }
+            let free = limits.instances_for_requests();
+            limits.max_requests_per_domain = (free / 2).max(1);
+            if let Some(v) = l.positive("maxRequestsPerDomain")? {
+                if v as usize > free {
+                    return Err(
+                        l.err("maxRequestsPerDomain", format!("{v} is over the {free} instances left for requests (maxInstances - maxSessions)"))
+                    );
+                }
+                limits.max_requests_per_domain = v as usize;
+            }
+            limits.request_queue_per_domain = limits.max_requests_per_domain;
+            if let Some(v) = l.positive("requestQueuePerDomain")? {
+                if v > 1_000_000 {
+                    return Err(l.err("requestQueuePerDomain", format!("{v} is over the 1000000 ceiling")));
+                }
+                limits.request_queue_per_domain = v as usize;
+            }
+            limits.request_queue_timeout = limits.deadline;
+            if let Some(v) = l.positive("requestQueueTimeoutMs")? {
+                if v > MAX_DEADLINE_MS {
+                    return Err(l.err("requestQueueTimeoutMs", format!("{v} is over the {MAX_DEADLINE_MS} ms ceiling")));
+                }
+                limits.request_queue_timeout = Duration::from_millis(v);
+            }
+            if let Some(v) = l.positive("maxConnections")? {
+                limits.max_connections = usize::try_from(v).map_err(|_| l.err("maxConnections", "too large"))?;
+            }
+            limits.max_connections_per_address = limits.max_connections_per_address.min(limits.max_connections);
+            if let Some(v) = l.positive("maxConnectionsPerAddress")? {
+                if v as usize > limits.max_connections {
+                    return Err(l.err("maxConnectionsPerAddress", format!("{v} is over maxConnections ({})", limits.max_connections)));
+                }
+                limits.max_connections_per_address = v as usize;
+            }
+            if let Some(v) = l.positive("connectionReceiveWindowBytes")? {
+                if !(16 << 10..=64 << 20).contains(&v) {
+                    return Err(l.err("connectionReceiveWindowBytes", format!("{v} is outside 16 KiB..=64 MiB")));
+                }
+                limits.connection_receive_window = v as u32;
+            }
+            if let Some(v) = l.positive("maxStreamsPerConnection")? {
+                if v > 1000 {
+                    return Err(l.err("maxStreamsPerConnection", format!("{v} is over the 1000-stream ceiling")));
+                }
+                limits.max_streams_per_connection = v as u32;
+            }
+            for (key, slot) in [
+                ("headerTimeoutMs", &mut limits.header_timeout),
+                ("tcpIdleTimeoutMs", &mut limits.tcp_idle_timeout),
+                ("bodyTimeoutMs", &mut limits.body_timeout),
+            ] {
+                if let Some(v) = l.positive(key)? {
+                    if v > MAX_IDLE_TIMEOUT_MS {
+                        return Err(l.err(key, format!("{v} is over the {MAX_IDLE_TIMEOUT_MS} ms (one day) ceiling")));
+                    }
+                    *slot = Duration::from_millis(v);
+                }
             }
         }
 
@@ -599,6 +819,29 @@ mod tests {
     }
 
     #[test]
+    fn per_domain_request_share_defaults_to_half_the_free_instances() {
+        let app = json!({"domain": "a", "dir": "app"});
+        let c = parse(json!({"apps": [app], "limits": {"maxInstances": 20, "maxSessions": 4, "deadlineMs": 300}})).unwrap();
+        assert_eq!(c.limits.max_requests_per_domain, 8);
+        assert_eq!(c.limits.request_queue_per_domain, 8);
+        assert_eq!(c.limits.request_queue_timeout, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn json_errors_are_precise_and_said_once() {
+        let e = parse_json(r#"{"apps": [], "limits": {"deadlineMs": 5, "deadlineMs": 6}}"#).unwrap_err().to_string();
+        assert!(e.contains("key \"deadlineMs\" appears twice") && e.contains("line 1"), "{e}");
+        assert!(parse_json(r#"{"a": {"x": 1}, "b": {"x": 2}, "c": [{"x": 1}, {"x": 1}]}"#).is_ok(), "the same key in different objects is fine");
+        let dir = std::env::temp_dir().join(format!("toilcfg-json-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(FILE_NAME);
+        std::fs::write(&file, r#"{"apps": [],}"#).unwrap();
+        let e = Config::load(&file).unwrap_err();
+        assert!(std::error::Error::source(&e).is_none(), "the cause is in the message only: {e}");
+        assert_eq!(e.to_string().matches("trailing comma").count(), 1, "{e}");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let app = json!({"domain": "a", "dir": "app"});
         assert_eq!(key_error(json!({"apps": [app], "limits": {"deadlineMs": "fast"}})).0, "limits.deadlineMs");
@@ -623,6 +866,17 @@ mod tests {
         assert_eq!(key_error(json!({"apps": [app, app]})).0, "apps[1].domain");
         assert_eq!(key_error(json!({"apps": [app], "defaultDomain": "zzz"})).0, "defaultDomain");
         assert_eq!(key_error(json!({"targets": {"release": {"outFile": "x.txt"}}})).0, "targets.release.outFile");
+        let (key, problem) = key_error(json!({"apps": [app], "limits": {"idleTimeoutMs": 1u64 << 62}}));
+        assert_eq!(key, "limits.idleTimeoutMs");
+        assert!(problem.contains("ceiling"), "{problem}");
+        let (key, problem) = key_error(json!({"apps": [app], "limits": {"maxInstances": 40_000}}));
+        assert_eq!(key, "limits.maxInstances");
+        assert!(problem.contains("address space") && problem.contains("at most 16131"), "{problem}");
+        let (key, problem) = key_error(json!({"apps": [app], "limits": {"maxInstances": 100, "maxSessions": 50, "maxRequestsPerDomain": 51}}));
+        assert_eq!(key, "limits.maxRequestsPerDomain");
+        assert!(problem.contains("50 instances left"), "{problem}");
+        assert_eq!(key_error(json!({"apps": [app], "limits": {"maxResponseHeaders": 40_000}})).0, "limits.maxResponseHeaders");
+        assert_eq!(key_error(json!({"apps": [app], "limits": {"deadlineMs": 1u64 << 40}})).0, "limits.deadlineMs");
         let (key, problem) = key_error(json!({"apps": [app], "limits": {"memoryMb": 99999}}));
         assert_eq!(key, "limits.memoryMb");
         assert!(problem.contains("4096"), "{problem}");

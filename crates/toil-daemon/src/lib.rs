@@ -349,10 +349,20 @@ async fn own(
         if daemon.is_none() {
             match app.start(&settings.node_name, fencing).await {
                 Ok(b) => daemon = Some(b),
-                Err(_) => {
+                Err(fault) => {
                     // Logged and counted by the runtime; try again shortly.
-                    if stopped_before(now_ms() + 1000, &mut stop).await {
-                        return;
+                    // A manual tick meanwhile learns why there is no box
+                    // instead of waiting for one.
+                    let retry = tokio::time::sleep(Duration::from_secs(1));
+                    tokio::pin!(retry);
+                    loop {
+                        tokio::select! {
+                            () = &mut retry => break,
+                            () = stop_requested(&mut stop) => return,
+                            Some(m) = manual.recv() => {
+                                let _ = m.done.send(Err(format!("daemon_start failed, so the daemon is not running: {fault}")));
+                            }
+                        }
                     }
                     continue;
                 }

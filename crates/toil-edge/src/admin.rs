@@ -13,6 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::conns::{accept_loop, ConnLimits, ConnTable};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Response, StatusCode};
@@ -102,12 +103,12 @@ fn token_matches(header: Option<&http::HeaderValue>, token: &str) -> bool {
 pub async fn serve(listener: TcpListener, registry: Registry, routes: Option<Arc<dyn AdminRoutes>>, security: AdminSecurity) {
     let token: Arc<str> = security.token.into();
     let acceptor = security.tls.map(tokio_rustls::TlsAcceptor::from);
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
+    // Operators and health checkers, not the public: a small cap of its
+    // own, so a flood on the HTTP port cannot take the admin port with it.
+    let table = ConnTable::new(ConnLimits { max_total: 128, max_per_ip: 32 });
+    accept_loop(listener, table, "admin", move |stream, peer, admitted| {
         let (registry, routes, token, acceptor) = (registry.clone(), routes.clone(), token.clone(), acceptor.clone());
-        tokio::spawn(async move {
+        async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (registry, routes, token) = (registry.clone(), routes.clone(), token.clone());
                 async move {
@@ -119,21 +120,29 @@ pub async fn serve(listener: TcpListener, registry: Registry, routes: Option<Arc
                     Ok::<_, Infallible>(r)
                 }
             });
-            let http = hyper::server::conn::http1::Builder::new();
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(ADMIN_HEADER_TIMEOUT);
             match acceptor {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(tls) => {
+                Some(acceptor) => match tokio::time::timeout(ADMIN_HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
                         let _ = http.serve_connection(TokioIo::new(tls), svc).await;
                     }
-                    Err(e) => tracing::debug!(%peer, "admin TLS handshake failed: {e}"),
+                    Ok(Err(e)) => tracing::debug!(%peer, "admin TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
                 },
                 None => {
                     let _ = http.serve_connection(TokioIo::new(stream), svc).await;
                 }
             }
-        });
-    }
+            drop(admitted);
+        }
+    })
+    .await
 }
+
+/// How long an admin client may take to send a request head (and, with
+/// TLS, to finish the handshake).
+const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn answer(
     req: Request<hyper::body::Incoming>,

@@ -4,6 +4,8 @@
 //! - [`serve`]: turns an HTTP request of any version into a guest call and the
 //!   outcome into a response (404/405 from the manifest, 413 over the body
 //!   cap, 500/503 on a guest fault), with metrics;
+//! - [`conns`]: TCP connection caps (per node, per client address, a
+//!   reserve of file descriptors), accept back-off, idle tracking;
 //! - [`tcp`]: HTTP/1.1 and HTTP/2 (cleartext, h2c prior knowledge) with hyper;
 //! - [`quic`]: HTTP/3 over QUIC with h3 + quinn, on the same port number over
 //!   UDP, and the WebTransport CONNECTs that open stream sessions;
@@ -24,6 +26,7 @@
 //! yields every epoch tick, so a slow one cannot starve its neighbours.
 
 pub mod admin;
+pub mod conns;
 pub mod domains;
 pub mod keys;
 pub mod quic;

@@ -11,10 +11,47 @@ use crate::tls::DevCert;
 use crate::webtransport;
 use crate::wt::RequestStream;
 
+/// What one QUIC connection may make the node hold. Every connection is
+/// bounded by these whatever the client does: quinn buffers at most
+/// `receive_window` bytes the node has not read yet (all streams together),
+/// `send_window` bytes the client has not acknowledged, and the datagram
+/// buffers; a client may have at most `max_bidi_streams` request or session
+/// streams open at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A connection silent this long is lost.
+    pub idle_timeout: Duration,
+    pub receive_window: u32,
+    pub stream_receive_window: u32,
+    pub send_window: u64,
+    pub max_bidi_streams: u32,
+    pub datagram_buffer: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            idle_timeout: Duration::from_secs(30),
+            receive_window: 1 << 20,
+            stream_receive_window: 256 << 10,
+            send_window: 1 << 20,
+            max_bidi_streams: 32,
+            datagram_buffer: 256 << 10,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// The most a connection's buffers hold, in bytes.
+    pub fn buffered_bytes(&self) -> u64 {
+        u64::from(self.receive_window) + self.send_window + 2 * self.datagram_buffer as u64
+    }
+}
+
 /// A quinn server config for HTTP/3 and WebTransport (ALPN `h3`, TLS 1.3)
-/// with `cert` and the node's token key; a connection silent for
-/// `idle_timeout` is lost. One config is shared by all QUIC workers.
-pub fn server_config(cert: &DevCert, keys: &NodeKeys, idle_timeout: Duration) -> anyhow::Result<quinn::ServerConfig> {
+/// with `cert`, the node's token key and `limits`. One config is shared by
+/// all QUIC workers.
+pub fn server_config(cert: &DevCert, keys: &NodeKeys, limits: &ConnectionLimits) -> anyhow::Result<quinn::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -24,10 +61,23 @@ pub fn server_config(cert: &DevCert, keys: &NodeKeys, idle_timeout: Duration) ->
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::new(Arc::new(crypto), keys.token_key());
     let mut transport = quinn::TransportConfig::default();
-    transport.max_idle_timeout(Some(idle_timeout.try_into()?));
+    transport
+        .max_idle_timeout(Some(limits.idle_timeout.try_into()?))
+        .receive_window(limits.receive_window.into())
+        .stream_receive_window(limits.stream_receive_window.min(limits.receive_window).into())
+        .send_window(limits.send_window)
+        .max_concurrent_bidi_streams(limits.max_bidi_streams.into())
+        // HTTP/3 needs three unidirectional streams a side (control, QPACK
+        // encoder and decoder); a few more leave room for extensions.
+        .max_concurrent_uni_streams(8u32.into())
+        .datagram_receive_buffer_size(Some(limits.datagram_buffer))
+        .datagram_send_buffer_size(limits.datagram_buffer);
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
+
+/// HTTP/3's `H3_EXCESSIVE_LOAD`: a connection refused at the cap.
+const H3_EXCESSIVE_LOAD: u32 = 0x107;
 
 /// Accepts QUIC connections until the endpoint closes.
 pub async fn serve(endpoint: quinn::Endpoint, edge: Arc<Edge>) {
@@ -43,6 +93,15 @@ async fn connection(incoming: quinn::Incoming, edge: Arc<Edge>) {
     let quic = match incoming.await {
         Ok(c) => c,
         Err(e) => return tracing::debug!("QUIC handshake failed: {e}"),
+    };
+    // Counted once the handshake has validated the address, so a spoofed
+    // Initial cannot use up another client's share.
+    let _admitted = match edge.quic_conns.admit(quic.remote_address().ip()) {
+        Ok(guard) => guard,
+        Err(why) => {
+            tracing::debug!(peer = %quic.remote_address(), reason = why.kind(), "QUIC connection refused: over the connection cap");
+            return quic.close(H3_EXCESSIVE_LOAD.into(), b"too many connections");
+        }
     };
     let mut h3 = match h3_builder().build(h3_quinn::Connection::new(quic.clone())).await {
         Ok(h) => h,
@@ -90,23 +149,10 @@ pub(crate) async fn serve_request(edge: &Edge, req: http::Request<()>, stream: R
 
 async fn respond(edge: &Edge, req: http::Request<()>, mut stream: RequestStream) -> anyhow::Result<()> {
     let (head, ()) = req.into_parts();
-    let mut buf = BytesMut::new();
-    let body = loop {
-        match stream.recv_data().await {
-            Ok(Some(mut chunk)) => {
-                if buf.len() + chunk.remaining() > edge.max_request_body {
-                    break Body::TooLarge;
-                }
-                while chunk.has_remaining() {
-                    let c = chunk.chunk();
-                    buf.extend_from_slice(c);
-                    let n = c.len();
-                    chunk.advance(n);
-                }
-            }
-            Ok(None) => break Body::Complete(buf.freeze()),
-            Err(e) => break Body::Broken(e.to_string()),
-        }
+    let body = if edge.declared_too_large(&head) {
+        Body::TooLarge
+    } else {
+        tokio::time::timeout(edge.body_timeout, read_body(&mut stream, edge.max_request_body)).await.unwrap_or(Body::TimedOut(edge.body_timeout))
     };
     let resp = edge.serve(Protocol::Http3, &head, body).await;
     let (parts, bytes) = resp.into_parts();
@@ -116,4 +162,25 @@ async fn respond(edge: &Edge, req: http::Request<()>, mut stream: RequestStream)
     }
     stream.finish().await?;
     Ok(())
+}
+
+async fn read_body(stream: &mut RequestStream, max: usize) -> Body {
+    let mut buf = BytesMut::new();
+    loop {
+        match stream.recv_data().await {
+            Ok(Some(mut chunk)) => {
+                if buf.len() + chunk.remaining() > max {
+                    return Body::TooLarge;
+                }
+                while chunk.has_remaining() {
+                    let c = chunk.chunk();
+                    buf.extend_from_slice(c);
+                    let n = c.len();
+                    chunk.advance(n);
+                }
+            }
+            Ok(None) => return Body::Complete(buf.freeze()),
+            Err(e) => return Body::Broken(e.to_string()),
+        }
+    }
 }

@@ -1,17 +1,21 @@
 //! Protocol-independent request serving: host → domain → guest → response.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{Method, Response, StatusCode};
 use toil_metrics::{Counter, Histogram, Registry};
 use toil_runtime::request::{GuestRequest, Outcome};
 use toil_runtime::GuestFault;
 
+use crate::conns::{ConnLimits, ConnTable};
 use crate::domains::{Domain, DomainTable};
 use crate::sessions::{SessionLimits, SessionTable};
+use crate::tcp::TcpTimeouts;
 
 /// The HTTP version a request arrived on (a metrics label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +45,8 @@ pub enum Body {
     TooLarge,
     /// The client broke off mid-body.
     Broken(String),
+    /// The body did not arrive whole within this (answered 408).
+    TimedOut(std::time::Duration),
 }
 
 /// Shared by every listener of a node.
@@ -52,6 +58,14 @@ pub struct Edge {
     pub alt_svc: Option<HeaderValue>,
     /// Open WebTransport sessions and their caps.
     pub sessions: Arc<SessionTable>,
+    /// Open TCP connections and their caps.
+    pub conns: Arc<ConnTable>,
+    /// Open QUIC connections (handshake done) and their caps.
+    pub quic_conns: Arc<ConnTable>,
+    /// How long a TCP connection may stall.
+    pub tcp: TcpTimeouts,
+    /// How long a request body may take to arrive whole (any protocol).
+    pub body_timeout: std::time::Duration,
     /// Set to `true` when the node shuts down: open stream sessions close
     /// with `SHUTDOWN` and their boxes get `close`.
     pub shutdown: tokio::sync::watch::Sender<bool>,
@@ -106,6 +120,10 @@ impl Edge {
             max_request_body,
             alt_svc: None,
             sessions,
+            conns: ConnTable::new(ConnLimits { max_total: 10_000, max_per_ip: 1_000 }),
+            quic_conns: ConnTable::new(ConnLimits { max_total: 10_000, max_per_ip: 1_000 }),
+            tcp: TcpTimeouts::default(),
+            body_timeout: std::time::Duration::from_secs(30),
             shutdown: tokio::sync::watch::channel(false).0,
             dev_info: None,
             registry,
@@ -121,6 +139,13 @@ impl Edge {
             Some(d) => d.metrics.get_or_init(|| DomainMetrics::new(&self.registry, &d.name)),
             None => self.unrouted.get_or_init(|| DomainMetrics::new(&self.registry, "-")),
         }
+    }
+
+    /// Whether the request declares a `Content-Length` over the body cap
+    /// (refused with 413 before reading).
+    pub fn declared_too_large(&self, head: &http::request::Parts) -> bool {
+        let declared = head.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        declared.is_some_and(|n| n > self.max_request_body as u64)
     }
 
     /// Serves one request. `host` is the `Host` header or `:authority`.
@@ -145,12 +170,31 @@ impl Edge {
         let mut resp = match body {
             Body::TooLarge => text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds the {}-byte limit\n", self.max_request_body)),
             Body::Broken(why) => text(StatusCode::BAD_REQUEST, format!("request body broken off: {why}\n")),
+            Body::TimedOut(limit) => {
+                let mut r = text(StatusCode::REQUEST_TIMEOUT, format!("request body not received within {limit:?}\n"));
+                r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                r
+            }
             Body::Complete(body) => {
                 let headers: Vec<(&str, &[u8])> = head.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
                 let req =
                     GuestRequest { method: head.method.as_str(), path: head.uri.path(), query: head.uri.query().unwrap_or(""), headers, body: &body };
-                let outcome = app.handle(&req).await;
-                to_response(app.domain(), outcome)
+                // A panic on this path is a host bug a guest may have
+                // triggered: it costs this request a 500, never the worker
+                // thread or its other connections.
+                match AssertUnwindSafe(async { to_response(app.domain(), app.handle(&req).await) }).catch_unwind().await {
+                    Ok(resp) => resp,
+                    Err(panic) => {
+                        let what = panic_message(&*panic);
+                        tracing::error!(domain = %app.domain(), method = %head.method, path = head.uri.path(), "request handling panicked: {what}");
+                        let mut r = text(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("500 Internal Server Error: the node failed serving the {} app\n", app.domain()),
+                        );
+                        r.headers_mut().insert("x-toil-fault", HeaderValue::from_static("host"));
+                        r
+                    }
+                }
             }
         };
         if head.method == Method::HEAD {
@@ -178,6 +222,11 @@ impl Edge {
     }
 }
 
+/// The text of a caught panic's payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str)).unwrap_or("(no message)")
+}
+
 /// Headers a guest may not set: the host owns framing.
 fn host_owned(name: &HeaderName) -> bool {
     matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection" | "keep-alive" | "upgrade" | "te" | "trailer")
@@ -194,7 +243,11 @@ fn to_response(domain: &str, outcome: Outcome) -> Response<Bytes> {
             for (name, value) in g.headers {
                 match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(&value)) {
                     (Ok(n), Ok(v)) if !host_owned(&n) => {
-                        resp.headers_mut().append(n, v);
+                        // The runtime caps the count; `try_append` keeps a
+                        // guest away from `append`'s panic regardless.
+                        if resp.headers_mut().try_append(n, v).is_err() {
+                            return fault_response(domain, &GuestFault::Abi("too many response headers".into()));
+                        }
                     }
                     (Ok(n), Ok(_)) => {
                         tracing::debug!(domain, header = %n, "dropped host-owned header set by guest")
@@ -218,6 +271,12 @@ fn to_response(domain: &str, outcome: Outcome) -> Response<Bytes> {
             r
         }
         Outcome::Fault(f) => fault_response(domain, &f),
+        Outcome::Busy(busy) => {
+            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, format!("503 Service Unavailable: the {domain} app is busy: {busy}\n"));
+            r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r.headers_mut().insert("x-toil-overload", HeaderValue::from_static(busy.kind()));
+            r
+        }
     }
 }
 

@@ -59,10 +59,14 @@ impl DevCert {
         params.not_after = now + VALIDITY;
         let cert = params.self_signed(&key)?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::write(dir.join("cert.pem"), cert.pem())?;
-        std::fs::write(dir.join("key.pem"), key.serialize_pem())?;
+        let write = |name: &str, bytes: &[u8]| {
+            let file = dir.join(name);
+            std::fs::write(&file, bytes).with_context(|| format!("writing {}", file.display()))
+        };
+        write("cert.pem", cert.pem().as_bytes())?;
+        write("key.pem", key.serialize_pem().as_bytes())?;
         let not_after = SystemTime::now() + VALIDITY;
-        std::fs::write(dir.join("not-after"), not_after.duration_since(UNIX_EPOCH)?.as_secs().to_string())?;
+        write("not-after", not_after.duration_since(UNIX_EPOCH)?.as_secs().to_string().as_bytes())?;
         Ok(DevCert {
             cert_der: cert.der().clone(),
             key_der: PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| anyhow::anyhow!(e))?,

@@ -52,6 +52,9 @@ use crate::wt::{self, Accepted, Capsule, H3Connection, RecvHalf, RequestStream, 
 
 pub use crate::wt::is_connect;
 
+/// How long a close capsule may wait for flow-control credit.
+const CAPSULE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// HTTP/3's "no error" code, which clients close a finished connection with.
 const H3_NO_ERROR: u64 = 0x100;
 
@@ -201,7 +204,10 @@ impl Driver {
                     boxed.message(kind, &bytes).await
                 }
                 Some(Inbound::Stream(send)) => {
-                    self.adopt_stream(send).await;
+                    if let Some(e) = self.adopt_stream(send).await {
+                        end = Some(e);
+                        break;
+                    }
                     Ok(())
                 }
                 Some(Inbound::Violation(code, reason)) => {
@@ -279,13 +285,7 @@ impl Driver {
                     match tokio::time::timeout(stall, write_frame(send, &bytes)).await {
                         Ok(Ok(())) => metrics.frames[1][0].inc(),
                         Ok(Err(e)) => return Some(End::Lost(format!("stream write failed: {e}"))),
-                        Err(_) => {
-                            return Some(End::Close {
-                                code: close_code::CLIENT_TOO_SLOW,
-                                reason: format!("client did not read for {stall:?}"),
-                                by_host: true,
-                            })
-                        }
+                        Err(_) => return Some(too_slow(stall)),
                     }
                 }
             }
@@ -295,20 +295,27 @@ impl Driver {
 
     /// The first client stream becomes the primary one and receives any
     /// frames sent before it existed; later streams are input only.
-    async fn adopt_stream(&mut self, mut send: Box<SendHalf>) {
+    async fn adopt_stream(&mut self, mut send: Box<SendHalf>) -> Option<End> {
+        let stall = self.edge.sessions.limits().send_stall_timeout;
         if self.primary.is_some() {
-            let _ = send.shutdown().await;
-            return;
+            let _ = tokio::time::timeout(stall, send.shutdown()).await;
+            return None;
         }
         self.pending_bytes = 0;
         for bytes in std::mem::take(&mut self.pending) {
-            if write_frame(&mut send, &bytes).await.is_err() {
-                return;
+            match tokio::time::timeout(stall, write_frame(&mut send, &bytes)).await {
+                Ok(Ok(())) => self.permit.metrics.frames[1][0].inc(),
+                Ok(Err(_)) => return None,
+                Err(_) => return Some(too_slow(stall)),
             }
-            self.permit.metrics.frames[1][0].inc();
         }
         self.primary = Some(send);
+        None
     }
+}
+
+fn too_slow(stall: Duration) -> End {
+    End::Close { code: close_code::CLIENT_TOO_SLOW, reason: format!("client did not read for {stall:?}"), by_host: true }
 }
 
 async fn write_frame(send: &mut SendHalf, bytes: &[u8]) -> std::io::Result<()> {
@@ -348,9 +355,19 @@ async fn close_session(
     reason: &str,
 ) {
     let capsule = wt::close_capsule(code, reason);
-    let sent = connect.send_data(capsule).await.is_ok() && connect.finish().await.is_ok();
+    // A client that grants no flow-control credit (it stopped reading) would
+    // hold the capsule, and with it the session, forever: past a short wait
+    // the connection is closed without it (CONNECTION_CLOSE needs no credit).
+    let send = async { connect.send_data(capsule).await.is_ok() && connect.finish().await.is_ok() };
+    let sent = tokio::time::timeout(CAPSULE_TIMEOUT, send).await.unwrap_or(false);
     let (quic, reason) = (quic.clone(), reason.as_bytes()[..reason.len().min(wt::MAX_CLOSE_REASON)].to_vec());
-    let grace = if sent { quic.rtt() * 3 + Duration::from_millis(25) } else { Duration::ZERO };
+    if !sent {
+        // At once, before the caller drops the CONNECT stream: its end
+        // would reach the client first and read as a close with code 0.
+        quic.close(code.into(), &reason);
+        return;
+    }
+    let grace = quic.rtt() * 3 + Duration::from_millis(25);
     // The h3 connection closes the QUIC connection when dropped, so the
     // session lives until then.
     let session = session.clone();

@@ -71,32 +71,43 @@ pub async fn accept(mut stream: RequestStream, conn: H3Connection) -> Result<(Se
 
 impl Session {
     /// The next stream or request the client opens; `None` when the
-    /// connection ends.
+    /// connection ends. Streams naming another session are refused (reset
+    /// and stopped, so their credit returns) and skipped, as are streams
+    /// whose first frame does not arrive within [`FIRST_FRAME_TIMEOUT`].
     pub async fn accept(&self) -> Result<Option<Accepted>, h3::error::StreamError> {
-        let stream = std::future::poll_fn(|cx| self.conn.lock().expect("h3 connection").poll_accept_request_stream(cx)).await;
-        let stream = match stream {
-            Ok(Some(s)) => h3::frame::FrameStream::new(BufRecvStream::new(s)),
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(h3::error::StreamError::ConnectionError(e)),
-        };
-        let mut resolver = self.conn.lock().expect("h3 connection").create_resolver(stream);
-        // The first frame tells a WebTransport stream from a request.
-        let first = std::future::poll_fn(|cx| resolver.frame_stream.poll_next(cx)).await;
-        match first {
-            Ok(Some(h3::proto::frame::Frame::WebTransportStream(session))) if session == self.id => {
-                let (send, recv) = resolver.frame_stream.into_inner().split();
-                Ok(Some(Accepted::Stream(SendHalf(send), RecvHalf { stream: recv, chunk: Bytes::new() })))
-            }
-            Ok(Some(h3::proto::frame::Frame::WebTransportStream(_))) => {
-                // A stream for a session this connection does not have: refuse it.
+        // A loop, not recursion: a client may send any number of foreign
+        // streams, and each nested await would deepen the worker's stack.
+        loop {
+            let stream = std::future::poll_fn(|cx| self.conn.lock().expect("h3 connection").poll_accept_request_stream(cx)).await;
+            let stream = match stream {
+                Ok(Some(s)) => h3::frame::FrameStream::new(BufRecvStream::new(s)),
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(h3::error::StreamError::ConnectionError(e)),
+            };
+            let mut resolver = self.conn.lock().expect("h3 connection").create_resolver(stream);
+            // The first frame tells a WebTransport stream from a request.
+            let first = std::future::poll_fn(|cx| resolver.frame_stream.poll_next(cx));
+            let Ok(first) = tokio::time::timeout(FIRST_FRAME_TIMEOUT, first).await else {
                 let (mut send, mut recv) = resolver.frame_stream.into_inner().split();
-                send.reset(WT_BUFFERED_STREAM_REJECTED);
-                recv.stop_sending(WT_BUFFERED_STREAM_REJECTED);
-                Box::pin(self.accept()).await
-            }
-            frame => {
-                let (req, stream) = resolver.accept_with_frame(frame)?.resolve().await?;
-                Ok(Some(Accepted::Request(req, stream)))
+                send.reset(H3_REQUEST_REJECTED);
+                recv.stop_sending(H3_REQUEST_REJECTED);
+                continue;
+            };
+            match first {
+                Ok(Some(h3::proto::frame::Frame::WebTransportStream(session))) if session == self.id => {
+                    let (send, recv) = resolver.frame_stream.into_inner().split();
+                    return Ok(Some(Accepted::Stream(SendHalf(send), RecvHalf { stream: recv, chunk: Bytes::new() })));
+                }
+                Ok(Some(h3::proto::frame::Frame::WebTransportStream(_))) => {
+                    // A stream for a session this connection does not have: refuse it.
+                    let (mut send, mut recv) = resolver.frame_stream.into_inner().split();
+                    send.reset(WT_BUFFERED_STREAM_REJECTED);
+                    recv.stop_sending(WT_BUFFERED_STREAM_REJECTED);
+                }
+                frame => {
+                    let (req, stream) = resolver.accept_with_frame(frame)?.resolve().await?;
+                    return Ok(Some(Accepted::Request(req, stream)));
+                }
             }
         }
     }
@@ -109,6 +120,13 @@ impl Session {
         self.conn.lock().expect("h3 connection").get_datagram_sender(self.id.into())
     }
 }
+
+/// How long a new stream on a session's connection may take to say what it
+/// is (its first frame); streams are taken one at a time.
+const FIRST_FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// HTTP/3's `H3_REQUEST_REJECTED`.
+const H3_REQUEST_REJECTED: u64 = 0x10b;
 
 /// `WT_BUFFERED_STREAM_REJECTED` (draft-ietf-webtrans-http3).
 const WT_BUFFERED_STREAM_REJECTED: u64 = 0x3994bd84;

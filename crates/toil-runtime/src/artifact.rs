@@ -34,6 +34,8 @@ pub enum LoadError {
     NonFunctionImport { kind: &'static str, module: String, name: String },
     #[error("declares invalid route {method} {pattern:?}: {reason}")]
     InvalidRoute { method: String, pattern: String, reason: String },
+    #[error("declares invalid stream {name:?}: {reason}")]
+    InvalidStream { name: String, reason: String },
     #[error("declares task {task:?} with an invalid schedule {expr:?}: {reason}")]
     InvalidSchedule { task: String, expr: String, reason: String },
     #[error("declares no {what}")]
@@ -181,6 +183,14 @@ pub fn inspect(bytes: &[u8], expected: Tier, max_size: usize) -> Result<Artifact
             }
         }
         Tier::Stream if manifest.streams.is_empty() => return Err(LoadError::EmptyManifest { what: "stream" }),
+        Tier::Stream => {
+            for (i, name) in manifest.streams.iter().enumerate() {
+                validate_stream_name(name).map_err(|reason| LoadError::InvalidStream { name: name.clone(), reason })?;
+                if manifest.streams[..i].contains(name) {
+                    return Err(LoadError::InvalidStream { name: name.clone(), reason: "declared twice".into() });
+                }
+            }
+        }
         Tier::Daemon if manifest.tasks.is_empty() => return Err(LoadError::EmptyManifest { what: "scheduled task" }),
         Tier::Daemon => {
             for t in &manifest.tasks {
@@ -191,9 +201,23 @@ pub fn inspect(bytes: &[u8], expected: Tier, max_size: usize) -> Result<Artifact
                 })?;
             }
         }
-        _ => {}
     }
 
     let has_initialize = exported.iter().any(|(n, k, _)| n == exports::INITIALIZE && *k == ExternalKind::Func);
     Ok(ArtifactInfo { tier, manifest, has_initialize })
+}
+
+/// A stream is mounted at `/<name>`: one path segment of unreserved URL
+/// characters, so the name a client opens is the name the manifest says.
+pub fn validate_stream_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("must be 1 to 64 characters".into());
+    }
+    if name == "." || name == ".." {
+        return Err("is a relative path segment".into());
+    }
+    match name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))) {
+        Some(c) => Err(format!("contains {c:?}; use letters, digits, '-', '_', '.', '~' (it is one path segment)")),
+        None => Ok(()),
+    }
 }

@@ -21,7 +21,7 @@ use toil_schedule::{Schedule, Tz};
 use wasmtime::{Store, TypedFunc};
 
 use crate::artifact::LoadError;
-use crate::engine::{Loaded, Runtime};
+use crate::engine::{bounded, Loaded, Runtime};
 use crate::host::{GuestFault, HostState};
 use crate::metrics::{GuestMetrics, LiveGuard};
 
@@ -89,7 +89,8 @@ impl DaemonApp {
         let input_len = input.len() as i32;
         let started = Instant::now();
         store.data_mut().begin_call(input);
-        let result = self.instantiate_and_start(&mut store, input_len).await;
+        let until = store.data().call_deadline();
+        let result = bounded(until, self.instantiate_and_start(&mut store, input_len)).await;
         let result = store.data_mut().end_call(result).and_then(|(rc, tick)| check_status(rc, "daemon_start").map(|()| tick));
         self.metrics.duration.observe(started.elapsed());
         match result {
@@ -141,7 +142,8 @@ impl DaemonBox {
     pub async fn tick(&mut self, task: u32, fire_time_ms: i64) -> Result<(), GuestFault> {
         let started = Instant::now();
         self.store.data_mut().begin_call(Vec::new());
-        let result = self.tick.call_async(&mut self.store, (task as i32, fire_time_ms)).await;
+        let until = self.store.data().call_deadline();
+        let result = bounded(until, self.tick.call_async(&mut self.store, (task as i32, fire_time_ms))).await;
         let result = self.store.data_mut().end_call(result).and_then(|rc| check_status(rc, "scheduled_tick"));
         self.app.metrics.duration.observe(started.elapsed());
         if let Err(fault) = &result {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use toil_abi::Tier;
 use wasmtime::{Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig, Store, UpdateDeadline};
 
+use crate::admission::AdmissionLimits;
 use crate::artifact::{inspect, ArtifactInfo, LoadError};
 use crate::host::{add_to_linker, GuestId, HostState, Limits};
 
@@ -25,11 +26,15 @@ pub struct RuntimeConfig {
     pub max_artifact_bytes: usize,
     /// Epoch ticker period: the granularity of deadlines.
     pub epoch_tick: Duration,
+    /// Each domain's share of the instances for requests.
+    pub admission: AdmissionLimits,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { limits: Limits::default(), max_instances: 1000, max_artifact_bytes: 32 << 20, epoch_tick: Duration::from_millis(1) }
+        let limits = Limits::default();
+        let admission = AdmissionLimits { max_running: 250, max_waiting: 250, max_wait: limits.deadline };
+        RuntimeConfig { limits, max_instances: 1000, max_artifact_bytes: 32 << 20, epoch_tick: Duration::from_millis(1), admission }
     }
 }
 
@@ -51,6 +56,22 @@ struct EpochTicker {
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs one guest call (instantiation included) until `until` at most.
+///
+/// The epoch callback interrupts wasm code that runs past its deadline, but
+/// it cannot see a guest parked in an async host call (WASI `poll_oneoff`,
+/// i.e. `std::thread::sleep`): no wasm runs, so no epoch check happens.
+/// This timer covers that case. When it fires, the call's future is dropped,
+/// which makes wasmtime unwind the guest's fiber; the store stays sound but
+/// the instance may be mid-update, so callers drop it after a deadline fault
+/// (as after any fault).
+pub(crate) async fn bounded<T>(until: std::time::Instant, call: impl std::future::Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
+    match tokio::time::timeout_at(until.into(), call).await {
+        Ok(result) => result,
+        Err(_) => Err(wasmtime::Error::new(wasmtime::Trap::Interrupt)),
     }
 }
 

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use toil_abi::stream::{FrameKind, SendError};
+use toil_abi::stream::{close_code, FrameKind, SendError};
 
 use toil_abi::{imports, Tier};
 use wasmtime::{Caller, Linker, ResourceLimiter, Trap};
@@ -19,8 +19,9 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 /// `toilconfig.json`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Wall-clock budget of one call (a request, a stream event, a tick),
-    /// enforced by epoch interruption.
+    /// Wall-clock budget of one call (a request with its instantiation, a
+    /// stream event, `daemon_start`, a tick), time blocked in host calls
+    /// included: enforced by epoch interruption and a timer.
     pub deadline: Duration,
     /// Cap on an instance's linear memory, in bytes.
     pub memory_bytes: usize,
@@ -28,6 +29,10 @@ pub struct Limits {
     pub max_request_body: usize,
     /// Cap on the encoded reply a guest may write, in bytes.
     pub max_response_body: usize,
+    /// Cap on the number of headers in a guest's response.
+    pub max_response_headers: usize,
+    /// Cap on the bytes of a guest's response headers (names and values).
+    pub max_response_header_bytes: usize,
     /// Cap on guest stdout+stderr logged per call; the rest is dropped and counted.
     pub max_log_bytes_per_call: usize,
     /// Largest stream frame, either way, in bytes.
@@ -44,6 +49,8 @@ impl Default for Limits {
             memory_bytes: 64 << 20,
             max_request_body: 1 << 20,
             max_response_body: 8 << 20,
+            max_response_headers: 100,
+            max_response_header_bytes: 64 << 10,
             max_log_bytes_per_call: 64 << 10,
             max_frame_bytes: 64 << 10,
             max_outbound_bytes_per_event: 1 << 20,
@@ -118,6 +125,9 @@ pub struct HostState {
     pub(crate) input: Vec<u8>,
     pub(crate) output: Vec<u8>,
     output_overflow: bool,
+    /// Set by a host call the guest misused on purpose or by mistake, so the
+    /// trap it raises is reported as an ABI fault naming the misuse.
+    abi_violation: Option<String>,
     /// When the current call started; the epoch callback measures the deadline from it.
     pub(crate) call_started: std::time::Instant,
     /// Built on the first WASI call, with the log behind its stdout and
@@ -138,6 +148,7 @@ impl HostState {
             input: Vec::new(),
             output: Vec::new(),
             output_overflow: false,
+            abi_violation: None,
             call_started: std::time::Instant::now(),
             wasi: None,
             stream: None,
@@ -151,6 +162,11 @@ impl HostState {
 
     pub(crate) fn deadline(&self) -> Duration {
         self.limits.deadline
+    }
+
+    /// When the current call must have ended, time blocked in host calls included.
+    pub(crate) fn call_deadline(&self) -> std::time::Instant {
+        self.call_started + self.limits.deadline
     }
 
     pub(crate) fn limiter(&mut self) -> &mut dyn ResourceLimiter {
@@ -177,6 +193,7 @@ impl HostState {
         self.input = input;
         self.output.clear();
         self.output_overflow = false;
+        self.abi_violation = None;
         self.call_started = std::time::Instant::now();
     }
 
@@ -192,6 +209,9 @@ impl HostState {
     fn classify(&self, err: wasmtime::Error) -> GuestFault {
         if self.limiter.denied {
             return GuestFault::Memory { limit: self.limits.memory_bytes };
+        }
+        if let Some(misuse) = &self.abi_violation {
+            return GuestFault::Abi(misuse.clone());
         }
         if self.output_overflow {
             return GuestFault::OutputTooLarge { limit: self.limits.max_response_body };
@@ -249,9 +269,16 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         let mem = guest_memory(&mut caller)?;
         let (bytes, state) = mem.data_and_store_mut(&mut caller);
         let reason = String::from_utf8_lossy(guest_slice(bytes, src, len.min(1024), "stream_close")?).into_owned();
+        let code = code as u32;
+        if close_code::HOST_RESERVED.contains(&code) {
+            // A client must be able to trust that these codes come from the host.
+            let misuse = format!("stream_close with code {code:#x}, which is in the host-reserved range 0x1000..=0x10ff");
+            state.abi_violation = Some(misuse.clone());
+            wasmtime::bail!(misuse);
+        }
         match state.stream.as_mut() {
             Some(outbox) => {
-                outbox.close(code as u32, reason);
+                outbox.close(code, reason);
                 Ok(0i32)
             }
             None => Ok(SendError::Closed as i32),

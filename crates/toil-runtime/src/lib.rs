@@ -9,6 +9,8 @@
 //! - [`host`]: the per-instance host state, the `toil` import module, the
 //!   guest log (WASI stdout/stderr → `tracing`, tagged with domain and tier)
 //!   and the [`Limits`] enforced on every call;
+//! - [`admission`]: each domain's fair share of the instances for requests
+//!   (a cap, a bounded queue, then 503);
 //! - [`request`]: the L1 tier — a fresh instance per request from a
 //!   pre-linked `InstancePre`, dropped when the request ends;
 //! - [`stream`]: the L2/L3 tier — a resident box per connection that
@@ -21,6 +23,7 @@
 //! requests into [`request::GuestRequest`]s and WebTransport sessions into
 //! stream events.
 
+pub mod admission;
 pub mod artifact;
 pub mod daemon;
 mod engine;

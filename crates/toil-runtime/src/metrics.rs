@@ -5,8 +5,10 @@ use std::sync::Arc;
 use toil_abi::Tier;
 use toil_metrics::{Counter, Gauge, Histogram, Registry};
 
+use crate::admission::Busy;
 use crate::host::GuestFault;
 
+const BUSY_KINDS: [&str; 3] = ["queue_full", "queue_timeout", "node_full"];
 const FAULT_KINDS: [&str; 5] = ["trap", "deadline", "memory", "output_too_large", "abi"];
 
 /// The guest metrics of one domain's tier.
@@ -15,6 +17,7 @@ pub(crate) struct GuestMetrics {
     pub duration: Arc<Histogram>,
     pub live: Arc<Gauge>,
     faults: [Arc<Counter>; 5],
+    busy: [Arc<Counter>; 3],
 }
 
 impl GuestMetrics {
@@ -36,7 +39,19 @@ impl GuestMetrics {
                     &[("domain", domain), ("tier", tier), ("kind", kind)],
                 )
             }),
+            busy: BUSY_KINDS.map(|kind| {
+                registry.counter(
+                    "toil_requests_refused_total",
+                    "Requests refused with 503 before any guest code ran: the domain's share of instances was in use (queue_full, queue_timeout) or the node had none free (node_full).",
+                    &[("domain", domain), ("tier", tier), ("reason", kind)],
+                )
+            }),
         }
+    }
+
+    pub fn busy(&self, b: &Busy) {
+        let i = BUSY_KINDS.iter().position(|k| *k == b.kind()).expect("every refusal has a counter");
+        self.busy[i].inc();
     }
 
     pub fn fault(&self, f: &GuestFault) {

@@ -13,9 +13,10 @@ use toil_abi::{exports, status, Tier};
 use toil_metrics::Registry;
 use wasmtime::{Store, TypedFunc};
 
+use crate::admission::{Admission, Busy};
 use crate::artifact::LoadError;
-use crate::engine::{Loaded, Runtime};
-use crate::host::{GuestFault, HostState};
+use crate::engine::{bounded, Loaded, Runtime};
+use crate::host::{GuestFault, HostState, Limits};
 use crate::metrics::GuestMetrics;
 
 /// A request as the edge hands it to the runtime.
@@ -48,6 +49,10 @@ pub enum Outcome {
     },
     /// The guest failed; the edge answers 500 or 503 and logs it.
     Fault(GuestFault),
+    /// No instance for it now: the domain's share of the node is in use
+    /// (and its queue full or too slow), or the node's pool is exhausted.
+    /// The edge answers 503 with `Retry-After`; no guest code ran.
+    Busy(Busy),
 }
 
 /// A domain's loaded request artifact.
@@ -57,6 +62,7 @@ pub struct RequestApp {
     routes: RouteTable,
     handle: wasmtime::ModuleExport,
     metrics: GuestMetrics,
+    admission: Admission,
 }
 
 impl RequestApp {
@@ -70,7 +76,8 @@ impl RequestApp {
         if !signature.is_some_and(|f| one_i32(f.params()) && one_i32(f.results())) {
             return Err(LoadError::Link(format!("`{}` must have the type (i32) -> i32", exports::HANDLE)));
         }
-        Ok(RequestApp { runtime: runtime.clone(), routes, handle, metrics: GuestMetrics::new(registry, domain, Tier::Request), loaded })
+        let admission = Admission::new(runtime.config().admission);
+        Ok(RequestApp { runtime: runtime.clone(), routes, handle, metrics: GuestMetrics::new(registry, domain, Tier::Request), loaded, admission })
     }
 
     pub fn domain(&self) -> &str {
@@ -89,13 +96,18 @@ impl RequestApp {
             RouteMatch::NotFound => return Outcome::NotFound,
             RouteMatch::MethodNotAllowed { allow } => return Outcome::MethodNotAllowed { allow: allow.into_iter().map(String::from).collect() },
         };
+        let _admitted = match self.admission.enter().await {
+            Ok(permit) => permit,
+            Err(busy) => return self.busy(busy, req),
+        };
         let input = encode_request(req.method, req.path, req.query, route_key, &params, req.headers.iter().copied(), req.body);
         let started = Instant::now();
         let result = self.call(input).await;
         self.metrics.duration.observe(started.elapsed());
         match result {
             Ok(resp) => Outcome::Response(resp),
-            Err(fault) => {
+            Err(CallError::NodeFull) => self.busy(Busy::NodeFull, req),
+            Err(CallError::Fault(fault)) => {
                 self.metrics.fault(&fault);
                 tracing::warn!(domain = %self.domain(), tier = "request", method = req.method, path = req.path,
                     route = route_key, fault = fault.kind(), "request failed: {fault}");
@@ -104,21 +116,32 @@ impl RequestApp {
         }
     }
 
-    async fn call(&self, input: Vec<u8>) -> Result<GuestResponse, GuestFault> {
+    fn busy(&self, busy: Busy, req: &GuestRequest<'_>) -> Outcome {
+        self.metrics.busy(&busy);
+        tracing::debug!(domain = %self.domain(), tier = "request", method = req.method, path = req.path, "request refused: {busy}");
+        Outcome::Busy(busy)
+    }
+
+    async fn call(&self, input: Vec<u8>) -> Result<GuestResponse, CallError> {
         let mut store = self.runtime.store(&self.loaded.id);
         let _live = self.metrics.live_instance();
         let input_len = input.len() as i32;
         store.data_mut().begin_call(input);
-        let result = self.instantiate_and_call(&mut store, input_len).await;
+        let until = store.data().call_deadline();
+        let result = bounded(until, self.instantiate_and_call(&mut store, input_len)).await;
+        if result.as_ref().is_err_and(|e| e.is::<wasmtime::PoolConcurrencyLimitError>()) {
+            return Err(CallError::NodeFull);
+        }
         let rc = store.data_mut().end_call(result)?;
         match rc {
             status::OK => {}
-            status::NO_HANDLER => return Err(GuestFault::Abi("guest has no handler for a route its manifest declares".into())),
-            status::BAD_INPUT => return Err(GuestFault::Abi("guest could not decode the request (SDK/host ABI mismatch)".into())),
-            other => return Err(GuestFault::Abi(format!("handle returned unknown status {other}"))),
+            status::NO_HANDLER => return Err(GuestFault::Abi("guest has no handler for a route its manifest declares".into()).into()),
+            status::BAD_INPUT => return Err(GuestFault::Abi("guest could not decode the request (SDK/host ABI mismatch)".into()).into()),
+            other => return Err(GuestFault::Abi(format!("handle returned unknown status {other}")).into()),
         }
         let output = std::mem::take(&mut store.data_mut().output);
         let view = ResponseView::decode(&output).map_err(|e| GuestFault::Abi(format!("undecodable response: {e}")))?;
+        check_headers(&view, self.runtime.limits())?;
         Ok(GuestResponse {
             status: view.status,
             headers: view.headers.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect(),
@@ -137,6 +160,33 @@ impl RequestApp {
         let handle = unsafe { TypedFunc::<i32, i32>::new_unchecked(&*store, func) };
         handle.call_async(&mut *store, input_len).await
     }
+}
+
+/// Why [`RequestApp::call`] produced no response.
+enum CallError {
+    Fault(GuestFault),
+    /// The pooling allocator had no free slot.
+    NodeFull,
+}
+
+impl From<GuestFault> for CallError {
+    fn from(f: GuestFault) -> Self {
+        CallError::Fault(f)
+    }
+}
+
+/// Refuses a response whose headers no client could take (and that would
+/// overflow `http`'s header map, which panics past 32,768 entries).
+fn check_headers(view: &ResponseView<'_>, limits: &Limits) -> Result<(), GuestFault> {
+    let count = view.headers.len();
+    if count > limits.max_response_headers {
+        return Err(GuestFault::Abi(format!("response has {count} headers, over the limit of {}", limits.max_response_headers)));
+    }
+    let bytes: usize = view.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+    if bytes > limits.max_response_header_bytes {
+        return Err(GuestFault::Abi(format!("response headers take {bytes} bytes, over the limit of {}", limits.max_response_header_bytes)));
+    }
+    Ok(())
 }
 
 fn one_i32(mut types: impl ExactSizeIterator<Item = wasmtime::ValType>) -> bool {

@@ -22,7 +22,7 @@ use toil_metrics::Registry;
 use wasmtime::{Store, TypedFunc};
 
 use crate::artifact::LoadError;
-use crate::engine::{Loaded, Runtime};
+use crate::engine::{bounded, Loaded, Runtime};
 use crate::host::{GuestFault, HostState, Limits};
 use crate::metrics::{GuestMetrics, LiveGuard};
 
@@ -139,7 +139,8 @@ impl StreamApp {
         store.data_mut().stream = Some(Outbox::new(self.runtime.limits()));
         let live = self.metrics.live_instance();
         store.data_mut().begin_call(Vec::new());
-        let started = self.instantiate(&mut store).await;
+        let until = store.data().call_deadline();
+        let started = bounded(until, self.instantiate(&mut store)).await;
         let dispatch = match store.data_mut().end_call(started.map(|()| status::OK)) {
             Ok(_) => self.dispatch_func(&mut store),
             Err(fault) => Err(fault),
@@ -234,7 +235,8 @@ impl StreamBox {
         let input_len = input.len() as i32;
         let started = Instant::now();
         self.store.data_mut().begin_call(input);
-        let result = self.dispatch.call_async(&mut self.store, (code, input_len)).await;
+        let until = self.store.data().call_deadline();
+        let result = bounded(until, self.dispatch.call_async(&mut self.store, (code, input_len))).await;
         let result = self.store.data_mut().end_call(result).and_then(|rc| match rc {
             status::OK => Ok(()),
             status::NO_HANDLER => Err(GuestFault::Abi(format!("the artifact has no stream named {:?}", self.name))),

@@ -188,3 +188,86 @@ async fn faults_are_classified_and_contained() {
     let a = app("(drop (memory.grow (i32.const 10))) (i32.const 0)", limits);
     assert!(matches!(a.handle(&get()).await, Outcome::Fault(GuestFault::Memory { limit }) if limit == 2 << 16));
 }
+
+#[test]
+fn invalid_stream_names() {
+    let stream = |names: &[&str]| {
+        let mut m = header_record(Tier::Stream).to_vec();
+        names.iter().for_each(|n| toil_abi::manifest::encode_stream(&mut m, n));
+        wat::parse_str(format!(
+            r#"(module
+                (memory (export "memory") 1)
+                (func (export "stream_dispatch") (param i32 i32) (result i32) (i32.const 0))
+                {})"#,
+            manifest_section(&m)
+        ))
+        .unwrap()
+    };
+    inspect(&stream(&["echo", "chat-v2", "a.b_c~d"]), Tier::Stream, 1 << 20).unwrap();
+    for (names, bad, why) in [
+        (&["ok", ""][..], "", "1 to 64"),
+        (&["a/b"], "a/b", "'/'"),
+        (&[".."], "..", "relative"),
+        (&["chat", "chat"], "chat", "twice"),
+        (&["caf\u{e9}"], "caf\u{e9}", "one path segment"),
+    ] {
+        let e = err(&stream(names), Tier::Stream);
+        assert!(matches!(&e, LoadError::InvalidStream { name, .. } if name == bad), "{names:?}: {e}");
+        assert!(e.to_string().contains(why), "{names:?}: {e}");
+    }
+}
+
+/// `handle` blocks in WASI `poll_oneoff` on a 5 s monotonic clock: the
+/// guest runs no wasm while it waits, so only the call's timer can end it.
+const SLEEP_5S: &str = r#"
+    (i64.store (i32.const 1024) (i64.const 0))
+    (i32.store8 (i32.const 1032) (i32.const 0))
+    (i32.store (i32.const 1040) (i32.const 1))
+    (i64.store (i32.const 1048) (i64.const 5000000000))
+    (i64.store (i32.const 1056) (i64.const 0))
+    (i32.store16 (i32.const 1064) (i32.const 0))
+    (drop (call $poll (i32.const 1024) (i32.const 1104) (i32.const 1) (i32.const 1200)))
+    (drop (call $out (i32.const 0) (i32.const 12))) (i32.const 0)"#;
+const POLL_IMPORT: &str = r#"(import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))"#;
+
+fn sleeper(config: RuntimeConfig) -> RequestApp {
+    let rt = Runtime::new(config).unwrap();
+    RequestApp::load(&rt, &Registry::new(), "t", &module(&request_manifest(), POLL_IMPORT, SLEEP_5S)).unwrap()
+}
+
+#[tokio::test]
+async fn a_guest_blocked_in_a_host_call_ends_at_the_deadline() {
+    let limits = Limits { deadline: std::time::Duration::from_millis(50), ..Limits::default() };
+    let a = sleeper(RuntimeConfig { limits, max_instances: 8, ..RuntimeConfig::default() });
+    let started = std::time::Instant::now();
+    match a.handle(&get()).await {
+        Outcome::Fault(GuestFault::Deadline(d)) => assert_eq!(d, std::time::Duration::from_millis(50)),
+        other => panic!("expected a deadline fault, got {other:?}"),
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn no_free_instance_is_busy_not_a_trap() {
+    use toil_runtime::admission::{AdmissionLimits, Busy};
+    let limits = Limits { deadline: std::time::Duration::from_millis(400), ..Limits::default() };
+    let admission = AdmissionLimits { max_running: 10, max_waiting: 0, max_wait: std::time::Duration::from_millis(10) };
+    // The pool holds two instances; two sleepers take them.
+    let a = sleeper(RuntimeConfig { limits: limits.clone(), max_instances: 2, admission, ..RuntimeConfig::default() });
+    let req = get();
+    let third = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        a.handle(&req).await
+    };
+    let (_, _, third) = tokio::join!(a.handle(&req), a.handle(&req), third);
+    assert!(matches!(third, Outcome::Busy(Busy::NodeFull)), "{third:?}");
+    // The domain's own cap: one running, none waiting.
+    let admission = AdmissionLimits { max_running: 1, max_waiting: 0, max_wait: std::time::Duration::from_millis(10) };
+    let a = sleeper(RuntimeConfig { limits, max_instances: 8, admission, ..RuntimeConfig::default() });
+    let second = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        a.handle(&req).await
+    };
+    let (_, second) = tokio::join!(a.handle(&req), second);
+    assert!(matches!(second, Outcome::Busy(Busy::QueueFull { running: 1, waiting: 0 })), "{second:?}");
+}

@@ -53,6 +53,11 @@ pub fn server() -> &'static Server {
 /// Starts a `toil dev` whose config is the tests' standard one with the
 /// top-level keys of `extra` replacing it.
 pub fn start_server(tag: &str, extra: serde_json::Value) -> Server {
+    start_server_with_fd_limit(tag, extra, None)
+}
+
+/// [`start_server`] with `RLIMIT_NOFILE` (soft and hard) set to `nofile`.
+pub fn start_server_with_fd_limit(tag: &str, extra: serde_json::Value, nofile: Option<u64>) -> Server {
     {
         let root = repo_root();
         let dir = root.join("target/e2e").join(format!("{tag}-{}", std::process::id()));
@@ -78,7 +83,22 @@ pub fn start_server(tag: &str, extra: serde_json::Value) -> Server {
         }
         let file = dir.join("toilconfig.json");
         std::fs::write(&file, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-        let mut child = toil()
+        let mut command = toil();
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let lim = libc::rlimit { rlim_cur: n as libc::rlim_t, rlim_max: n as libc::rlim_t };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command
             .args(["dev", "--stop-on-stdin-eof", "--config"])
             .arg(&file)
             .env("TOIL_LOG", "info,wasmtime_wasi=warn,wiggle=warn")
@@ -135,6 +155,17 @@ impl Server {
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
         status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
+    }
+
+    /// CPU time the server process has used (user + system).
+    pub fn cpu_time(&self) -> std::time::Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap();
+        // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).map(|v| v.parse().unwrap()).collect();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        std::time::Duration::from_millis((f[0] + f[1]) * 1000 / hz)
     }
 
     pub fn log(&self) -> String {
@@ -287,10 +318,27 @@ pub fn wt_endpoint_for(s: &Server, to: SocketAddr) -> wtransport::Endpoint<wtran
 
 /// [`wt_endpoint`] for any node, trusting the certificate with SHA-256 `cert_sha256` (hex).
 pub fn wt_endpoint_pinned(cert_sha256: &str, to: SocketAddr) -> wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client> {
+    wt_endpoint_with_window(cert_sha256, to, None)
+}
+
+/// [`wt_endpoint_pinned`] whose connections grant the server at most
+/// `window` bytes of flow-control credit (per stream and in all) until
+/// the client reads: a client that stops reading then starves the server
+/// of credit on every stream, the session's CONNECT stream included.
+pub fn wt_endpoint_with_window(
+    cert_sha256: &str,
+    to: SocketAddr,
+    window: Option<u32>,
+) -> wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client> {
     let hash: [u8; 32] = (0..32).map(|i| u8::from_str_radix(&cert_sha256[2 * i..2 * i + 2], 16).unwrap()).collect::<Vec<_>>().try_into().unwrap();
     let mut config =
         wtransport::ClientConfig::builder().with_bind_default().with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)]).build();
     config.set_dns_resolver(ToDevServer(to));
+    if let Some(window) = window {
+        let mut transport = wtransport::quinn::TransportConfig::default();
+        transport.receive_window(window.into()).stream_receive_window(window.into());
+        config.quic_config_mut().transport_config(Arc::new(transport));
+    }
     wtransport::Endpoint::client(config).unwrap()
 }
 

@@ -51,6 +51,23 @@ impl Misbehave {
         "logged"
     }
 
+    /// Blocks in a host call (WASI `poll_oneoff`) instead of computing:
+    /// the deadline must cover time spent there too.
+    #[get("/sleep")]
+    fn sleep(req: &Request) -> &'static str {
+        let ms: u64 = req.query("ms").and_then(|v| v.parse().ok()).unwrap_or(5000);
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        "slept"
+    }
+
+    /// A reply with `n` distinct header names (40,000 would overflow the
+    /// host's header map if nothing capped them).
+    #[get("/headers")]
+    fn headers(req: &Request) -> Response {
+        let n: usize = req.query("n").and_then(|v| v.parse().ok()).unwrap_or(40_000);
+        (0..n).fold(Response::text("many headers"), |r, i| r.with_header(format!("x-h{i}"), "v"))
+    }
+
     #[post("/size")]
     fn size(req: &Request) -> String {
         req.body().len().to_string()
@@ -114,6 +131,11 @@ impl Chaos {
                 }
                 cx.send(format!("burst sent={} full={} large={}", results[0], results[1], results[2]).as_bytes()).unwrap();
             }
+            "sleep" => {
+                let ms: u64 = words.next().and_then(|c| c.parse().ok()).unwrap_or(5000);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                cx.send(b"woke").unwrap();
+            }
             "datagram" => {
                 cx.send_datagram(format!("datagram {}", self.frames).as_bytes()).unwrap();
             }
@@ -132,4 +154,29 @@ impl Chaos {
     }
 }
 
-toil::export! { rest: [Misbehave], streams: [Chaos] }
+/// A daemon that blocks in host calls: `daemon_start` never returns when the
+/// domain is called `stuck`, and the `nap` task sleeps for 30 s. Neither may
+/// hold its instance past the deadline, nor keep `toil tick` waiting.
+#[derive(Default)]
+struct Sleepy;
+
+#[toil::daemon]
+impl Sleepy {
+    #[start]
+    fn start(&mut self, info: &StartInfo) {
+        if info.domain == "stuck" {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(60));
+            }
+        }
+        println!("sleepy started on {}", info.domain);
+    }
+
+    /// February 29th at midnight: fired by hand in the tests, almost never by the schedule.
+    #[scheduled("0 0 0 29 2 *")]
+    fn nap(&mut self, _tick: &Tick) {
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    }
+}
+
+toil::export! { rest: [Misbehave], streams: [Chaos], daemon: Sleepy }

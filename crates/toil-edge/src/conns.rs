@@ -1,0 +1,336 @@
+//! TCP connection admission: how many connections a node and one client
+//! address may hold, accept loops that survive running out of file
+//! descriptors, and the timers that close connections that do nothing.
+//!
+//! Every TCP connection costs a file descriptor, and a process has a fixed
+//! number of them (`RLIMIT_NOFILE`, often 1,024 soft). A client that opens
+//! connections and never closes them would take them all: new requests,
+//! the admin port and health checks would then fail to accept. So:
+//!
+//! - [`raise_fd_limit`] lifts the soft limit to the hard one at start;
+//! - a [`ConnTable`] caps connections per node and per client address, and
+//!   the node's cap leaves [`FD_RESERVE`] descriptors for everything else
+//!   (the admin listener, QUIC sockets, artifact and log files);
+//! - [`accept_loop`] backs off when `accept` fails (`EMFILE`, `ENFILE`)
+//!   instead of spinning on a listener that stays readable;
+//! - [`Activity`] records when a connection last moved a byte, so a
+//!   connection that is idle and has no request in flight is closed.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// File descriptors kept free of client connections.
+pub const FD_RESERVE: u64 = 256;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft
+/// limit in force afterwards.
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: `lim` is a valid rlimit for the kernel to fill and read.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                lim = raised;
+            }
+        }
+        Ok(lim.rlim_cur as u64)
+    }
+    #[cfg(not(unix))]
+    Ok(u64::MAX)
+}
+
+/// Connection caps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnLimits {
+    pub max_total: usize,
+    pub max_per_ip: usize,
+}
+
+impl ConnLimits {
+    /// `wanted`, lowered so that client connections leave [`FD_RESERVE`]
+    /// of `fd_limit` descriptors free.
+    pub fn within_fd_limit(wanted: ConnLimits, fd_limit: u64) -> ConnLimits {
+        let room = fd_limit.saturating_sub(FD_RESERVE).max(1);
+        let max_total = wanted.max_total.min(usize::try_from(room).unwrap_or(usize::MAX));
+        ConnLimits { max_total, max_per_ip: wanted.max_per_ip.min(max_total) }
+    }
+}
+
+/// Why a connection was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    NodeFull,
+    AddressFull,
+}
+
+impl Refused {
+    pub fn kind(self) -> &'static str {
+        match self {
+            Refused::NodeFull => "node_full",
+            Refused::AddressFull => "address_full",
+        }
+    }
+}
+
+/// Open connections, in all and per client address.
+#[derive(Debug)]
+pub struct ConnTable {
+    limits: ConnLimits,
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One admitted connection; frees its place when dropped.
+#[derive(Debug)]
+pub struct ConnGuard {
+    table: Arc<ConnTable>,
+    ip: IpAddr,
+}
+
+impl ConnTable {
+    pub fn new(limits: ConnLimits) -> Arc<Self> {
+        Arc::new(ConnTable { limits, total: AtomicUsize::new(0), per_ip: Mutex::default() })
+    }
+
+    pub fn limits(&self) -> ConnLimits {
+        self.limits
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+
+    /// Admits a connection from `ip` if both caps allow it.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, Refused> {
+        // An IPv4 client reaching a dual-stack socket is one client either way.
+        let ip = ip.to_canonical();
+        let mut per_ip = self.per_ip.lock().expect("connection table");
+        if self.total.load(Ordering::Acquire) >= self.limits.max_total {
+            return Err(Refused::NodeFull);
+        }
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= self.limits.max_per_ip {
+            return Err(Refused::AddressFull);
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::AcqRel);
+        Ok(ConnGuard { table: self.clone(), ip })
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut per_ip = self.table.per_ip.lock().expect("connection table");
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        self.table.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Accepts connections on `listener` forever, calling `serve` for each one
+/// `table` admits (a refused connection is closed at once). When `accept`
+/// fails (out of descriptors, say) it waits, doubling from 10 ms to 1 s:
+/// the listener stays readable while the error lasts, so retrying at once
+/// would spin.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, table: Arc<ConnTable>, name: &'static str, mut serve: F)
+where
+    F: FnMut(TcpStream, SocketAddr, ConnGuard) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut backoff = Duration::from_millis(10);
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = Duration::from_millis(10);
+                accepted
+            }
+            Err(e) => {
+                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(listener = name, "accept failed: {e}; backing off {backoff:?}");
+                    last_warning = Some(Instant::now());
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        match table.admit(peer.ip()) {
+            Ok(guard) => {
+                tokio::spawn(serve(stream, peer, guard));
+            }
+            Err(why) => {
+                tracing::debug!(listener = name, %peer, reason = why.kind(), "connection refused: over the connection cap");
+                drop(stream);
+            }
+        }
+    }
+}
+
+/// When a connection last moved a byte, and how many requests it has in
+/// flight: a connection is idle only with none in flight (a request may
+/// wait on its guest with no bytes moving).
+#[derive(Debug)]
+pub struct Activity {
+    born: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Activity { born: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) })
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Marks a request in flight until the guard drops.
+    pub fn request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// How long the connection has been idle (zero while a request is in flight).
+    pub fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        self.born.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Resolves once the connection has been idle for `timeout`.
+    pub async fn idle_timeout(&self, timeout: Duration) {
+        loop {
+            let idle = self.idle_for();
+            if idle >= timeout {
+                return;
+            }
+            tokio::time::sleep(timeout - idle).await;
+        }
+    }
+}
+
+/// A request in flight on a connection.
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An I/O object that records its reads and writes in an [`Activity`].
+pub struct Tracked<T> {
+    io: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Tracked<T> {
+    pub fn new(io: T, activity: Arc<Activity>) -> Self {
+        Tracked { io, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_per_node_and_per_address() {
+        let table = ConnTable::new(ConnLimits { max_total: 3, max_per_ip: 2 });
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap());
+        let a1 = table.admit(a).unwrap();
+        let _a2 = table.admit(a).unwrap();
+        assert_eq!(table.admit(a).unwrap_err(), Refused::AddressFull);
+        // The same client over a dual-stack socket is the same address.
+        assert_eq!(table.admit("::ffff:10.0.0.1".parse().unwrap()).unwrap_err(), Refused::AddressFull);
+        let _b1 = table.admit(b).unwrap();
+        assert_eq!(table.admit(c).unwrap_err(), Refused::NodeFull);
+        drop(a1);
+        assert_eq!(table.open(), 2);
+        let _c1 = table.admit(c).unwrap();
+        assert_eq!(table.per_ip.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_node_cap_leaves_a_reserve_of_descriptors() {
+        let wanted = ConnLimits { max_total: 10_000, max_per_ip: 5_000 };
+        assert_eq!(ConnLimits::within_fd_limit(wanted, 1024), ConnLimits { max_total: 768, max_per_ip: 768 });
+        assert_eq!(ConnLimits::within_fd_limit(wanted, 1 << 20), wanted);
+        assert_eq!(ConnLimits::within_fd_limit(wanted, 10).max_total, 1);
+    }
+
+    #[test]
+    fn a_connection_with_a_request_in_flight_is_not_idle() {
+        let activity = Activity::new();
+        let req = activity.request();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(activity.idle_for(), Duration::ZERO);
+        drop(req);
+        assert!(activity.idle_for() < Duration::from_millis(5), "the request's end counts as activity");
+    }
+}
