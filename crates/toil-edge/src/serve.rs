@@ -284,7 +284,7 @@ fn to_response(domain: &str, outcome: Outcome) -> Response<Bytes> {
 /// 500 for guest bugs. The client learns the kind; the node log has details.
 fn fault_response(domain: &str, fault: &GuestFault) -> Response<Bytes> {
     let status = match fault {
-        GuestFault::Deadline(_) | GuestFault::Memory { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        GuestFault::Deadline(_) | GuestFault::Memory { .. } | GuestFault::NodeFull => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let mut r = text(status, format!("{}: the {domain} app failed ({})\n", status, fault.kind()));

@@ -72,6 +72,10 @@ pub enum GuestFault {
     Trap(String),
     #[error("guest broke the ABI: {0}")]
     Abi(String),
+    /// Not the guest's doing: the instance pool was exhausted when its
+    /// instance was to be created.
+    #[error("the node has no free instance (limits.maxInstances)")]
+    NodeFull,
 }
 
 impl GuestFault {
@@ -83,6 +87,7 @@ impl GuestFault {
             GuestFault::OutputTooLarge { .. } => "output_too_large",
             GuestFault::Trap(_) => "trap",
             GuestFault::Abi(_) => "abi",
+            GuestFault::NodeFull => "node_full",
         }
     }
 }
@@ -215,6 +220,9 @@ impl HostState {
         }
         if self.output_overflow {
             return GuestFault::OutputTooLarge { limit: self.limits.max_response_body };
+        }
+        if err.is::<wasmtime::PoolConcurrencyLimitError>() {
+            return GuestFault::NodeFull;
         }
         if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
             return GuestFault::Deadline(self.limits.deadline);

@@ -9,14 +9,14 @@ use crate::admission::Busy;
 use crate::host::GuestFault;
 
 const BUSY_KINDS: [&str; 3] = ["queue_full", "queue_timeout", "node_full"];
-const FAULT_KINDS: [&str; 5] = ["trap", "deadline", "memory", "output_too_large", "abi"];
+const FAULT_KINDS: [&str; 6] = ["trap", "deadline", "memory", "output_too_large", "abi", "node_full"];
 
 /// The guest metrics of one domain's tier.
 pub(crate) struct GuestMetrics {
     pub instances: Arc<Counter>,
     pub duration: Arc<Histogram>,
     pub live: Arc<Gauge>,
-    faults: [Arc<Counter>; 5],
+    faults: [Arc<Counter>; 6],
     busy: [Arc<Counter>; 3],
 }
 
@@ -35,7 +35,7 @@ impl GuestMetrics {
             faults: FAULT_KINDS.map(|kind| {
                 registry.counter(
                     "toil_guest_faults_total",
-                    "Guest calls that failed, by cause (trap, deadline, memory, output_too_large, abi).",
+                    "Guest calls that failed, by cause (trap, deadline, memory, output_too_large, abi; node_full: no instance could be created).",
                     &[("domain", domain), ("tier", tier), ("kind", kind)],
                 )
             }),

@@ -129,10 +129,11 @@ impl RequestApp {
         store.data_mut().begin_call(input);
         let until = store.data().call_deadline();
         let result = bounded(until, self.instantiate_and_call(&mut store, input_len)).await;
-        if result.as_ref().is_err_and(|e| e.is::<wasmtime::PoolConcurrencyLimitError>()) {
-            return Err(CallError::NodeFull);
-        }
-        let rc = store.data_mut().end_call(result)?;
+        let rc = match store.data_mut().end_call(result) {
+            Ok(rc) => rc,
+            Err(GuestFault::NodeFull) => return Err(CallError::NodeFull),
+            Err(fault) => return Err(CallError::Fault(fault)),
+        };
         match rc {
             status::OK => {}
             status::NO_HANDLER => return Err(GuestFault::Abi("guest has no handler for a route its manifest declares".into()).into()),
