@@ -47,7 +47,7 @@ async fn soak(seconds: u64, every: u64) {
         serde_json::json!({"limits": {
             "deadlineMs": 100, "memoryMb": MEMORY_MB, "maxRequestBodyBytes": MAX_REQUEST_BODY,
             "maxInstances": 300, "maxSessions": 100, "sendStallTimeoutMs": 1000, "idleTimeoutMs": 5000,
-            "headerTimeoutMs": 2000, "tcpIdleTimeoutMs": 3000, "bodyTimeoutMs": 2000
+            "headerTimeoutMs": 2000, "requestIdleTimeoutMs": 3000, "bodyTimeoutMs": 2000
         }}),
     ));
     let stop = Arc::new(AtomicBool::new(false));

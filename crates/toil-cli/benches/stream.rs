@@ -43,7 +43,8 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64) {
         serde_json::json!({
             "apps": [{"domain": "echo", "dir": repo_root().join("examples/echo")}],
             "defaultDomain": "echo",
-            "limits": {"memoryMb": 16, "maxInstances": idle + 200, "maxSessions": idle + 100, "idleTimeoutMs": 300_000},
+            "limits": {"memoryMb": 16, "maxInstances": idle + 200, "maxSessions": idle + 100, "idleTimeoutMs": 300_000,
+                "maxConnections": idle + 1000, "maxConnectionsPerAddress": idle + 1000},
         }),
     )));
     let native = native_server(server).await;

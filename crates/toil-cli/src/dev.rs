@@ -24,10 +24,9 @@ use toil_daemon::{ClaimLog, DaemonSettings, Daemons, LocalLog, LogError, TickErr
 use toil_deploy::api::{DeployRequest, RollbackRequest, BLOB_PATH, RELEASE_PATH, ROLLBACK_PATH};
 use toil_deploy::{BlobFetch, BlobStore, DeployError, DeploySettings, Deployer};
 use toil_edge::admin::{AdminReply, AdminRequest, AdminSecurity};
-use toil_edge::conns::{self, ConnLimits, ConnTable};
+use toil_edge::conns::{self, ConnLimits, ConnTable, ConnTimeouts};
 use toil_edge::keys::NodeKeys;
 use toil_edge::sessions::SessionLimits;
-use toil_edge::tcp::TcpTimeouts;
 use toil_edge::workers::{QuicWorkers, Steering, UdpGroup};
 use toil_edge::{admin, quic, tcp, tls::DevCert, DomainTable, Edge};
 use toil_metrics::Registry;
@@ -399,8 +398,9 @@ pub async fn serve(config: Config, host: Host) -> anyhow::Result<()> {
     edge.conns = ConnTable::new(conn_limits);
     // QUIC connections cost no descriptor, only memory (their buffers).
     edge.quic_conns = ConnTable::new(wanted);
-    edge.tcp = TcpTimeouts { header: l.header_timeout, idle: l.tcp_idle_timeout };
+    edge.timeouts = ConnTimeouts { header: l.header_timeout, idle: l.request_idle_timeout };
     edge.body_timeout = l.body_timeout;
+    edge.max_streams_per_connection = l.max_streams_per_connection;
     edge.alt_svc = http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", listen.port())).ok();
     let dev_info = serde_json::json!({
         "certificateSha256": cert.sha256_hex(),

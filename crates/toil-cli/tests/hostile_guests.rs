@@ -40,7 +40,6 @@ async fn a_request_sleeping_in_a_host_call_ends_at_the_deadline() {
         assert_eq!(r.await.unwrap(), 503);
     }
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
-    assert!(metric("toil_live_instances{domain=\"misbehave\",tier=\"request\"}").await == 0.0, "every sleeper's instance was dropped");
     hello_still_answers(s).await;
 }
 
@@ -124,14 +123,14 @@ async fn a_header_bomb_is_a_500_on_every_protocol_and_hurts_nobody() {
 }
 
 /// Twenty instances, four kept for sessions: each domain may run eight
-/// requests and queue eight more. Twenty-five slow requests to one domain
-/// get eight running, eight queued, nine refused with 503 and Retry-After;
-/// another domain is served all the while.
+/// requests and queue eight more. Twenty-five slow (2 s) requests to one
+/// domain get eight running, eight queued, nine refused with 503 and
+/// Retry-After; another domain is served all the while.
 #[tokio::test]
 async fn one_domain_cannot_take_every_instance() {
     let s = start_server("fair", serde_json::json!({"limits": {"deadlineMs": 4000, "maxInstances": 20, "maxSessions": 4, "memoryMb": MEMORY_MB}}));
     let http = s.http;
-    let slow: Vec<_> = (0..25).map(|_| tokio::spawn(async move { http1(http, get(CHAOS, "/sleep?ms=1000")).await })).collect();
+    let slow: Vec<_> = (0..25).map(|_| tokio::spawn(async move { http1(http, get(CHAOS, "/sleep?ms=2000")).await })).collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..5 {
         let r = http1(s.http, get("hello.localhost", &format!("/hello/{i}"))).await;

@@ -114,7 +114,7 @@ pub struct LimitsConfig {
     /// An HTTP/1.1 request head (or an idle keep-alive connection), an idle
     /// TCP connection, and a request body: how long each may take.
     pub header_timeout: Duration,
-    pub tcp_idle_timeout: Duration,
+    pub request_idle_timeout: Duration,
     pub body_timeout: Duration,
     /// Bytes one QUIC connection may have in flight to the node unread, and
     /// bidirectional streams (requests, WebTransport streams) open at once.
@@ -164,7 +164,7 @@ impl Default for LimitsConfig {
             max_connections: 10_000,
             max_connections_per_address: 1_000,
             header_timeout: Duration::from_secs(10),
-            tcp_idle_timeout: Duration::from_secs(60),
+            request_idle_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(30),
             connection_receive_window: 1 << 20,
             max_streams_per_connection: 32,
@@ -568,7 +568,7 @@ impl Config {
                 "maxConnections",
                 "maxConnectionsPerAddress",
                 "headerTimeoutMs",
-                "tcpIdleTimeoutMs",
+                "requestIdleTimeoutMs",
                 "bodyTimeoutMs",
                 "connectionReceiveWindowBytes",
                 "maxStreamsPerConnection",
@@ -703,7 +703,7 @@ impl Config {
             }
             for (key, slot) in [
                 ("headerTimeoutMs", &mut limits.header_timeout),
-                ("tcpIdleTimeoutMs", &mut limits.tcp_idle_timeout),
+                ("requestIdleTimeoutMs", &mut limits.request_idle_timeout),
                 ("bodyTimeoutMs", &mut limits.body_timeout),
             ] {
                 if let Some(v) = l.positive(key)? {

@@ -13,19 +13,34 @@
 //!   (the admin listener, QUIC sockets, artifact and log files);
 //! - [`accept_loop`] backs off when `accept` fails (`EMFILE`, `ENFILE`)
 //!   instead of spinning on a listener that stays readable;
-//! - [`Activity`] records when a connection last moved a byte, so a
-//!   connection that is idle and has no request in flight is closed.
+//! - [`Activity`] records when a connection last had a request in flight,
+//!   so a connection that serves nothing is closed.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+
+/// How long a connection may go without progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnTimeouts {
+    /// Until a request head is complete: HTTP/1.1 counted from the
+    /// connection's start or the previous response, HTTP/3 from the
+    /// stream's start.
+    pub header: Duration,
+    /// A TCP or QUIC connection with no request in flight (a WebTransport
+    /// session is one, for its life).
+    pub idle: Duration,
+}
+
+impl Default for ConnTimeouts {
+    fn default() -> Self {
+        ConnTimeouts { header: Duration::from_secs(10), idle: Duration::from_secs(60) }
+    }
+}
 
 /// File descriptors kept free of client connections.
 pub const FD_RESERVE: u64 = 256;
@@ -118,8 +133,7 @@ impl ConnTable {
 
     /// Admits a connection from `ip` if both caps allow it.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnGuard, Refused> {
-        // An IPv4 client reaching a dual-stack socket is one client either way.
-        let ip = ip.to_canonical();
+        let ip = client_key(ip);
         let mut per_ip = self.per_ip.lock().expect("connection table");
         if self.total.load(Ordering::Acquire) >= self.limits.max_total {
             return Err(Refused::NodeFull);
@@ -131,6 +145,17 @@ impl ConnTable {
         *n += 1;
         self.total.fetch_add(1, Ordering::AcqRel);
         Ok(ConnGuard { table: self.clone(), ip })
+    }
+}
+
+/// The address a client's connections are counted under: an IPv4 client
+/// reaching a dual-stack socket is one client either way, and an IPv6
+/// client is its /64, which one subscriber or host usually holds whole
+/// (counting single addresses would give it 2^64 quotas).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
     }
 }
 
@@ -187,9 +212,9 @@ where
     }
 }
 
-/// When a connection last moved a byte, and how many requests it has in
-/// flight: a connection is idle only with none in flight (a request may
-/// wait on its guest with no bytes moving).
+/// When a connection last started or finished a request, and how many it
+/// has in flight. Bytes do not count: an HTTP/2 or QUIC client could keep a
+/// connection that serves nothing alive with PINGs alone.
 #[derive(Debug)]
 pub struct Activity {
     born: Instant,
@@ -242,59 +267,6 @@ impl Drop for InFlight {
     }
 }
 
-/// An I/O object that records its reads and writes in an [`Activity`].
-pub struct Tracked<T> {
-    io: T,
-    activity: Arc<Activity>,
-}
-
-impl<T> Tracked<T> {
-    pub fn new(io: T, activity: Arc<Activity>) -> Self {
-        Tracked { io, activity }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write(cx, data);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +280,12 @@ mod tests {
         assert_eq!(table.admit(a).unwrap_err(), Refused::AddressFull);
         // The same client over a dual-stack socket is the same address.
         assert_eq!(table.admit("::ffff:10.0.0.1".parse().unwrap()).unwrap_err(), Refused::AddressFull);
+        // An IPv6 client is its /64.
+        let v6 = ConnTable::new(ConnLimits { max_total: 10, max_per_ip: 2 });
+        let _x = v6.admit("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        let _y = v6.admit("2001:db8:1:2:ffff::9".parse().unwrap()).unwrap();
+        assert_eq!(v6.admit("2001:db8:1:2::3".parse().unwrap()).unwrap_err(), Refused::AddressFull);
+        assert!(v6.admit("2001:db8:1:3::1".parse().unwrap()).is_ok(), "another /64 is another client");
         let _b1 = table.admit(b).unwrap();
         assert_eq!(table.admit(c).unwrap_err(), Refused::NodeFull);
         drop(a1);

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 
+use crate::conns::Activity;
 use crate::keys::NodeKeys;
 use crate::serve::{Body, Edge, Protocol};
 use crate::tls::DevCert;
@@ -78,6 +79,8 @@ pub fn server_config(cert: &DevCert, keys: &NodeKeys, limits: &ConnectionLimits)
 
 /// HTTP/3's `H3_EXCESSIVE_LOAD`: a connection refused at the cap.
 const H3_EXCESSIVE_LOAD: u32 = 0x107;
+/// HTTP/3's `H3_NO_ERROR`: an idle connection closed.
+const H3_NO_ERROR: u32 = 0x100;
 
 /// Accepts QUIC connections until the endpoint closes.
 pub async fn serve(endpoint: quinn::Endpoint, edge: Arc<Edge>) {
@@ -107,17 +110,32 @@ async fn connection(incoming: quinn::Incoming, edge: Arc<Edge>) {
         Ok(h) => h,
         Err(e) => return tracing::debug!("HTTP/3 setup failed: {e}"),
     };
+    // A connection that serves no request for the idle timeout is closed,
+    // however many PINGs keep its transport alive.
+    let activity = Activity::new();
     loop {
-        let resolver = match h3.accept().await {
+        let accepted = tokio::select! {
+            accepted = h3.accept() => accepted,
+            () = activity.idle_timeout(edge.timeouts.idle) => {
+                tracing::debug!(peer = %quic.remote_address(), "closing a QUIC connection idle for {:?}", edge.timeouts.idle);
+                return quic.close(H3_NO_ERROR.into(), b"idle");
+            }
+        };
+        let resolver = match accepted {
             Ok(Some(resolver)) => resolver,
             Ok(None) => return,
             Err(e) => return tracing::debug!("HTTP/3 connection ended: {e}"),
         };
+        let in_flight = activity.request();
         // Headers first: a WebTransport CONNECT takes over the connection.
-        let (req, mut stream) = match resolver.resolve_request().await {
-            Ok(r) => r,
-            Err(e) => {
+        let (req, mut stream) = match tokio::time::timeout(edge.timeouts.header, resolver.resolve_request()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
                 tracing::debug!("HTTP/3 request head failed: {e}");
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!("HTTP/3 request head not received within {:?}", edge.timeouts.header);
                 continue;
             }
         };
@@ -128,7 +146,10 @@ async fn connection(incoming: quinn::Incoming, edge: Arc<Edge>) {
             continue;
         }
         let edge = edge.clone();
-        tokio::spawn(async move { serve_request(&edge, req, stream).await });
+        tokio::spawn(async move {
+            serve_request(&edge, req, stream).await;
+            drop(in_flight);
+        });
     }
 }
 

@@ -12,10 +12,9 @@ use toil_metrics::{Counter, Histogram, Registry};
 use toil_runtime::request::{GuestRequest, Outcome};
 use toil_runtime::GuestFault;
 
-use crate::conns::{ConnLimits, ConnTable};
+use crate::conns::{ConnLimits, ConnTable, ConnTimeouts};
 use crate::domains::{Domain, DomainTable};
 use crate::sessions::{SessionLimits, SessionTable};
-use crate::tcp::TcpTimeouts;
 
 /// The HTTP version a request arrived on (a metrics label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +62,9 @@ pub struct Edge {
     /// Open QUIC connections (handshake done) and their caps.
     pub quic_conns: Arc<ConnTable>,
     /// How long a TCP connection may stall.
-    pub tcp: TcpTimeouts,
+    pub timeouts: ConnTimeouts,
+    /// Requests (HTTP/2, HTTP/3 streams) one connection may have open at once.
+    pub max_streams_per_connection: u32,
     /// How long a request body may take to arrive whole (any protocol).
     pub body_timeout: std::time::Duration,
     /// Set to `true` when the node shuts down: open stream sessions close
@@ -122,7 +123,8 @@ impl Edge {
             sessions,
             conns: ConnTable::new(ConnLimits { max_total: 10_000, max_per_ip: 1_000 }),
             quic_conns: ConnTable::new(ConnLimits { max_total: 10_000, max_per_ip: 1_000 }),
-            tcp: TcpTimeouts::default(),
+            timeouts: ConnTimeouts::default(),
+            max_streams_per_connection: 32,
             body_timeout: std::time::Duration::from_secs(30),
             shutdown: tokio::sync::watch::channel(false).0,
             dev_info: None,
@@ -172,7 +174,10 @@ impl Edge {
             Body::Broken(why) => text(StatusCode::BAD_REQUEST, format!("request body broken off: {why}\n")),
             Body::TimedOut(limit) => {
                 let mut r = text(StatusCode::REQUEST_TIMEOUT, format!("request body not received within {limit:?}\n"));
-                r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                if proto == Protocol::Http1 {
+                    // HTTP/2 and HTTP/3 forbid connection headers.
+                    r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 r
             }
             Body::Complete(body) => {

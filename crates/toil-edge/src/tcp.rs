@@ -2,16 +2,18 @@
 //!
 //! A connection is admitted by the node's [`ConnTable`](crate::conns) and
 //! closed when it stalls: HTTP/1.1 must deliver a request head within
-//! [`TcpTimeouts::header`] (which also bounds an idle keep-alive connection,
+//! [`ConnTimeouts::header`](crate::conns::ConnTimeouts) (which also bounds an idle keep-alive connection,
 //! since the timer runs while hyper waits for the next head); any connection
-//! with no request in flight that moves no byte for [`TcpTimeouts::idle`] is
-//! dropped (an HTTP/2 connection, or a client that never sends a byte). A
+//! with no request in flight (from its head to the last byte of its
+//! response) for [`ConnTimeouts::idle`](crate::conns::ConnTimeouts) is dropped: an HTTP/2 connection kept
+//! up by PINGs alone, or a client that never sends a byte. A
 //! body must arrive whole within [`Edge::body_timeout`] (`408`), and a
 //! declared `Content-Length` over the cap is refused before it is read (`413`).
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -22,30 +24,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::conns::{accept_loop, Activity, ConnTable, Tracked};
+use crate::conns::{accept_loop, Activity, ConnTable, InFlight};
 use crate::serve::{Body, Edge, Protocol};
-
-/// How long a TCP connection may stall.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TcpTimeouts {
-    /// Until an HTTP/1.1 request head is complete, counted from the
-    /// connection's start or the previous response.
-    pub header: Duration,
-    /// A connection with no request in flight and no byte moved.
-    pub idle: Duration,
-}
-
-impl Default for TcpTimeouts {
-    fn default() -> Self {
-        TcpTimeouts { header: Duration::from_secs(10), idle: Duration::from_secs(60) }
-    }
-}
 
 /// Accepts connections until the process ends; each runs on its own task.
 pub async fn serve(listener: TcpListener, edge: Arc<Edge>) {
     let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1().timer(TokioTimer::new()).header_read_timeout(edge.tcp.header);
-    http.http2().timer(TokioTimer::new());
+    http.http1().timer(TokioTimer::new()).header_read_timeout(edge.timeouts.header);
+    // Each stream may buffer a request body: as many as a QUIC connection may.
+    http.http2().timer(TokioTimer::new()).max_concurrent_streams(edge.max_streams_per_connection);
     let http = Arc::new(http);
     let table: Arc<ConnTable> = edge.conns.clone();
     accept_loop(listener, table, "http", move |stream, _peer, admitted| {
@@ -57,22 +44,43 @@ pub async fn serve(listener: TcpListener, edge: Arc<Edge>) {
                 let (edge, activity) = (edge.clone(), activity.clone());
                 service_fn(move |req| {
                     let (edge, in_flight) = (edge.clone(), activity.request());
-                    async move {
-                        let resp = handle(&edge, req).await;
-                        drop(in_flight);
-                        Ok::<_, Infallible>(resp)
-                    }
+                    // The request stays in flight until hyper has written
+                    // the whole response and drops its body.
+                    async move { Ok::<_, Infallible>(handle(&edge, req).await.map(|body| InFlightBody { body, _in_flight: in_flight })) }
                 })
             };
-            let conn = http.serve_connection(TokioIo::new(Tracked::new(stream, activity.clone())), svc);
+            let conn = http.serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
                 r = conn => if let Err(e) = r { tracing::debug!("connection ended: {e}") },
-                () = activity.idle_timeout(edge.tcp.idle) => tracing::debug!("closing a connection idle for {:?}", edge.tcp.idle),
+                () = activity.idle_timeout(edge.timeouts.idle) => tracing::debug!("closing a connection idle for {:?}", edge.timeouts.idle),
             }
             drop(admitted);
         }
     })
     .await
+}
+
+/// A response body that keeps its request counted as in flight.
+struct InFlightBody {
+    body: Full<Bytes>,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for InFlightBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 async fn handle(edge: &Edge, req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -184,9 +184,10 @@ pub fn inspect(bytes: &[u8], expected: Tier, max_size: usize) -> Result<Artifact
         }
         Tier::Stream if manifest.streams.is_empty() => return Err(LoadError::EmptyManifest { what: "stream" }),
         Tier::Stream => {
-            for (i, name) in manifest.streams.iter().enumerate() {
+            let mut seen = std::collections::HashSet::new();
+            for name in &manifest.streams {
                 validate_stream_name(name).map_err(|reason| LoadError::InvalidStream { name: name.clone(), reason })?;
-                if manifest.streams[..i].contains(name) {
+                if !seen.insert(name.as_str()) {
                     return Err(LoadError::InvalidStream { name: name.clone(), reason: "declared twice".into() });
                 }
             }

@@ -232,6 +232,15 @@ async fn collect(resp: http::Response<hyper::body::Incoming>) -> Resp {
 
 /// An HTTP/3 client trusting the dev certificate.
 pub fn h3_endpoint(cert: &Path) -> quinn::Endpoint {
+    h3_endpoint_with(cert, None)
+}
+
+/// [`h3_endpoint`] whose connections send a PING every `interval`.
+pub fn h3_endpoint_keeping_alive(cert: &Path, interval: std::time::Duration) -> quinn::Endpoint {
+    h3_endpoint_with(cert, Some(interval))
+}
+
+fn h3_endpoint_with(cert: &Path, keep_alive: Option<std::time::Duration>) -> quinn::Endpoint {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(cert).unwrap();
     use rustls::pki_types::pem::PemObject;
@@ -247,7 +256,13 @@ pub fn h3_endpoint(cert: &Path) -> quinn::Endpoint {
     tls.alpn_protocols = vec![b"h3".to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    if let Some(interval) = keep_alive {
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(interval));
+        client.transport_config(Arc::new(transport));
+    }
+    ep.set_default_client_config(client);
     ep
 }
 
