@@ -192,6 +192,32 @@ async fn an_http3_connection_kept_alive_by_pings_alone_is_closed() {
     assert!(started.elapsed() < Duration::from_secs(5), "{why} after {:?}", started.elapsed());
 }
 
+/// An HTTP/3 client that takes a response's head and never reads its body
+/// does not hold it: after `bodyTimeoutMs` the node resets the stream.
+#[tokio::test]
+async fn an_http3_response_nobody_reads_is_let_go() {
+    let s = stall_server();
+    let ep = h3_endpoint_with_window(&s.cert, 16 << 10);
+    let conn = ep.connect(s.http, "localhost").unwrap().await.unwrap();
+    let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn)).await.unwrap();
+    tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    let req = http::Request::get("https://misbehave.localhost/big?mib=2").body(()).unwrap();
+    let mut stream = send.send_request(req).await.unwrap();
+    stream.finish().await.unwrap();
+    assert_eq!(stream.recv_response().await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_secs(3)).await; // not reading
+    let mut got = 0;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.recv_data()).await.expect("the stream ends") {
+            Ok(Some(chunk)) => got += bytes::Buf::remaining(&chunk),
+            Ok(None) => break "finished",
+            Err(_) => break "reset",
+        }
+    };
+    assert_eq!(ended, "reset", "the node let the response go ({got} bytes arrived)");
+    assert!(got < 2 << 20, "{got}");
+}
+
 #[test]
 fn connections_that_stall_are_closed() {
     let s = stall_server();

@@ -177,12 +177,22 @@ async fn respond(edge: &Edge, req: http::Request<()>, mut stream: RequestStream)
     };
     let resp = edge.serve(Protocol::Http3, &head, body).await;
     let (parts, bytes) = resp.into_parts();
-    stream.send_response(http::Response::from_parts(parts, ())).await?;
-    if !bytes.is_empty() {
-        stream.send_data(bytes).await?;
+    // A client that stops reading must not hold the response (and this
+    // task) for the connection's life: it gets as long as a body gets.
+    let send = async {
+        stream.send_response(http::Response::from_parts(parts, ())).await?;
+        if !bytes.is_empty() {
+            stream.send_data(bytes).await?;
+        }
+        stream.finish().await
+    };
+    match tokio::time::timeout(edge.body_timeout, send).await {
+        Ok(sent) => Ok(sent?),
+        Err(_) => {
+            stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+            anyhow::bail!("the client did not take the response within {:?}", edge.body_timeout)
+        }
     }
-    stream.finish().await?;
-    Ok(())
 }
 
 async fn read_body(stream: &mut RequestStream, max: usize) -> Body {

@@ -237,10 +237,20 @@ pub fn h3_endpoint(cert: &Path) -> quinn::Endpoint {
 
 /// [`h3_endpoint`] whose connections send a PING every `interval`.
 pub fn h3_endpoint_keeping_alive(cert: &Path, interval: std::time::Duration) -> quinn::Endpoint {
-    h3_endpoint_with(cert, Some(interval))
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(interval));
+    h3_endpoint_with(cert, Some(transport))
 }
 
-fn h3_endpoint_with(cert: &Path, keep_alive: Option<std::time::Duration>) -> quinn::Endpoint {
+/// [`h3_endpoint`] whose connections grant the server at most `window`
+/// bytes of credit per stream until the client reads.
+pub fn h3_endpoint_with_window(cert: &Path, window: u32) -> quinn::Endpoint {
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(window.into());
+    h3_endpoint_with(cert, Some(transport))
+}
+
+fn h3_endpoint_with(cert: &Path, transport: Option<quinn::TransportConfig>) -> quinn::Endpoint {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(cert).unwrap();
     use rustls::pki_types::pem::PemObject;
@@ -257,9 +267,7 @@ fn h3_endpoint_with(cert: &Path, keep_alive: Option<std::time::Duration>) -> qui
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    if let Some(interval) = keep_alive {
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(interval));
+    if let Some(transport) = transport {
         client.transport_config(Arc::new(transport));
     }
     ep.set_default_client_config(client);
