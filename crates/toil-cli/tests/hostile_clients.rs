@@ -11,15 +11,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::*;
 use toil_abi::stream::{close_code, framing};
 
 const CHAOS: &str = "misbehave.localhost";
-
-fn get(host: &str, path: &str) -> http::Request<http_body_util::Full<Bytes>> {
-    request("GET", host, path, Bytes::new())
-}
 
 /// Waits until `metric` of `s` reads `want`.
 async fn metric_reaches(s: &Server, metric: &str, want: f64) -> bool {

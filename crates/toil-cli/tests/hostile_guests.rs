@@ -9,15 +9,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::*;
 use toil_abi::stream::close_code;
 
 const CHAOS: &str = "misbehave.localhost";
-
-fn get(host: &str, path: &str) -> http::Request<http_body_util::Full<Bytes>> {
-    request("GET", host, path, Bytes::new())
-}
 
 async fn hello_still_answers(s: &Server) {
     let r = http1(s.http, get("hello.localhost", "/hello/bystander")).await;

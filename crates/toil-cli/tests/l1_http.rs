@@ -13,10 +13,6 @@ use toil_runtime::{LoadError, Tier};
 const HELLO: &str = "hello.localhost";
 const BAD: &str = "misbehave.localhost";
 
-fn get(host: &str, path: &str) -> http::Request<http_body_util::Full<Bytes>> {
-    request("GET", host, path, Bytes::new())
-}
-
 #[tokio::test]
 async fn http1_serves_every_route_of_hello() {
     let s = server();

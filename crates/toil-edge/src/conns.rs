@@ -122,10 +122,6 @@ impl ConnTable {
         Arc::new(ConnTable { limits, total: AtomicUsize::new(0), per_ip: Mutex::default() })
     }
 
-    pub fn limits(&self) -> ConnLimits {
-        self.limits
-    }
-
     /// Connections open now.
     pub fn open(&self) -> usize {
         self.total.load(Ordering::Acquire)

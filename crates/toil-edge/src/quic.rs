@@ -42,13 +42,6 @@ impl Default for ConnectionLimits {
     }
 }
 
-impl ConnectionLimits {
-    /// The most a connection's buffers hold, in bytes.
-    pub fn buffered_bytes(&self) -> u64 {
-        u64::from(self.receive_window) + self.send_window + 2 * self.datagram_buffer as u64
-    }
-}
-
 /// A quinn server config for HTTP/3 and WebTransport (ALPN `h3`, TLS 1.3)
 /// with `cert`, the node's token key and `limits`. One config is shared by
 /// all QUIC workers.
@@ -77,10 +70,10 @@ pub fn server_config(cert: &DevCert, keys: &NodeKeys, limits: &ConnectionLimits)
     Ok(config)
 }
 
-/// HTTP/3's `H3_EXCESSIVE_LOAD`: a connection refused at the cap.
-const H3_EXCESSIVE_LOAD: u32 = 0x107;
-/// HTTP/3's `H3_NO_ERROR`: an idle connection closed.
-const H3_NO_ERROR: u32 = 0x100;
+/// A connection refused at the cap, and an idle one closed (QUIC close
+/// codes are varints; these fit in 32 bits).
+const H3_EXCESSIVE_LOAD: u32 = h3::error::Code::H3_EXCESSIVE_LOAD.value() as u32;
+const H3_NO_ERROR: u32 = h3::error::Code::H3_NO_ERROR.value() as u32;
 
 /// Accepts QUIC connections until the endpoint closes.
 pub async fn serve(endpoint: quinn::Endpoint, edge: Arc<Edge>) {

@@ -56,7 +56,7 @@ pub use crate::wt::is_connect;
 const CAPSULE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// HTTP/3's "no error" code, which clients close a finished connection with.
-const H3_NO_ERROR: u64 = 0x100;
+const H3_NO_ERROR: u64 = h3::error::Code::H3_NO_ERROR.value();
 
 /// What the session driver learns from the tasks around it.
 enum Inbound {

@@ -89,8 +89,8 @@ impl Session {
             let first = std::future::poll_fn(|cx| resolver.frame_stream.poll_next(cx));
             let Ok(first) = tokio::time::timeout(FIRST_FRAME_TIMEOUT, first).await else {
                 let (mut send, mut recv) = resolver.frame_stream.into_inner().split();
-                send.reset(H3_REQUEST_REJECTED);
-                recv.stop_sending(H3_REQUEST_REJECTED);
+                send.reset(h3::error::Code::H3_REQUEST_REJECTED.value());
+                recv.stop_sending(h3::error::Code::H3_REQUEST_REJECTED.value());
                 continue;
             };
             match first {
@@ -124,9 +124,6 @@ impl Session {
 /// How long a new stream on a session's connection may take to say what it
 /// is (its first frame); streams are taken one at a time.
 const FIRST_FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// HTTP/3's `H3_REQUEST_REJECTED`.
-const H3_REQUEST_REJECTED: u64 = 0x10b;
 
 /// `WT_BUFFERED_STREAM_REJECTED` (draft-ietf-webtrans-http3).
 const WT_BUFFERED_STREAM_REJECTED: u64 = 0x3994bd84;

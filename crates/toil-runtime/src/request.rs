@@ -106,8 +106,9 @@ impl RequestApp {
         self.metrics.duration.observe(started.elapsed());
         match result {
             Ok(resp) => Outcome::Response(resp),
-            Err(CallError::NodeFull) => self.busy(Busy::NodeFull, req),
-            Err(CallError::Fault(fault)) => {
+            // Not the guest's fault: no instance could be made for it.
+            Err(GuestFault::NodeFull) => self.busy(Busy::NodeFull, req),
+            Err(fault) => {
                 self.metrics.fault(&fault);
                 tracing::warn!(domain = %self.domain(), tier = "request", method = req.method, path = req.path,
                     route = route_key, fault = fault.kind(), "request failed: {fault}");
@@ -122,23 +123,19 @@ impl RequestApp {
         Outcome::Busy(busy)
     }
 
-    async fn call(&self, input: Vec<u8>) -> Result<GuestResponse, CallError> {
+    async fn call(&self, input: Vec<u8>) -> Result<GuestResponse, GuestFault> {
         let mut store = self.runtime.store(&self.loaded.id);
         let _live = self.metrics.live_instance();
         let input_len = input.len() as i32;
         store.data_mut().begin_call(input);
         let until = store.data().call_deadline();
         let result = bounded(until, self.instantiate_and_call(&mut store, input_len)).await;
-        let rc = match store.data_mut().end_call(result) {
-            Ok(rc) => rc,
-            Err(GuestFault::NodeFull) => return Err(CallError::NodeFull),
-            Err(fault) => return Err(CallError::Fault(fault)),
-        };
+        let rc = store.data_mut().end_call(result)?;
         match rc {
             status::OK => {}
-            status::NO_HANDLER => return Err(GuestFault::Abi("guest has no handler for a route its manifest declares".into()).into()),
-            status::BAD_INPUT => return Err(GuestFault::Abi("guest could not decode the request (SDK/host ABI mismatch)".into()).into()),
-            other => return Err(GuestFault::Abi(format!("handle returned unknown status {other}")).into()),
+            status::NO_HANDLER => return Err(GuestFault::Abi("guest has no handler for a route its manifest declares".into())),
+            status::BAD_INPUT => return Err(GuestFault::Abi("guest could not decode the request (SDK/host ABI mismatch)".into())),
+            other => return Err(GuestFault::Abi(format!("handle returned unknown status {other}"))),
         }
         let output = std::mem::take(&mut store.data_mut().output);
         let view = ResponseView::decode(&output).map_err(|e| GuestFault::Abi(format!("undecodable response: {e}")))?;
@@ -160,19 +157,6 @@ impl RequestApp {
         // `typed` would check again on every instance (half a microsecond).
         let handle = unsafe { TypedFunc::<i32, i32>::new_unchecked(&*store, func) };
         handle.call_async(&mut *store, input_len).await
-    }
-}
-
-/// Why [`RequestApp::call`] produced no response.
-enum CallError {
-    Fault(GuestFault),
-    /// The pooling allocator had no free slot.
-    NodeFull,
-}
-
-impl From<GuestFault> for CallError {
-    fn from(f: GuestFault) -> Self {
-        CallError::Fault(f)
     }
 }
 

@@ -206,6 +206,11 @@ pub fn request(method: &str, host: &str, path: &str, body: impl Into<Bytes>) -> 
     http::Request::builder().method(method).uri(path).header("host", host).body(Full::new(body.into())).unwrap()
 }
 
+/// A GET of `path` on `host`, with no body.
+pub fn get(host: &str, path: &str) -> http::Request<Full<Bytes>> {
+    request("GET", host, path, Bytes::new())
+}
+
 /// One request over a fresh HTTP/1.1 connection.
 pub async fn http1(addr: SocketAddr, req: http::Request<Full<Bytes>>) -> Resp {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
