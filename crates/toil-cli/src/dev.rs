@@ -328,6 +328,7 @@ pub async fn serve(config: Config, host: Host) -> anyhow::Result<()> {
     let daemon_settings = DaemonSettings {
         grace: config.cluster.tick_grace,
         claim_lead: config.cluster.claim_lead,
+        owner_lease: config.cluster.lease_timing().owner_lease(),
         ..DaemonSettings::new(host.node_id, host.name.clone())
     };
     let daemons = Daemons::start(Vec::new(), log.clone(), daemon_settings, &registry);
@@ -496,7 +497,7 @@ async fn own_every_daemon(log: Arc<dyn ClaimLog>, node: NodeId) {
     let mut changes = log.changes();
     loop {
         let state = log.state();
-        for command in place(&state.daemon_domains(), &[node], state.owners(), None) {
+        for command in place(&state.daemon_domains(), &[node], state.owners(), None, Duration::ZERO) {
             let _ = log.propose(command).await;
         }
         if changes.changed().await.is_err() {

@@ -16,7 +16,7 @@ use toil_cluster::{BlobRef, NodeId};
 use toil_config::Config;
 use toil_deploy::{BlobFetch, BlobStore};
 use toil_raft::rpc::{Reply, RpcHandler};
-use toil_raft::{ClusterNode, ClusterSecret, NodeOptions, RemoveRequest, RpcClient, Timing};
+use toil_raft::{ClusterNode, ClusterSecret, NodeOptions, RemoveRequest, RpcClient};
 
 use crate::dev::{serve, Host};
 
@@ -84,7 +84,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             advertise: args.advertise.clone().unwrap_or_else(|| cluster_addr.to_string()),
             data_dir: args.data_dir.clone(),
             secret,
-            timing: Timing { heartbeat: c.heartbeat, election_timeout: c.election_timeout, owner_timeout: c.owner_timeout },
+            timing: c.lease_timing(),
             overrides: args.peers.iter().cloned().collect::<BTreeMap<_, _>>(),
             extension: Some(Arc::new(ArtifactRpc(store.clone()))),
         };

@@ -59,11 +59,17 @@ fn render(s: &ClusterStatus) -> String {
     for (domain, owner) in &s.owners {
         let _ = writeln!(out, "  {:<12} {:<8} {:<8}", domain, format!("node {}", owner.node), owner.fencing);
     }
-    let _ = writeln!(out, "\nticks:\n  {:<12} {:<12} {:>8} {:>8}  last claimed (Unix ms)", "domain", "task", "fired", "skipped");
+    let _ = writeln!(
+        out,
+        "\nticks (claimed: allowed to run; ran, failed, dropped: as reported after):\n  {:<12} {:<12} {:>8} {:>8} {:>8} {:>8} {:>8}  last claimed (Unix ms)",
+        "domain", "task", "claimed", "ran", "failed", "dropped", "skipped"
+    );
     for t in &s.tasks {
         let name = &t.name;
         let last = t.record.last_claimed.map_or("-".to_string(), |l| l.to_string());
-        let _ = writeln!(out, "  {:<12} {:<12} {:>8} {:>8}  {last}", t.domain, name, t.record.fired, t.record.skipped);
+        let r = &t.record;
+        let _ =
+            writeln!(out, "  {:<12} {:<12} {:>8} {:>8} {:>8} {:>8} {:>8}  {last}", t.domain, name, r.claimed, r.ran, r.failed, r.dropped, r.skipped);
     }
     out
 }

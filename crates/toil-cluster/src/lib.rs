@@ -18,6 +18,9 @@
 //! - [`plan_tick`] tells an owner which tick to claim next and how many it
 //!   skips: ticks that fell due while no one owned the domain are counted,
 //!   never replayed.
+//! - [`lease`]: an accepted claim is also a short lease; the rule that keeps
+//!   an owner that stalled after its claim from firing once its domain
+//!   moved, and its proof sketch.
 //!
 //! - [`releases`]: which version of each domain is deployed, and its
 //!   history. [`Command::Deploy`] adds a version, [`Command::Activate`]
@@ -27,11 +30,14 @@
 //! Everything takes the time as an argument, so tests run on a fake clock.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use toil_schedule::Schedule;
 
+pub mod lease;
 pub mod releases;
+pub use lease::{may_fire, FireCheck, LeaseTiming};
 pub use releases::{BlobRef, DomainReleases, Release, ReleaseSpec};
 
 /// A node's id in the cluster.
@@ -43,13 +49,27 @@ pub struct Owner {
     pub node: NodeId,
     /// Grows with every assignment of any domain; a claim must carry it.
     pub fencing: u64,
+    /// How long the new owner waits before starting the daemon: the
+    /// previous owner's lease when it was alive (see [`lease`]); 0 after a failover.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub handoff_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A command of the replicated log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// Makes `node` the owner of `domain`'s daemon, with a new fencing token.
-    Assign { domain: String, node: NodeId },
+    /// Makes `node` the owner of `domain`'s daemon, with a new fencing
+    /// token; it starts the daemon `handoff_ms` after applying this.
+    Assign {
+        domain: String,
+        node: NodeId,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        handoff_ms: u64,
+    },
     /// Asks to fire tick `fire_time` (Unix ms) of the task named `task`;
     /// `skipped` is how many earlier ticks the owner skipped to get here.
     /// Claims are kept by task name, so a redeploy that reorders a daemon's
@@ -66,12 +86,27 @@ pub enum Command {
     Activate { domain: String, version: u64, from: Option<u64> },
     /// `node` now serves `version` of `domain` (0: the node stopped serving it).
     Served { node: NodeId, domain: String, version: u64 },
+    /// The owner reports what became of a claimed tick, after the fact (a
+    /// report, not a permission: the claim alone decided whether it ran).
+    TickDone { domain: String, task: String, fire_time: i64, outcome: TickOutcome },
+}
+
+/// What became of a claimed tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TickOutcome {
+    /// It ran to completion.
+    Ran,
+    /// It started and faulted (trap, deadline, memory).
+    Failed,
+    /// It never started: its lease or its grace ran out first.
+    Dropped,
 }
 
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Command::Assign { domain, node } => write!(f, "assign {domain} to node {node}"),
+            Command::Assign { domain, node, handoff_ms: 0 } => write!(f, "assign {domain} to node {node}"),
+            Command::Assign { domain, node, handoff_ms } => write!(f, "assign {domain} to node {node} after a {handoff_ms} ms handoff"),
             Command::ClaimTick { domain, task, fire_time, fencing, skipped } => {
                 write!(f, "claim {domain} task {task} tick {fire_time} (fencing {fencing}, skipped {skipped})")
             }
@@ -87,6 +122,7 @@ impl std::fmt::Display for Command {
             }
             Command::Activate { domain, version, .. } => write!(f, "activate {domain} version {version}"),
             Command::Served { node, domain, version } => write!(f, "node {node} serves {domain} version {version}"),
+            Command::TickDone { domain, task, fire_time, outcome } => write!(f, "{domain} task {task} tick {fire_time}: {outcome:?}"),
         }
     }
 }
@@ -124,11 +160,23 @@ pub enum Refused {
 }
 
 /// Per task: the last claimed fire time and counters.
+///
+/// `claimed` counts the claims accepted: the most ticks that can have run.
+/// `ran`, `failed` and `dropped` count what owners reported afterwards; a
+/// claim with no report is a tick whose owner died or was cut off before
+/// reporting (it may or may not have run, and never twice).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRecord {
     pub last_claimed: Option<i64>,
-    pub fired: u64,
+    #[serde(alias = "fired")]
+    pub claimed: u64,
     pub skipped: u64,
+    #[serde(default)]
+    pub ran: u64,
+    #[serde(default)]
+    pub failed: u64,
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 /// The replicated state machine.
@@ -151,9 +199,9 @@ impl ClusterState {
     /// same state from the same log.
     pub fn apply(&mut self, command: &Command) -> Applied {
         match command {
-            Command::Assign { domain, node } => {
+            Command::Assign { domain, node, handoff_ms } => {
                 self.last_fencing += 1;
-                let owner = Owner { node: *node, fencing: self.last_fencing };
+                let owner = Owner { node: *node, fencing: self.last_fencing, handoff_ms: *handoff_ms };
                 self.owners.insert(domain.clone(), owner);
                 Applied::Assigned(owner)
             }
@@ -167,7 +215,7 @@ impl ClusterState {
                     return Applied::Refused(Refused::NotNewer { last });
                 }
                 record.last_claimed = Some(*fire_time);
-                record.fired += 1;
+                record.claimed += 1;
                 record.skipped += skipped;
                 Applied::Claimed
             }
@@ -197,6 +245,18 @@ impl ClusterState {
                 let unchanged = history.active == *version;
                 history.active = *version;
                 Applied::Deployed { version: *version, unchanged }
+            }
+            Command::TickDone { domain, task, fire_time, outcome } => {
+                // Only a claimed tick has an outcome to count.
+                let Some(record) = self.tasks.get_mut(&(domain.clone(), task.clone())).filter(|r| r.last_claimed >= Some(*fire_time)) else {
+                    return Applied::Recorded;
+                };
+                *match outcome {
+                    TickOutcome::Ran => &mut record.ran,
+                    TickOutcome::Failed => &mut record.failed,
+                    TickOutcome::Dropped => &mut record.dropped,
+                } += 1;
+                Applied::Recorded
             }
             Command::Served { node, domain, version } => {
                 let by_domain = self.served.entry(*node).or_default();
@@ -278,9 +338,10 @@ mod task_list {
 ///   then the lowest id;
 /// - then, if one live node owns two or more domains more than another (a
 ///   cluster that grew from one node placed everything on it), one domain
-///   moves from the most to the least loaded node. One move per call keeps
-///   handoffs gradual; the caller calls again.
-pub fn place(domains: &[String], live: &[NodeId], owners: &BTreeMap<String, Owner>, avoid: Option<NodeId>) -> Vec<Command> {
+///   moves from the most to the least loaded node, with a handoff of
+///   `handoff` (the live owner's lease must run out first). One move per
+///   call keeps handoffs gradual; the caller calls again.
+pub fn place(domains: &[String], live: &[NodeId], owners: &BTreeMap<String, Owner>, avoid: Option<NodeId>, handoff: Duration) -> Vec<Command> {
     if live.is_empty() {
         return Vec::new();
     }
@@ -298,14 +359,15 @@ pub fn place(domains: &[String], live: &[NodeId], owners: &BTreeMap<String, Owne
         }
         let node = least_loaded(&load);
         *load.get_mut(&node).expect("live") += 1;
-        out.push(Command::Assign { domain: d.clone(), node });
+        out.push(Command::Assign { domain: d.clone(), node, handoff_ms: 0 });
     }
     if out.is_empty() {
         let most = *load.iter().max_by_key(|(n, l)| (**l, Some(**n) == avoid, std::cmp::Reverse(**n))).expect("a live node").0;
         let least = least_loaded(&load);
         if load[&most] >= load[&least] + 2 {
             let moving = domains.iter().rev().find(|d| owners.get(*d).is_some_and(|o| o.node == most));
-            out.extend(moving.map(|d| Command::Assign { domain: d.clone(), node: least }));
+            let handoff_ms = handoff.as_millis() as u64;
+            out.extend(moving.map(|d| Command::Assign { domain: d.clone(), node: least, handoff_ms }));
         }
     }
     out
@@ -340,6 +402,12 @@ pub fn plan_tick(schedule: &Schedule, last_claimed: Option<i64>, now: i64, grace
 mod tests {
     use super::*;
 
+    const HANDOFF: Duration = Duration::from_millis(130);
+
+    fn assign(domain: &str, node: NodeId) -> Command {
+        Command::Assign { domain: domain.into(), node, handoff_ms: 0 }
+    }
+
     fn claim(domain: &str, task: &str, fire_time: i64, fencing: u64) -> Command {
         Command::ClaimTick { domain: domain.into(), task: task.into(), fire_time, fencing, skipped: 0 }
     }
@@ -347,7 +415,7 @@ mod tests {
     #[test]
     fn only_the_current_owner_claims_and_only_newer_ticks() {
         let mut s = ClusterState::default();
-        let a = match s.apply(&Command::Assign { domain: "jobs".into(), node: 1 }) {
+        let a = match s.apply(&assign("jobs", 1)) {
             Applied::Assigned(o) => o,
             other => panic!("{other:?}"),
         };
@@ -358,72 +426,78 @@ mod tests {
         assert!(matches!(s.apply(&claim("other", "t0", 1, a.fencing)), Applied::Refused(Refused::NotOwner { current: None })));
 
         // Failover: node 2 takes over; node 1, partitioned, keeps trying.
-        let b = match s.apply(&Command::Assign { domain: "jobs".into(), node: 2 }) {
+        let b = match s.apply(&assign("jobs", 2)) {
             Applied::Assigned(o) => o,
             other => panic!("{other:?}"),
         };
         assert!(b.fencing > a.fencing);
         assert_eq!(s.apply(&claim("jobs", "t0", 10_000, a.fencing)), Applied::Refused(Refused::NotOwner { current: Some(b) }));
         assert_eq!(s.apply(&claim("jobs", "t0", 10_000, b.fencing)), Applied::Claimed);
-        assert_eq!(s.task("jobs", "t0"), TaskRecord { last_claimed: Some(10_000), fired: 2, skipped: 0 });
+        assert_eq!(s.task("jobs", "t0"), TaskRecord { last_claimed: Some(10_000), claimed: 2, ..Default::default() });
+        // Outcomes are counted apart from claims, and only for claimed ticks.
+        let done = |fire_time, outcome| Command::TickDone { domain: "jobs".into(), task: "t0".into(), fire_time, outcome };
+        for c in [done(5000, TickOutcome::Ran), done(10_000, TickOutcome::Dropped), done(20_000, TickOutcome::Ran)] {
+            assert_eq!(s.apply(&c), Applied::Recorded);
+        }
+        assert!(matches!(s.apply(&done(1, TickOutcome::Failed)), Applied::Recorded));
+        let r = s.task("jobs", "t0");
+        assert_eq!((r.claimed, r.ran, r.dropped, r.failed), (2, 1, 1, 1), "the report for an unclaimed tick (20 000) is ignored");
+        let old: TaskRecord = serde_json::from_str(r#"{"last_claimed": 5, "fired": 7, "skipped": 1}"#).unwrap();
+        assert_eq!(old.claimed, 7, "state written before the split still reads");
     }
 
     /// Replaying the same log gives the same state (what every node does).
     #[test]
     fn apply_is_deterministic() {
-        let log = vec![
-            Command::Assign { domain: "a".into(), node: 1 },
-            claim("a", "t0", 1000, 1),
-            Command::Assign { domain: "a".into(), node: 3 },
-            claim("a", "t0", 2000, 1),
-            claim("a", "t0", 3000, 2),
-        ];
+        let log = [assign("a", 1), claim("a", "t0", 1000, 1), assign("a", 3), claim("a", "t0", 2000, 1), claim("a", "t0", 3000, 2)];
         let run = || {
             let mut s = ClusterState::default();
             let results: Vec<Applied> = log.iter().map(|c| s.apply(c)).collect();
             (s, results)
         };
         assert_eq!(run(), run());
-        assert_eq!(run().0.task("a", "t0").fired, 2);
+        assert_eq!(run().0.task("a", "t0").claimed, 2);
     }
 
     #[test]
     fn placement_spreads_owners_and_moves_only_orphans() {
         let domains: Vec<String> = ["a", "b", "c", "d", "e"].iter().map(|s| s.to_string()).collect();
         let mut s = ClusterState::default();
-        for cmd in place(&domains, &[1, 2, 3], s.owners(), None) {
+        for cmd in place(&domains, &[1, 2, 3], s.owners(), None, HANDOFF) {
             s.apply(&cmd);
         }
         let per_node = |s: &ClusterState, n| s.owners().values().filter(|o| o.node == n).count();
         assert_eq!([per_node(&s, 1), per_node(&s, 2), per_node(&s, 3)], [2, 2, 1]);
-        assert!(place(&domains, &[1, 2, 3], s.owners(), None).is_empty(), "a stable cluster moves nothing");
+        assert!(place(&domains, &[1, 2, 3], s.owners(), None, HANDOFF).is_empty(), "a stable cluster moves nothing");
         // Node 1 dies: only its domains move, to the least loaded.
-        let moves = place(&domains, &[2, 3], s.owners(), None);
+        let moves = place(&domains, &[2, 3], s.owners(), None, HANDOFF);
         assert_eq!(moves.len(), 2);
+        assert!(moves.iter().all(|m| matches!(m, Command::Assign { handoff_ms: 0, .. })), "the dead owner's lease is over: no handoff");
         for cmd in &moves {
             s.apply(cmd);
         }
         // a and d were node 1's: a to node 3 (one domain), then d to node 2 (tie, lower id).
         assert_eq!([per_node(&s, 1), per_node(&s, 2), per_node(&s, 3)], [0, 3, 2]);
-        assert!(place(&domains, &[], s.owners(), None).is_empty());
+        assert!(place(&domains, &[], s.owners(), None, HANDOFF).is_empty());
     }
 
     #[test]
     fn placement_spreads_a_cluster_that_grew_from_one_node() {
         let domains: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
         let mut s = ClusterState::default();
-        for cmd in place(&domains, &[1], s.owners(), Some(1)) {
+        for cmd in place(&domains, &[1], s.owners(), Some(1), HANDOFF) {
             s.apply(&cmd);
         }
         assert!(s.owners().values().all(|o| o.node == 1), "one node owns everything");
         // Nodes 2 and 3 join: one move per round until no node owns two more than another.
         let mut rounds = 0;
         loop {
-            let moves = place(&domains, &[1, 2, 3], s.owners(), Some(1));
+            let moves = place(&domains, &[1, 2, 3], s.owners(), Some(1), HANDOFF);
             if moves.is_empty() {
                 break;
             }
             assert_eq!(moves.len(), 1);
+            assert!(matches!(&moves[0], Command::Assign { handoff_ms: 130, .. }), "a move away from a live owner waits out its lease");
             for cmd in &moves {
                 s.apply(cmd);
             }
@@ -435,15 +509,15 @@ mod tests {
         // One domain per node at most one apart: stable.
         let one = vec!["jobs".to_string()];
         let mut t = ClusterState::default();
-        t.apply(&Command::Assign { domain: "jobs".into(), node: 1 });
-        assert!(place(&one, &[1, 2, 3], t.owners(), Some(1)).is_empty(), "a live owner keeps a lone domain");
+        t.apply(&assign("jobs", 1));
+        assert!(place(&one, &[1, 2, 3], t.owners(), Some(1), HANDOFF).is_empty(), "a live owner keeps a lone domain");
     }
 
     #[test]
     fn placement_puts_the_leader_last_among_equals() {
         let one = vec!["jobs".to_string()];
-        assert_eq!(place(&one, &[1, 2, 3], &BTreeMap::new(), Some(1)), vec![Command::Assign { domain: "jobs".into(), node: 2 }]);
-        assert_eq!(place(&one, &[1], &BTreeMap::new(), Some(1)), vec![Command::Assign { domain: "jobs".into(), node: 1 }]);
+        assert_eq!(place(&one, &[1, 2, 3], &BTreeMap::new(), Some(1), HANDOFF), vec![assign("jobs", 2)]);
+        assert_eq!(place(&one, &[1], &BTreeMap::new(), Some(1), HANDOFF), vec![assign("jobs", 1)]);
     }
 
     fn release(request_sha: &str) -> ReleaseSpec {
@@ -508,7 +582,7 @@ mod tests {
     #[test]
     fn state_round_trips_through_json() {
         let mut s = ClusterState::default();
-        s.apply(&Command::Assign { domain: "a".into(), node: 1 });
+        s.apply(&assign("a", 1));
         s.apply(&claim("a", "t2", 1000, 1));
         s.apply(&Command::Deploy { domain: "a".into(), release: release("aa"), only_if_new: false });
         s.apply(&Command::Served { node: 2, domain: "a".into(), version: 1 });

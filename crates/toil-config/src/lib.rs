@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
+use toil_cluster::LeaseTiming;
 
 /// The file name looked for in a directory.
 pub const FILE_NAME: &str = "toilconfig.json";
@@ -210,12 +211,19 @@ pub struct ClusterConfig {
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
-            heartbeat: Duration::from_millis(50),
-            election_timeout: Duration::from_millis(150),
-            owner_timeout: Duration::from_millis(400),
-            claim_lead: Duration::from_millis(100),
+            heartbeat: Duration::from_millis(30),
+            election_timeout: Duration::from_millis(80),
+            owner_timeout: Duration::from_millis(300),
+            claim_lead: Duration::from_millis(50),
             tick_grace: Duration::from_secs(1),
         }
+    }
+}
+
+impl ClusterConfig {
+    /// The timings the ownership lease rule is derived from ([`toil_cluster::lease`]).
+    pub fn lease_timing(&self) -> LeaseTiming {
+        LeaseTiming { heartbeat: self.heartbeat, election_timeout: self.election_timeout, owner_timeout: self.owner_timeout }
     }
 }
 
@@ -758,6 +766,19 @@ impl Config {
             };
             over_two_heartbeats("electionTimeoutMs", cluster.election_timeout, "followers start elections while the leader is alive")?;
             over_two_heartbeats("ownerTimeoutMs", cluster.owner_timeout, "live owners are taken for dead")?;
+            // A claim is sent claim_lead before its tick; the tick must start inside the claim's lease.
+            let lease = cluster.lease_timing().owner_lease();
+            if cluster.claim_lead + cluster.heartbeat >= lease {
+                return Err(c.err(
+                    "claimLeadMs",
+                    format!(
+                        "{} ms plus heartbeatMs ({} ms) must be under the owner lease ({} ms: the lesser of ownerTimeoutMs and twice electionTimeoutMs, less heartbeatMs), or claimed ticks are dropped before they fire",
+                        cluster.claim_lead.as_millis(),
+                        cluster.heartbeat.as_millis(),
+                        lease.as_millis()
+                    ),
+                ));
+            }
         }
 
         let mut deploy = DeployConfig::default();
@@ -855,6 +876,11 @@ mod tests {
         let (key, problem) = key_error(json!({"apps": [app], "cluster": {"heartbeatMs": 100, "electionTimeoutMs": 150}}));
         assert_eq!(key, "cluster.electionTimeoutMs");
         assert!(problem.contains("over twice heartbeatMs (100 ms)"), "{problem}");
+        // The default lease: min(300, 2 × 80) − 30 = 130 ms; a 100 ms lead plus a 30 ms heartbeat leaves nothing.
+        let (key, problem) = key_error(json!({"apps": [app], "cluster": {"claimLeadMs": 100}}));
+        assert_eq!(key, "cluster.claimLeadMs");
+        assert!(problem.contains("under the owner lease (130 ms"), "{problem}");
+        assert!(parse(json!({"apps": [app], "cluster": {"claimLeadMs": 99}})).is_ok());
         let (key, problem) = key_error(json!({"apps": [app], "quic": {"steering": "magic"}}));
         assert_eq!(key, "quic.steering");
         assert!(problem.contains("userspace"), "{problem}");

@@ -13,9 +13,14 @@
 //! tick of each task from the last claim ([`toil_cluster::plan_tick`]),
 //! **claims it through the log** a little before it is due (`claim_lead`,
 //! so the claim's round trip does not make the tick late), waits for the
-//! fire time and fires it only if the claim was accepted. A claim refused
-//! for lack of ownership ends the task (the domain moved); a faulting tick
-//! drops the box and a fresh one is started before the next tick.
+//! fire time and fires it only if the claim was accepted **and its lease
+//! still holds** ([`toil_cluster::lease`]: an owner that stalled between
+//! the claim and the fire time for longer than the lease drops the tick,
+//! since its domain may have moved meanwhile). A claim refused for lack of
+//! ownership ends the task (the domain moved); a faulting tick drops the
+//! box and a fresh one is started before the next tick. A domain moved to
+//! this node from a live owner starts only after that owner's lease ran out
+//! (the assignment's handoff).
 //!
 //! The log is a [`ClaimLog`]: [`LocalLog`] applies commands to an in-memory
 //! [`ClusterState`] (one node: `toil dev`); the raft log of `toil node`
@@ -29,7 +34,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use toil_cluster::{plan_tick, Applied, ClusterState, Command, NodeId, Refused};
+use toil_cluster::{may_fire, plan_tick, Applied, ClusterState, Command, FireCheck, NodeId, Refused, TickOutcome};
 use toil_metrics::{Counter, Gauge, Histogram, Registry};
 use toil_runtime::daemon::DaemonApp;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -94,6 +99,9 @@ pub struct DaemonSettings {
     pub claim_lead: Duration,
     /// A claim not committed within this is given up (the tick does not fire).
     pub claim_timeout: Duration,
+    /// How long after sending an accepted claim its tick may still start
+    /// ([`toil_cluster::LeaseTiming::owner_lease`]).
+    pub owner_lease: Duration,
 }
 
 impl DaemonSettings {
@@ -103,8 +111,9 @@ impl DaemonSettings {
             node,
             node_name: node_name.into(),
             grace: Duration::from_secs(1),
-            claim_lead: Duration::from_millis(100),
+            claim_lead: Duration::from_millis(50),
             claim_timeout: Duration::from_secs(2),
+            owner_lease: Duration::from_millis(130),
         }
     }
 }
@@ -240,7 +249,9 @@ async fn supervise(daemons: Arc<Daemons>, log: Arc<dyn ClaimLog>, settings: Daem
                     let (manual, manual_rx) = mpsc::channel(8);
                     let (stop, stop_rx) = watch::channel(false);
                     let (app_tx, app_rx) = watch::channel(app.clone());
+                    let handoff = Duration::from_millis(owner.handoff_ms);
                     let task = tokio::spawn(own(
+                        handoff,
                         app_rx,
                         log.clone(),
                         settings.clone(),
@@ -276,6 +287,7 @@ async fn supervise(daemons: Arc<Daemons>, log: Arc<dyn ClaimLog>, settings: Daem
 struct TickMetrics {
     fired: Arc<Counter>,
     refused: Arc<Counter>,
+    dropped: Arc<Counter>,
     failed: Arc<Counter>,
     skipped: Arc<Counter>,
     lateness: Arc<Histogram>,
@@ -286,13 +298,14 @@ impl TickMetrics {
         let outcome = |o: &str| {
             r.counter(
                 "toil_daemon_ticks_total",
-                "Scheduled ticks by outcome: fired (claim accepted, tick ran), refused (claim refused), failed (tick faulted).",
+                "Scheduled ticks by outcome: fired (claim accepted, tick ran), refused (claim refused), dropped (claim accepted but its lease or grace ran out before the tick could start), failed (tick faulted).",
                 &[("domain", domain), ("outcome", o)],
             )
         };
         TickMetrics {
             fired: outcome("fired"),
             refused: outcome("refused"),
+            dropped: outcome("dropped"),
             failed: outcome("failed"),
             skipped: r.counter(
                 "toil_daemon_ticks_skipped_total",
@@ -318,8 +331,40 @@ async fn stop_requested(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// Records a tick's outcome in the log, in the background: a report, so
+/// the next tick does not wait for it; one lost with its node shows as a
+/// claim without a report in `toil status`.
+fn report(log: &Arc<dyn ClaimLog>, timeout: Duration, done: Command) {
+    let log = log.clone();
+    tokio::spawn(async move {
+        if let Ok(Err(e)) = tokio::time::timeout(timeout, log.propose(done)).await {
+            tracing::debug!("reporting a tick's outcome: {e}");
+        }
+    });
+}
+
+/// The clock leases are measured on: it keeps counting while the process
+/// is stopped and while the machine is suspended (`CLOCK_BOOTTIME`), so an
+/// owner that wakes from either sees its lease run out.
+#[cfg(target_os = "linux")]
+fn lease_clock() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lease_clock() -> Duration {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(std::time::Instant::now).elapsed()
+}
+
 /// The owner task of one domain for one ownership term (one fencing token).
+#[allow(clippy::too_many_arguments)]
 async fn own(
+    handoff: Duration,
     mut app_rx: watch::Receiver<Arc<DaemonApp>>,
     log: Arc<dyn ClaimLog>,
     settings: DaemonSettings,
@@ -336,6 +381,13 @@ async fn own(
     // yet (a follower applies the leader's commits a heartbeat later).
     let mut known_claims: BTreeMap<String, i64> = BTreeMap::new();
     let mut daemon = None;
+    if !handoff.is_zero() {
+        tracing::info!(domain, "taking the daemon over from a live owner; starting it after a {handoff:?} handoff (its lease)");
+        tokio::select! {
+            () = tokio::time::sleep(handoff) => {}
+            () = stop_requested(&mut stop) => return,
+        }
+    }
     loop {
         if *stop.borrow() {
             return;
@@ -403,13 +455,16 @@ async fn own(
         }
         let Some((task, name, plan)) = next else { continue };
         let claim = Command::ClaimTick { domain: domain.clone(), task: name.clone(), fire_time: plan.fire_time, fencing, skipped: plan.skipped };
+        // The lease counts from before the claim leaves: the leader heard
+        // from this node no earlier than that.
+        let sent = lease_clock();
         let outcome = match tokio::time::timeout(settings.claim_timeout, log.propose(claim)).await {
             Ok(result) => result,
             Err(_) => Err(LogError(format!("the claim was not committed within {:?}", settings.claim_timeout))),
         };
         match outcome {
             Ok(Applied::Claimed) => {
-                known_claims.insert(name, plan.fire_time);
+                known_claims.insert(name.clone(), plan.fire_time);
                 if plan.skipped > 0 {
                     metrics.skipped.add(plan.skipped);
                     tracing::warn!(domain, task, skipped = plan.skipped, "ticks fell due while this daemon was not running; skipped");
@@ -419,11 +474,39 @@ async fn own(
                 if stopped_before(plan.fire_time, &mut stop).await {
                     return;
                 }
+                // Checked last, right before the tick starts: a stall
+                // anywhere up to here (the wait included) counts.
+                let report = |outcome| {
+                    let done = Command::TickDone { domain: domain.clone(), task: name.clone(), fire_time: plan.fire_time, outcome };
+                    report(&log, settings.claim_timeout, done)
+                };
+                match may_fire(sent, lease_clock(), settings.owner_lease, now_ms() - plan.fire_time, grace) {
+                    FireCheck::Fire => {}
+                    FireCheck::LeaseExpired { over } => {
+                        metrics.dropped.inc();
+                        tracing::warn!(
+                            domain,
+                            task,
+                            fire_time = plan.fire_time,
+                            "dropped a claimed tick: this node stalled past its lease ({over:?} over), so the domain may have moved"
+                        );
+                        report(TickOutcome::Dropped);
+                        continue;
+                    }
+                    FireCheck::TooLate { late_ms } => {
+                        metrics.dropped.inc();
+                        tracing::warn!(domain, task, fire_time = plan.fire_time, "dropped a claimed tick: {late_ms} ms late, past the grace");
+                        report(TickOutcome::Dropped);
+                        continue;
+                    }
+                }
                 metrics.lateness.observe(Duration::from_millis((now_ms() - plan.fire_time).max(0) as u64));
                 if running.tick(task, plan.fire_time).await.is_ok() {
                     metrics.fired.inc();
+                    report(TickOutcome::Ran);
                 } else {
                     metrics.failed.inc();
+                    report(TickOutcome::Failed);
                     daemon = None;
                 }
             }

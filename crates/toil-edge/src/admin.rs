@@ -93,7 +93,9 @@ pub fn tls_config(cert: &crate::tls::DevCert) -> anyhow::Result<Arc<rustls::Serv
 /// Whether the header carries the admin token. Digests are compared, not
 /// the tokens, so the time taken says nothing about how much of a guess matched.
 fn token_matches(header: Option<&http::HeaderValue>, token: &str) -> bool {
-    let Some(given) = header.and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) else {
+    // The scheme name is case-insensitive (RFC 9110, section 11.1).
+    let given = header.and_then(|v| v.to_str().ok()).and_then(|v| v.trim_start().split_once(' '));
+    let Some(given) = given.filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")).map(|(_, credentials)| credentials) else {
         return false;
     };
     use sha2::{Digest, Sha256};
@@ -186,5 +188,10 @@ mod tests {
         assert!(!token_matches(h("Bearer s3cret").as_ref(), "s3cret-token"));
         assert!(!token_matches(h("s3cret-token").as_ref(), "s3cret-token"));
         assert!(!token_matches(None, "s3cret-token"));
+        for scheme in ["bearer", "BEARER", "BeArEr"] {
+            assert!(token_matches(h(&format!("{scheme} s3cret-token")).as_ref(), "s3cret-token"), "{scheme}: the scheme is case-insensitive");
+        }
+        assert!(!token_matches(h("Basic s3cret-token").as_ref(), "s3cret-token"));
+        assert!(!token_matches(h("Bearers3cret-token").as_ref(), "s3cret-token"));
     }
 }

@@ -20,7 +20,7 @@ pub mod rpc;
 pub mod store;
 
 pub use auth::ClusterSecret;
-pub use node::{ClusterNode, ClusterStatus, JoinRequest, NodeOptions, ProposeError, RemoveRequest, Timing};
+pub use node::{ClusterNode, ClusterStatus, JoinRequest, NodeOptions, ProposeError, RemoveRequest};
 pub use rpc::{CallError, RpcClient};
 
 openraft::declare_raft_types!(

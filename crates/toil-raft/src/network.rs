@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
@@ -32,11 +32,6 @@ impl Liveness {
 
     pub fn last_heard(&self, node: NodeId) -> Option<Instant> {
         self.heard.lock().expect("liveness").get(&node).copied()
-    }
-
-    /// Whether `node` was heard from within `window`.
-    pub fn heard_within(&self, node: NodeId, window: Duration) -> bool {
-        self.last_heard(node).is_some_and(|t| t.elapsed() < window)
     }
 }
 
@@ -110,6 +105,12 @@ impl RaftNetworkV2<TypeConfig> for Peer {
 
     async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.send("/raft/vote", &rpc, &option).await
+    }
+
+    /// A refusal or an error counts as "would not grant": a node that has
+    /// not started its lease, or an older node without this route.
+    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.send("/raft/pre-vote", &rpc, &option).await
     }
 
     async fn full_snapshot(

@@ -12,25 +12,16 @@ use http::StatusCode;
 use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, Raft, RaftMetrics, ServerState};
 use serde::{Deserialize, Serialize};
-use toil_cluster::{place, Applied, ClusterState, Command, DomainReleases, NodeId, Owner, TaskRecord};
+use toil_cluster::lease::is_silent;
+use toil_cluster::{place, Applied, ClusterState, Command, DomainReleases, LeaseTiming, NodeId, Owner, TaskRecord};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::auth::ClusterSecret;
+use crate::auth::{ClusterSecret, ReplayGuard};
 use crate::network::{Liveness, Network, SnapshotRequest};
 use crate::rpc::{self, CallError, Reply, RpcClient, RpcHandler};
 use crate::store::{self, StateMachine};
 use crate::TypeConfig;
-
-/// Raft and liveness timing.
-#[derive(Clone, Debug)]
-pub struct Timing {
-    pub heartbeat: Duration,
-    /// Elections start after a random silence in `[election_timeout, 2 × election_timeout)`.
-    pub election_timeout: Duration,
-    /// A node not heard from for this long is dead for daemon placement.
-    pub owner_timeout: Duration,
-}
 
 /// How to run a node.
 pub struct NodeOptions {
@@ -40,7 +31,7 @@ pub struct NodeOptions {
     /// Where the raft log and state machine are kept.
     pub data_dir: PathBuf,
     pub secret: Arc<ClusterSecret>,
-    pub timing: Timing,
+    pub timing: LeaseTiming,
     /// Addresses to reach nodes at instead of the ones they advertise.
     pub overrides: BTreeMap<NodeId, String>,
     /// Serves the cluster RPCs that are not raft's (such as artifact
@@ -145,8 +136,11 @@ pub struct ClusterNode {
     rpc: RpcClient,
     liveness: Arc<Liveness>,
     overrides: Arc<BTreeMap<NodeId, String>>,
-    timing: Timing,
+    timing: LeaseTiming,
     extension: Option<Arc<dyn RpcHandler>>,
+    /// When raft started here: for a raft lease after it, this node grants
+    /// no vote and starts no election (see [`toil_cluster::lease`]).
+    started: Instant,
 }
 
 impl ClusterNode {
@@ -159,7 +153,10 @@ impl ClusterNode {
             cluster_name: "toil".into(),
             heartbeat_interval: t.heartbeat.as_millis() as u64,
             election_timeout_min: t.election_timeout.as_millis() as u64,
-            election_timeout_max: 2 * t.election_timeout.as_millis() as u64,
+            election_timeout_max: t.raft_lease().as_millis() as u64,
+            // A node back from a pause or a partition asks first whether it
+            // would win; a leader its peers still hear keeps leading.
+            enable_pre_vote: Some(true),
             ..Default::default()
         }
         .validate()?;
@@ -168,6 +165,15 @@ impl ClusterNode {
         let overrides = Arc::new(options.overrides);
         let network = Network { rpc: rpc.clone(), liveness: liveness.clone(), overrides: overrides.clone() };
         let raft = Raft::new(options.id, Arc::new(config), network, log, sm.clone()).await?;
+        // openraft forgets on restart when it last heard a leader, and would
+        // vote or run at once; keep the lease a live node would have kept.
+        let started = Instant::now();
+        raft.runtime_config().elect(false);
+        let (r, lease) = (raft.clone(), t.raft_lease());
+        tokio::spawn(async move {
+            tokio::time::sleep(lease).await;
+            r.runtime_config().elect(true);
+        });
         let node = Arc::new(ClusterNode {
             id: options.id,
             advertise: options.advertise,
@@ -178,8 +184,10 @@ impl ClusterNode {
             overrides,
             timing: options.timing,
             extension: options.extension,
+            started,
         });
-        tokio::spawn(rpc::serve(listener, options.secret, node.clone()));
+        let guard = Arc::new(ReplayGuard::open(options.id, &options.data_dir.join("rpc-epochs.json"))?);
+        tokio::spawn(rpc::serve(listener, options.secret, guard, node.clone()));
         Ok(node)
     }
 
@@ -372,11 +380,13 @@ impl ClusterNode {
 
     /// While this node leads: gives every domain whose release has a daemon
     /// a live owner and spreads owners over live nodes
-    /// ([`toil_cluster::place`]). A node is live if heard from within the
-    /// owner timeout.
+    /// ([`toil_cluster::place`]). A node is dead once not heard from for the
+    /// owner timeout ([`toil_cluster::lease::is_silent`]); a domain leaves a
+    /// live owner only with a handoff of the owner lease.
     pub async fn place_daemons(self: Arc<Self>) {
-        let mut leading_since: Option<Instant> = None;
+        let mut leading: Option<(u64, Instant)> = None;
         let mut known_leader = None;
+        let mut last_pass = Instant::now();
         loop {
             tokio::time::sleep(self.timing.heartbeat).await;
             let m = self.metrics();
@@ -384,21 +394,27 @@ impl ClusterNode {
                 known_leader = m.current_leader;
                 tracing::info!(term = m.current_term, "raft leader: {}", known_leader.map_or("none".to_string(), |l| format!("node {l}")));
             }
-            if m.state != ServerState::Leader {
-                leading_since = None;
+            // A pass far later than asked means this process stalled: its
+            // stamps of the others are stale, so they get time to answer again.
+            let stalled = last_pass.elapsed() > 3 * self.timing.heartbeat;
+            last_pass = Instant::now();
+            if m.state != ServerState::Leader || stalled {
+                leading = None;
                 continue;
             }
-            // A new leader gives the followers a couple of heartbeats to answer first.
-            if leading_since.get_or_insert_with(Instant::now).elapsed() < 2 * self.timing.heartbeat {
-                continue;
-            }
+            let now = Instant::now();
+            let since = match leading {
+                Some((term, since)) if term == m.current_term => since,
+                _ => leading.insert((m.current_term, now)).1,
+            };
             let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            let (grace, timeout) = (self.timing.heartbeat, self.timing.owner_timeout);
             let live: Vec<NodeId> =
-                voters.iter().copied().filter(|n| *n == self.id || self.liveness.heard_within(*n, self.timing.owner_timeout)).collect();
+                voters.iter().copied().filter(|n| *n == self.id || !is_silent(now, self.liveness.last_heard(*n), since, grace, timeout)).collect();
             let state = self.state();
             let (owners, domains) = (state.owners().clone(), state.daemon_domains());
-            for command in place(&domains, &live, &owners, Some(self.id)) {
-                let Command::Assign { domain, node } = &command else {
+            for command in place(&domains, &live, &owners, Some(self.id), self.timing.owner_lease()) {
+                let Command::Assign { domain, node, .. } = &command else {
                     continue;
                 };
                 let why = match owners.get(domain) {
@@ -448,7 +464,12 @@ impl RpcHandler for ClusterNode {
         let path = path.to_string();
         match path.as_str() {
             "/raft/append" => Box::pin(async move { json(&raft.append_entries(parse(&body)?).await.map_err(failed)?) }),
+            "/raft/vote" | "/raft/pre-vote" if self.started.elapsed() < self.timing.raft_lease() => {
+                let left = self.timing.raft_lease() - self.started.elapsed();
+                Box::pin(async move { Err((StatusCode::SERVICE_UNAVAILABLE, format!("just started: no vote for {left:?} more (the raft lease)"))) })
+            }
             "/raft/vote" => Box::pin(async move { json(&raft.vote(parse(&body)?).await.map_err(failed)?) }),
+            "/raft/pre-vote" => Box::pin(async move { json(&raft.pre_vote(parse(&body)?).await.map_err(failed)?) }),
             "/raft/snapshot" => Box::pin(async move {
                 let req: SnapshotRequest = parse(&body)?;
                 let snapshot = openraft::Snapshot { meta: req.meta, snapshot: req.data };

@@ -1,11 +1,13 @@
 //! HTTP/1.1 between nodes: a pooled client and the cluster port's server.
-//! Bodies are JSON; every request is signed ([`crate::auth`]) and the
-//! server refuses (401) what is not.
+//! Bodies are JSON; every request is signed and numbered ([`crate::auth`])
+//! and the server refuses (401) what is not, or what it has seen.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +19,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use toil_cluster::NodeId;
 use tokio::net::TcpListener;
 
-use crate::auth::{ClusterSecret, HEADER};
+use crate::auth::{AuthError, ClusterSecret, ReplayGuard, Stamp, EXPECT_HEADER, HEADER};
 use crate::now_ms;
 
 /// The largest RPC body accepted (a snapshot of the cluster state is the largest).
@@ -38,12 +40,21 @@ pub enum CallError {
     BadReply { addr: String, reason: String },
 }
 
-/// Signs and sends requests to other nodes; connections are pooled.
+/// Signs, numbers and sends requests to other nodes; connections are pooled.
 #[derive(Clone)]
 pub struct RpcClient {
     http: Client<HttpConnector, Full<Bytes>>,
     secret: Arc<ClusterSecret>,
     me: NodeId,
+    numbering: Arc<Numbering>,
+}
+
+/// A sender's side of [`crate::auth`]'s replay rule.
+struct Numbering {
+    epoch: AtomicU64,
+    seq: AtomicU64,
+    /// The node id behind each address called, as learnt from its refusals.
+    ids: Mutex<HashMap<String, NodeId>>,
 }
 
 impl RpcClient {
@@ -53,7 +64,10 @@ impl RpcClient {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         let http = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
-        RpcClient { http, secret, me }
+        // Starting from the clock makes a restarted sender's epoch newer
+        // than its last one; a receiver that remembers otherwise says so.
+        let numbering = Numbering { epoch: AtomicU64::new(now_ms().max(1) as u64), seq: AtomicU64::new(1), ids: Mutex::default() };
+        RpcClient { http, secret, me, numbering: Arc::new(numbering) }
     }
 
     /// POSTs `request` as JSON to `http://addr/path` and decodes the JSON reply.
@@ -72,17 +86,19 @@ impl RpcClient {
     /// POSTs `body` to `http://addr/path` and returns the reply's bytes
     /// (artifacts travel this way, not as JSON).
     pub async fn call_raw(&self, addr: &str, path: &str, body: Vec<u8>, timeout: Duration) -> Result<Bytes, CallError> {
-        let auth = self.secret.sign(self.me, now_ms(), "POST", path, &body);
-        let req = http::Request::post(format!("http://{addr}{path}"))
-            .header(HEADER, auth)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| CallError::Unreachable { addr: addr.into(), reason: e.to_string() })?;
+        let body = Bytes::from(body);
         let exchange = async {
-            let resp = self.http.request(req).await.map_err(|e| CallError::Unreachable { addr: addr.into(), reason: error_chain(&e) })?;
-            let status = resp.status();
-            let bytes = resp.into_body().collect().await.map_err(|e| CallError::Unreachable { addr: addr.into(), reason: e.to_string() })?.to_bytes();
-            Ok::<_, CallError>((status, bytes))
+            // A first call to an address, or to a receiver that restarted,
+            // is refused once with what to mend; then it goes through.
+            let mut mended = 0;
+            loop {
+                let (stamp, status, expect, bytes) = self.exchange(addr, path, body.clone()).await?;
+                if status == StatusCode::UNAUTHORIZED && mended < 2 && expect.as_deref().is_some_and(|e| self.mend(addr, e, &stamp)) {
+                    mended += 1;
+                    continue;
+                }
+                return Ok::<_, CallError>((status, bytes));
+            }
         };
         let (status, bytes) = tokio::time::timeout(timeout, exchange).await.map_err(|_| CallError::Timeout { addr: addr.into(), timeout })??;
         let text = || String::from_utf8_lossy(&bytes).trim_end().to_string();
@@ -93,6 +109,36 @@ impl RpcClient {
             }
             _ => Err(CallError::Failed { addr: addr.into(), status, text: text() }),
         }
+    }
+
+    /// One signed, numbered request: its stamp, the reply's status, the receiver's [`EXPECT_HEADER`] and the body.
+    async fn exchange(&self, addr: &str, path: &str, body: Bytes) -> Result<(Stamp, StatusCode, Option<String>, Bytes), CallError> {
+        let n = &self.numbering;
+        let to = n.ids.lock().expect("rpc ids").get(addr).copied().unwrap_or(0);
+        let stamp = Stamp { from: self.me, to, epoch: n.epoch.load(Ordering::SeqCst), seq: n.seq.fetch_add(1, Ordering::SeqCst) };
+        let auth = self.secret.sign(stamp, now_ms(), "POST", path, &body);
+        let req = http::Request::post(format!("http://{addr}{path}"))
+            .header(HEADER, auth)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| CallError::Unreachable { addr: addr.into(), reason: e.to_string() })?;
+        let resp = self.http.request(req).await.map_err(|e| CallError::Unreachable { addr: addr.into(), reason: error_chain(&e) })?;
+        let status = resp.status();
+        let expect = resp.headers().get(EXPECT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let bytes = resp.into_body().collect().await.map_err(|e| CallError::Unreachable { addr: addr.into(), reason: e.to_string() })?.to_bytes();
+        Ok((stamp, status, expect, bytes))
+    }
+
+    /// Takes in a receiver's `node=<id>,e=<epoch>`; whether a request
+    /// stamped `used` is worth sending again (it was refused for what the
+    /// receiver says, not for something else).
+    fn mend(&self, addr: &str, expect: &str, used: &Stamp) -> bool {
+        let field = |k: &str| expect.split(',').find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')?.parse::<u64>().ok());
+        let (Some(id), Some(min_epoch)) = (field("node"), field("e")) else { return false };
+        let n = &self.numbering;
+        n.ids.lock().expect("rpc ids").insert(addr.to_string(), id);
+        n.epoch.fetch_max(min_epoch, Ordering::SeqCst);
+        used.to != id || used.epoch < min_epoch
     }
 }
 
@@ -118,22 +164,17 @@ pub trait RpcHandler: Send + Sync + 'static {
 }
 
 /// Serves the cluster port.
-pub async fn serve(listener: TcpListener, secret: Arc<ClusterSecret>, handler: Arc<dyn RpcHandler>) {
+pub async fn serve(listener: TcpListener, secret: Arc<ClusterSecret>, guard: Arc<ReplayGuard>, handler: Arc<dyn RpcHandler>) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (secret, handler) = (secret.clone(), handler.clone());
+        let (secret, guard, handler) = (secret.clone(), guard.clone(), handler.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let (secret, handler) = (secret.clone(), handler.clone());
-                async move {
-                    let (status, body) = answer(req, &secret, handler, peer).await;
-                    let mut r = http::Response::new(Full::new(Bytes::from(body)));
-                    *r.status_mut() = status;
-                    Ok::<_, Infallible>(r)
-                }
+                let (secret, guard, handler) = (secret.clone(), guard.clone(), handler.clone());
+                async move { Ok::<_, Infallible>(answer(req, &secret, &guard, handler, peer).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
         });
@@ -143,28 +184,59 @@ pub async fn serve(listener: TcpListener, secret: Arc<ClusterSecret>, handler: A
 async fn answer(
     req: http::Request<hyper::body::Incoming>,
     secret: &ClusterSecret,
+    guard: &ReplayGuard,
     handler: Arc<dyn RpcHandler>,
     peer: std::net::SocketAddr,
-) -> (StatusCode, Vec<u8>) {
+) -> http::Response<Full<Bytes>> {
+    let reply = |status: StatusCode, text: String| {
+        let mut r = http::Response::new(Full::new(Bytes::from(text)));
+        *r.status_mut() = status;
+        r
+    };
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
-    let auth = req.headers().get(HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let refuse = |e: AuthError| {
+        match e {
+            // A member's first call to this address: mended at once.
+            AuthError::WrongReceiver { to: 0 } => tracing::debug!(%peer, path, "refused a cluster RPC: {e}"),
+            // After either side restarted, once per sender; or a replay.
+            AuthError::EpochOver { .. } => tracing::info!(%peer, path, "refused a cluster RPC: {e}"),
+            _ => tracing::warn!(%peer, path, "refused a cluster RPC: {e}"),
+        }
+        let mut r = reply(StatusCode::UNAUTHORIZED, format!("{e}\n"));
+        // What a genuine sender needs to mend its next request.
+        let min_epoch = match e {
+            AuthError::EpochOver { min, .. } => Some(min),
+            AuthError::WrongReceiver { .. } => Some(0),
+            _ => None,
+        };
+        if let Some(min) = min_epoch {
+            r.headers_mut().insert(EXPECT_HEADER, format!("node={},e={min}", guard.me()).parse().expect("ascii"));
+        }
+        r
+    };
+    // Everything the header alone can tell, before reading a body.
+    let auth = req.headers().get(HEADER).and_then(|v| v.to_str().ok());
+    let signed = match ClusterSecret::parse(auth, now_ms()).and_then(|s| guard.precheck(&s.stamp).map(|()| s)) {
+        Ok(s) => s,
+        Err(e) => return refuse(e),
+    };
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return (StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e} (limit {MAX_BODY} bytes)\n").into_bytes()),
+        Err(e) => return reply(StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e} (limit {MAX_BODY} bytes)\n")),
     };
-    let from = match secret.verify(auth.as_deref(), now_ms(), &method, &path, &body) {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(%peer, path, "refused a cluster RPC: {e}");
-            return (StatusCode::UNAUTHORIZED, format!("{e}\n").into_bytes());
-        }
-    };
-    if method != "POST" {
-        return (StatusCode::METHOD_NOT_ALLOWED, b"cluster RPCs are POSTs\n".to_vec());
+    if let Err(e) = secret.check(&signed, &method, &path, &body).and_then(|()| guard.accept(&signed.stamp)) {
+        return refuse(e);
     }
-    match handler.handle(from, &path, body).await {
-        Ok(json) => (StatusCode::OK, json),
-        Err((status, text)) => (status, format!("{text}\n").into_bytes()),
+    if method != "POST" {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "cluster RPCs are POSTs\n".into());
+    }
+    match handler.handle(signed.stamp.from, &path, body).await {
+        Ok(bytes) => {
+            let mut r = http::Response::new(Full::new(Bytes::from(bytes)));
+            *r.status_mut() = StatusCode::OK;
+            r
+        }
+        Err((status, text)) => reply(status, format!("{text}\n")),
     }
 }

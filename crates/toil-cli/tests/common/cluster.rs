@@ -35,12 +35,19 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A TCP relay that can be cut (drops its connections and refuses new ones) and healed.
+/// A TCP relay that can be cut (drops its connections and refuses new ones)
+/// and healed. It keeps a copy of the first [`RECORD_CAP`] bytes sent
+/// through it towards its target: what an eavesdropper would capture.
 pub struct TcpRelay {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
     live: Arc<Mutex<Vec<TcpStream>>>,
+    /// Per connection, the bytes sent towards the target.
+    recorded: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
 }
+
+/// How much of each relayed connection's requests is kept.
+pub const RECORD_CAP: usize = 1 << 20;
 
 impl TcpRelay {
     pub fn start(to: SocketAddr) -> TcpRelay {
@@ -48,7 +55,8 @@ impl TcpRelay {
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
         let live: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (c, l) = (cut.clone(), live.clone());
+        let recorded: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let (c, l, r) = (cut.clone(), live.clone(), recorded.clone());
         std::thread::spawn(move || {
             for inbound in listener.incoming() {
                 let Ok(inbound) = inbound else { continue };
@@ -64,10 +72,19 @@ impl TcpRelay {
                     live.push(inbound.try_clone().unwrap());
                     live.push(outbound.try_clone().unwrap());
                 }
-                for (mut from, mut into) in [(inbound.try_clone().unwrap(), outbound.try_clone().unwrap()), (outbound, inbound)] {
+                let requests: Arc<Mutex<Vec<u8>>> = Arc::default();
+                r.lock().unwrap().push(requests.clone());
+                let directions = [(inbound.try_clone().unwrap(), outbound.try_clone().unwrap(), Some(requests)), (outbound, inbound, None)];
+                for (mut from, mut into, record) in directions {
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 16384];
                         while let Ok(n) = from.read(&mut buf) {
+                            if let Some(rec) = &record {
+                                let mut rec = rec.lock().unwrap();
+                                if rec.len() + n <= RECORD_CAP {
+                                    rec.extend_from_slice(&buf[..n]);
+                                }
+                            }
                             if n == 0 || into.write_all(&buf[..n]).is_err() {
                                 break;
                             }
@@ -77,7 +94,12 @@ impl TcpRelay {
                 }
             }
         });
-        TcpRelay { addr, cut, live }
+        TcpRelay { addr, cut, live, recorded }
+    }
+
+    /// The bytes each connection so far sent towards the target.
+    pub fn recorded(&self) -> Vec<Vec<u8>> {
+        self.recorded.lock().unwrap().iter().map(|r| r.lock().unwrap().clone()).collect()
     }
 
     pub fn cut(&self) {
@@ -233,6 +255,38 @@ impl Cluster {
             child.kill().unwrap();
             child.wait().unwrap();
         }
+    }
+
+    /// Sends `signal` (such as `libc::SIGSTOP` or `libc::SIGCONT`) to node `id`.
+    pub fn signal(&self, id: u64, signal: i32) {
+        let node = self.nodes.iter().find(|n| n.id == id).unwrap();
+        let pid = node.child.as_ref().expect("a running node").id();
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "signal {signal} to node {id}");
+    }
+
+    /// Node `id`'s cluster port, reached directly (not through a relay).
+    pub fn cluster_addr(&self, id: u64) -> SocketAddr {
+        let node = self.nodes.iter().find(|n| n.id == id).unwrap();
+        format!("127.0.0.1:{}", node.cluster_port).parse().unwrap()
+    }
+
+    /// What every link carried towards its target so far: ((from, to), one connection's bytes).
+    pub fn recorded(&self) -> Vec<((u64, u64), Vec<u8>)> {
+        self.relays.iter().flat_map(|(link, r)| r.recorded().into_iter().map(move |bytes| (*link, bytes))).collect()
+    }
+
+    /// The leader as node `via` sees it, and its term.
+    pub fn leader(&self, via: u64) -> Option<(u64, u64)> {
+        let s = self.status(via)?;
+        Some((s["leader"].as_u64()?, s["term"].as_u64()?))
+    }
+
+    /// Node `id`'s Prometheus metrics.
+    pub fn metrics(&self, id: u64) -> Option<String> {
+        let node = self.nodes.iter().find(|n| n.id == id)?;
+        node.child.as_ref()?;
+        admin_get(node.admin, "/metrics")
     }
 
     /// Cuts (or heals) every link of node `id`, both ways.
