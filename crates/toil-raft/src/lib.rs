@@ -6,12 +6,14 @@
 //! - [`store`]: the raft log and the state machine in one redb file, so a
 //!   restarted node resumes its vote, log and applied state;
 //! - [`rpc`] and [`network`]: HTTP/1.1 between nodes, every request signed
-//!   with the cluster secret ([`auth`]); unsigned or wrongly signed requests
-//!   are refused with 401;
+//!   with the cluster secret and numbered ([`auth`]); unsigned, wrongly
+//!   signed and replayed requests are refused with 401;
 //! - [`node`]: a running node. It joins or forms a cluster, forwards
 //!   proposals to the leader from any node, adds and removes members, and,
 //!   while it leads, places daemon owners on live nodes (a node not heard
-//!   from within the owner timeout is dead; its domains move).
+//!   from within the owner timeout is dead; its domains move). Elections
+//!   use pre-vote, and a restarted node keeps openraft's leader lease from
+//!   its start (the ownership leases of [`toil_cluster::lease`] rely on it).
 
 pub mod auth;
 pub mod network;
