@@ -5,44 +5,38 @@
 //! whose claim was accepted and which then stalls (a stop signal, a VM
 //! pause, a swapped-out process) past the moment its domain moves: on
 //! waking it would fire the tick it had claimed, late, while the new owner
-//! runs. So an accepted claim is also a short **lease**, and both sides
-//! keep to it.
+//! runs. So an accepted claim is also a short **lease**, and both the owner
+//! and whoever takes over keep to it.
 //!
 //! - **The owner** fires a tick whose claim it sent at `sent` only if,
 //!   just before the tick starts, `now < sent + owner_lease` on a clock
 //!   that keeps counting while the process or the machine is stopped, and
 //!   the tick is at most `grace` late by the wall clock ([`may_fire`]).
 //!   Otherwise the tick is dropped and counted, never fired.
-//! - **The leader** takes a member for dead only after hearing nothing from
-//!   it for `owner_timeout` ([`is_silent`]); a domain moves away from a
-//!   member it still hears from (spreading owners) with a handoff of
-//!   `owner_lease`: the new owner starts nothing before that has passed.
+//! - **Every assignment that takes a domain from an owner** (a failover, a
+//!   spreading move, a removal) carries a handoff of `owner_lease`: the new
+//!   owner starts nothing until that long after it applied the assignment.
 //!
-//! ## Why that is enough (sketch)
+//! ## Why that is enough
 //!
-//! Let an owner O send a claim at time `s` and have it accepted; O may fire
-//! until `s + L`, with `L` = [`LeaseTiming::owner_lease`]. The new owner
-//! fires only after the reassignment is committed. Who commits it?
+//! Let the old owner O send a claim at `s`, accepted. The log orders it
+//! before the assignment that moves the domain (a claim ordered after it
+//! carries the old token and is refused). So, in real time: O sent the
+//! claim at `s`; the leader appended it, later; it appended the assignment,
+//! later still; the new owner applied the assignment, later again, and
+//! starts no earlier than `owner_lease` after that, when every lease of O
+//! (`s + owner_lease` at most) is over. That uses nothing but the log's
+//! order and the two clocks running at the same rate (the margin below
+//! covers drift): not the liveness view, not raft's timing, not which node
+//! leads, and it survives restarts of any of them.
 //!
-//! 1. *A leader that received the claim itself.* It heard from O at some
-//!    `h ≥ s`, so it reassigns no earlier than `h + owner_timeout ≥ s + L`.
-//! 2. *A leader elected after the claim was written.* Raft puts the claim
-//!    (committed, so in a majority's logs) in every later leader's log,
-//!    and each node that took it from a leader at `≥ s` refuses votes, and
-//!    starts no election, for the raft lease after that (openraft's leader
-//!    lease, `2 × election_timeout`; a restarted node keeps the same rule
-//!    for that long after its start). Any majority holds such a node, so
-//!    the new leader is elected at `T ≥ s + raft lease ≥ s + L`, and
-//!    everything it commits comes later.
-//! 3. *A spreading move,* away from a live owner: the new owner applies it
-//!    after it was committed, when O's claims were all sent (later ones
-//!    carry the old token and are refused), and waits `L` more.
-//!
-//! So `L ≤ min(owner_timeout, raft lease) − heartbeat` (the heartbeat is the
-//! margin for clock-rate drift and for the instant between the check and
-//! the start of the tick). The owner's check uses the boot-time clock,
-//! which counts a suspended machine too; the leader's uses the monotonic
-//! clock, which may count *less* than real time, the safe direction.
+//! Liveness (`owner_timeout`, [`is_silent`]) decides *when* a domain
+//! moves, not whether two owners can overlap. The lease is added to every
+//! move, so it is kept short: [`LeaseTiming::owner_lease`] is the lesser of
+//! the owner timeout and the raft lease, less a heartbeat (130 ms by
+//! default); a claim must fit under it (`claim_lead + heartbeat`, which the
+//! config checks), or ticks are dropped. The owner's check uses the
+//! boot-time clock, which counts a suspended machine too.
 //!
 //! What a lease cannot do: stop a tick that had already *started* before
 //! the stall. It resumes when the process does, bounded by the tick

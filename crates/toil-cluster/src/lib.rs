@@ -338,9 +338,11 @@ mod task_list {
 ///   then the lowest id;
 /// - then, if one live node owns two or more domains more than another (a
 ///   cluster that grew from one node placed everything on it), one domain
-///   moves from the most to the least loaded node, with a handoff of
-///   `handoff` (the live owner's lease must run out first). One move per
-///   call keeps handoffs gradual; the caller calls again.
+///   moves from the most to the least loaded node. One move per call keeps
+///   handoffs gradual; the caller calls again.
+///
+/// Every assignment that takes a domain from an owner carries a handoff of
+/// `handoff` (the owner lease, see [`lease`]); a first assignment has none.
 pub fn place(domains: &[String], live: &[NodeId], owners: &BTreeMap<String, Owner>, avoid: Option<NodeId>, handoff: Duration) -> Vec<Command> {
     if live.is_empty() {
         return Vec::new();
@@ -359,7 +361,8 @@ pub fn place(domains: &[String], live: &[NodeId], owners: &BTreeMap<String, Owne
         }
         let node = least_loaded(&load);
         *load.get_mut(&node).expect("live") += 1;
-        out.push(Command::Assign { domain: d.clone(), node, handoff_ms: 0 });
+        let handoff_ms = if owners.contains_key(d) { handoff.as_millis() as u64 } else { 0 };
+        out.push(Command::Assign { domain: d.clone(), node, handoff_ms });
     }
     if out.is_empty() {
         let most = *load.iter().max_by_key(|(n, l)| (**l, Some(**n) == avoid, std::cmp::Reverse(**n))).expect("a live node").0;
@@ -472,7 +475,10 @@ mod tests {
         // Node 1 dies: only its domains move, to the least loaded.
         let moves = place(&domains, &[2, 3], s.owners(), None, HANDOFF);
         assert_eq!(moves.len(), 2);
-        assert!(moves.iter().all(|m| matches!(m, Command::Assign { handoff_ms: 0, .. })), "the dead owner's lease is over: no handoff");
+        assert!(
+            moves.iter().all(|m| matches!(m, Command::Assign { handoff_ms: 130, .. })),
+            "an owner taken for dead may only be stalled: its last lease runs out first"
+        );
         for cmd in &moves {
             s.apply(cmd);
         }
@@ -497,7 +503,7 @@ mod tests {
                 break;
             }
             assert_eq!(moves.len(), 1);
-            assert!(matches!(&moves[0], Command::Assign { handoff_ms: 130, .. }), "a move away from a live owner waits out its lease");
+            assert!(matches!(&moves[0], Command::Assign { handoff_ms: 130, .. }), "a move waits out the owner's lease");
             for cmd in &moves {
                 s.apply(cmd);
             }

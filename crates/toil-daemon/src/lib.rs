@@ -19,8 +19,8 @@
 //! since its domain may have moved meanwhile). A claim refused for lack of
 //! ownership ends the task (the domain moved); a faulting tick drops the
 //! box and a fresh one is started before the next tick. A domain moved to
-//! this node from a live owner starts only after that owner's lease ran out
-//! (the assignment's handoff).
+//! this node from another owner starts only after that owner's lease ran
+//! out (the assignment's handoff).
 //!
 //! The log is a [`ClaimLog`]: [`LocalLog`] applies commands to an in-memory
 //! [`ClusterState`] (one node: `toil dev`); the raft log of `toil node`
@@ -382,7 +382,7 @@ async fn own(
     let mut known_claims: BTreeMap<String, i64> = BTreeMap::new();
     let mut daemon = None;
     if !handoff.is_zero() {
-        tracing::info!(domain, "taking the daemon over from a live owner; starting it after a {handoff:?} handoff (its lease)");
+        tracing::info!(domain, "taking the daemon over; starting it after a {handoff:?} handoff (the previous owner's lease)");
         tokio::select! {
             () = tokio::time::sleep(handoff) => {}
             () = stop_requested(&mut stop) => return,

@@ -30,9 +30,15 @@
 //! A request names its receiver, so one captured on its way to one node is
 //! refused by the others; a sender that does not yet know the id behind an
 //! address learns it from the same header. So a captured request is refused
-//! at any age, across restarts of either side. What this does not give is
-//! confidentiality: the cluster port carries owners, fencing tokens and
-//! tick times in clear.
+//! at any age, across restarts of either side.
+//!
+//! Replies are signed too ([`REPLY_HEADER`]), over the request's stamp, the
+//! status, [`EXPECT_HEADER`] and the body: a sender acts only on a reply
+//! the receiver made for that very request. What this does not give is
+//! confidentiality (the cluster port carries owners, fencing tokens and
+//! tick times in clear), nor protection from a flood of unauthenticated
+//! bodies (every header field but the MAC can be made up; the MAC is over
+//! the body, so a body up to the RPC limit is read before it is refused).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -48,6 +54,11 @@ pub const HEADER: &str = "x-toil-cluster-auth";
 /// The reply header of a refusal the sender can mend: `node=<id>,e=<epoch>`,
 /// the receiver's id and the oldest epoch it accepts from that sender.
 pub const EXPECT_HEADER: &str = "x-toil-cluster-expect";
+
+/// The reply header carrying the receiver's MAC over its reply (status,
+/// [`EXPECT_HEADER`], body), bound to the request's stamp: a reply cannot
+/// be forged, altered, or moved to another request.
+pub const REPLY_HEADER: &str = "x-toil-cluster-reply-auth";
 
 /// How far a request's signing time may be from the receiver's clock.
 pub const MAX_SKEW_MS: i64 = 30_000;
@@ -164,9 +175,8 @@ impl ClusterSecret {
         let (Some(from), Some(to), Some(epoch), Some(seq), Some(t), Some(mac)) = (from, to, epoch, seq, t, mac) else {
             return Err(AuthError::Malformed);
         };
-        let skew = now_ms - t;
-        if skew.abs() > MAX_SKEW_MS {
-            return Err(AuthError::Stale(skew));
+        if now_ms.abs_diff(t) > MAX_SKEW_MS as u64 {
+            return Err(AuthError::Stale(now_ms.saturating_sub(t)));
         }
         Ok(Signed { stamp: Stamp { from, to, epoch, seq }, t, mac })
     }
@@ -175,6 +185,25 @@ impl ClusterSecret {
     pub fn check(&self, signed: &Signed, method: &str, path: &str, body: &[u8]) -> Result<(), AuthError> {
         let message = Self::message(&signed.stamp, signed.t, method, path, body);
         hmac::verify(&self.key, &message, &signed.mac).map_err(|_| AuthError::BadSignature)
+    }
+
+    /// What a reply's MAC covers: the request's stamp, the status, the expectation and the body.
+    fn reply_message(stamp: &Stamp, status: u16, expect: &str, body: &[u8]) -> Vec<u8> {
+        let Stamp { from, to, epoch, seq } = stamp;
+        let mut m = format!("toil-cluster-reply/1\n{from}\n{to}\n{epoch}\n{seq}\n{status}\n{expect}\n").into_bytes();
+        m.extend_from_slice(body);
+        m
+    }
+
+    /// The [`REPLY_HEADER`] value for a reply to the request stamped `stamp`.
+    pub fn sign_reply(&self, stamp: &Stamp, status: u16, expect: &str, body: &[u8]) -> String {
+        hex(hmac::sign(&self.key, &Self::reply_message(stamp, status, expect, body)).as_ref())
+    }
+
+    /// Whether a reply to the request stamped `stamp` carries the receiver's MAC.
+    pub fn check_reply(&self, header: Option<&str>, stamp: &Stamp, status: u16, expect: &str, body: &[u8]) -> bool {
+        let Some(mac) = header.and_then(unhex) else { return false };
+        hmac::verify(&self.key, &Self::reply_message(stamp, status, expect, body), &mac).is_ok()
     }
 }
 
@@ -206,7 +235,7 @@ impl ReplayGuard {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
         };
-        let senders = recorded.into_iter().map(|(n, e)| (n, SenderWindow { min_epoch: e + 1, current: None })).collect();
+        let senders = recorded.into_iter().map(|(n, e)| (n, SenderWindow { min_epoch: e.saturating_add(1), current: None })).collect();
         Ok(ReplayGuard { me, senders: Mutex::new(senders), file: Some(file.to_path_buf()) })
     }
 
@@ -263,11 +292,12 @@ impl ReplayGuard {
             return Err(AuthError::WrongReceiver { to });
         }
         let Some(w) = window else { return Ok(()) };
-        let min = w.current.as_ref().map_or(w.min_epoch, |c| c.0.max(w.min_epoch));
-        if epoch < min {
-            return Err(AuthError::EpochOver { from, epoch, min });
+        if epoch < w.min_epoch {
+            return Err(AuthError::EpochOver { from, epoch, min: w.min_epoch });
         }
         match &w.current {
+            // Past the current epoch, not onto it: its numbers are taken.
+            Some((e, ..)) if epoch < *e => Err(AuthError::EpochOver { from, epoch, min: e.saturating_add(1) }),
             Some((e, highest, seen)) if *e == epoch && (seq.saturating_add(WINDOW) <= *highest || seen.contains(&seq)) => {
                 Err(AuthError::Replayed { from, epoch, seq })
             }
@@ -361,7 +391,7 @@ mod tests {
         assert_eq!(g.accept(&stamp(3, 1, 10, 5)), Ok(()));
         // A new epoch (the sender restarted) ends the old one.
         assert_eq!(g.accept(&stamp(2, 1, 11, 1)), Ok(()));
-        assert_eq!(g.accept(&stamp(2, 1, 10, 7)), Err(AuthError::EpochOver { from: 2, epoch: 10, min: 11 }));
+        assert_eq!(g.accept(&stamp(2, 1, 10, 7)), Err(AuthError::EpochOver { from: 2, epoch: 10, min: 12 }), "told to move past the current one");
         // A request for another node is refused, whatever its numbers.
         assert_eq!(g.precheck(&stamp(2, 3, 11, 2)), Err(AuthError::WrongReceiver { to: 3 }));
         assert_eq!(g.accept(&stamp(2, 0, 11, 2)), Err(AuthError::WrongReceiver { to: 0 }));
@@ -386,6 +416,21 @@ mod tests {
         let g = ReplayGuard::open(1, &file).unwrap();
         assert_eq!(g.accept(&stamp(3, 1, 4, 10)), Err(AuthError::EpochOver { from: 3, epoch: 4, min: 5 }), "kept across restarts");
         assert_eq!(g.accept(&stamp(2, 1, 13, 2)), Err(AuthError::EpochOver { from: 2, epoch: 13, min: 14 }));
+    }
+
+    #[test]
+    fn replies_are_bound_to_their_request() {
+        let s = ClusterSecret::new(b"0123456789abcdef0123").unwrap();
+        let other = ClusterSecret::new(b"another secret of enough length").unwrap();
+        let st = stamp(3, 1, 7, 42);
+        let mac = s.sign_reply(&st, 200, "", b"{\"Claimed\":null}");
+        assert!(s.check_reply(Some(&mac), &st, 200, "", b"{\"Claimed\":null}"));
+        assert!(!s.check_reply(None, &st, 200, "", b"{}"));
+        assert!(!other.check_reply(Some(&mac), &st, 200, "", b"{\"Claimed\":null}"), "needs the secret");
+        assert!(!s.check_reply(Some(&mac), &stamp(3, 1, 7, 43), 200, "", b"{\"Claimed\":null}"), "another request's reply");
+        assert!(!s.check_reply(Some(&mac), &st, 401, "", b"{\"Claimed\":null}"), "status is covered");
+        assert!(!s.check_reply(Some(&mac), &st, 200, "node=1,e=9", b"{\"Claimed\":null}"), "the expectation is covered");
+        assert!(!s.check_reply(Some(&mac), &st, 200, "", b"{\"Refused\":null}"), "body is covered");
     }
 
     #[test]

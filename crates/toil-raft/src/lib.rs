@@ -11,9 +11,8 @@
 //! - [`node`]: a running node. It joins or forms a cluster, forwards
 //!   proposals to the leader from any node, adds and removes members, and,
 //!   while it leads, places daemon owners on live nodes (a node not heard
-//!   from within the owner timeout is dead; its domains move). Elections
-//!   use pre-vote, and a restarted node keeps openraft's leader lease from
-//!   its start (the ownership leases of [`toil_cluster::lease`] rely on it).
+//!   from within the owner timeout is dead; its domains move, after the
+//!   owner lease of [`toil_cluster::lease`]). Elections use pre-vote.
 
 pub mod auth;
 pub mod network;

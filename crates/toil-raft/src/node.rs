@@ -138,8 +138,8 @@ pub struct ClusterNode {
     overrides: Arc<BTreeMap<NodeId, String>>,
     timing: LeaseTiming,
     extension: Option<Arc<dyn RpcHandler>>,
-    /// When raft started here: for a raft lease after it, this node grants
-    /// no vote and starts no election (see [`toil_cluster::lease`]).
+    /// When this node started: it cannot have heard anyone before, so no
+    /// member is taken for dead until the owner timeout after it.
     started: Instant,
 }
 
@@ -165,15 +165,7 @@ impl ClusterNode {
         let overrides = Arc::new(options.overrides);
         let network = Network { rpc: rpc.clone(), liveness: liveness.clone(), overrides: overrides.clone() };
         let raft = Raft::new(options.id, Arc::new(config), network, log, sm.clone()).await?;
-        // openraft forgets on restart when it last heard a leader, and would
-        // vote or run at once; keep the lease a live node would have kept.
         let started = Instant::now();
-        raft.runtime_config().elect(false);
-        let (r, lease) = (raft.clone(), t.raft_lease());
-        tokio::spawn(async move {
-            tokio::time::sleep(lease).await;
-            r.runtime_config().elect(true);
-        });
         let node = Arc::new(ClusterNode {
             id: options.id,
             advertise: options.advertise,
@@ -381,8 +373,8 @@ impl ClusterNode {
     /// While this node leads: gives every domain whose release has a daemon
     /// a live owner and spreads owners over live nodes
     /// ([`toil_cluster::place`]). A node is dead once not heard from for the
-    /// owner timeout ([`toil_cluster::lease::is_silent`]); a domain leaves a
-    /// live owner only with a handoff of the owner lease.
+    /// owner timeout ([`toil_cluster::lease::is_silent`]); a domain leaves
+    /// its owner with a handoff of the owner lease.
     pub async fn place_daemons(self: Arc<Self>) {
         let mut leading: Option<(u64, Instant)> = None;
         let mut known_leader = None;
@@ -409,8 +401,8 @@ impl ClusterNode {
             };
             let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
             let (grace, timeout) = (self.timing.heartbeat, self.timing.owner_timeout);
-            let live: Vec<NodeId> =
-                voters.iter().copied().filter(|n| *n == self.id || !is_silent(now, self.liveness.last_heard(*n), since, grace, timeout)).collect();
+            let heard = |n: NodeId| self.liveness.last_heard(n).max(Some(self.started));
+            let live: Vec<NodeId> = voters.iter().copied().filter(|n| *n == self.id || !is_silent(now, heard(*n), since, grace, timeout)).collect();
             let state = self.state();
             let (owners, domains) = (state.owners().clone(), state.daemon_domains());
             for command in place(&domains, &live, &owners, Some(self.id), self.timing.owner_lease()) {
@@ -464,10 +456,6 @@ impl RpcHandler for ClusterNode {
         let path = path.to_string();
         match path.as_str() {
             "/raft/append" => Box::pin(async move { json(&raft.append_entries(parse(&body)?).await.map_err(failed)?) }),
-            "/raft/vote" | "/raft/pre-vote" if self.started.elapsed() < self.timing.raft_lease() => {
-                let left = self.timing.raft_lease() - self.started.elapsed();
-                Box::pin(async move { Err((StatusCode::SERVICE_UNAVAILABLE, format!("just started: no vote for {left:?} more (the raft lease)"))) })
-            }
             "/raft/vote" => Box::pin(async move { json(&raft.vote(parse(&body)?).await.map_err(failed)?) }),
             "/raft/pre-vote" => Box::pin(async move { json(&raft.pre_vote(parse(&body)?).await.map_err(failed)?) }),
             "/raft/snapshot" => Box::pin(async move {

@@ -19,7 +19,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use toil_cluster::NodeId;
 use tokio::net::TcpListener;
 
-use crate::auth::{AuthError, ClusterSecret, ReplayGuard, Stamp, EXPECT_HEADER, HEADER};
+use crate::auth::{AuthError, ClusterSecret, ReplayGuard, Stamp, EXPECT_HEADER, HEADER, REPLY_HEADER};
 use crate::now_ms;
 
 /// The largest RPC body accepted (a snapshot of the cluster state is the largest).
@@ -111,7 +111,10 @@ impl RpcClient {
         }
     }
 
-    /// One signed, numbered request: its stamp, the reply's status, the receiver's [`EXPECT_HEADER`] and the body.
+    /// One signed, numbered request: its stamp, the reply's status, the
+    /// receiver's [`EXPECT_HEADER`] (only when signed) and the body. A
+    /// success the receiver did not sign for this request is a bad reply
+    /// (something between the nodes made it up).
     async fn exchange(&self, addr: &str, path: &str, body: Bytes) -> Result<(Stamp, StatusCode, Option<String>, Bytes), CallError> {
         let n = &self.numbering;
         let to = n.ids.lock().expect("rpc ids").get(addr).copied().unwrap_or(0);
@@ -124,9 +127,14 @@ impl RpcClient {
             .map_err(|e| CallError::Unreachable { addr: addr.into(), reason: e.to_string() })?;
         let resp = self.http.request(req).await.map_err(|e| CallError::Unreachable { addr: addr.into(), reason: error_chain(&e) })?;
         let status = resp.status();
-        let expect = resp.headers().get(EXPECT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let (expect, reply_mac) = (header(EXPECT_HEADER), header(REPLY_HEADER));
         let bytes = resp.into_body().collect().await.map_err(|e| CallError::Unreachable { addr: addr.into(), reason: e.to_string() })?.to_bytes();
-        Ok((stamp, status, expect, bytes))
+        let signed = self.secret.check_reply(reply_mac.as_deref(), &stamp, status.as_u16(), expect.as_deref().unwrap_or_default(), &bytes);
+        if !signed && status == StatusCode::OK {
+            return Err(CallError::BadReply { addr: addr.into(), reason: "a reply not signed by the node for this request".into() });
+        }
+        Ok((stamp, status, expect.filter(|_| signed), bytes))
     }
 
     /// Takes in a receiver's `node=<id>,e=<epoch>`; whether a request
@@ -188,55 +196,76 @@ async fn answer(
     handler: Arc<dyn RpcHandler>,
     peer: std::net::SocketAddr,
 ) -> http::Response<Full<Bytes>> {
-    let reply = |status: StatusCode, text: String| {
-        let mut r = http::Response::new(Full::new(Bytes::from(text)));
-        *r.status_mut() = status;
-        r
-    };
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
-    let refuse = |e: AuthError| {
-        match e {
-            // A member's first call to this address: mended at once.
-            AuthError::WrongReceiver { to: 0 } => tracing::debug!(%peer, path, "refused a cluster RPC: {e}"),
-            // After either side restarted, once per sender; or a replay.
-            AuthError::EpochOver { .. } => tracing::info!(%peer, path, "refused a cluster RPC: {e}"),
-            _ => tracing::warn!(%peer, path, "refused a cluster RPC: {e}"),
-        }
-        let mut r = reply(StatusCode::UNAUTHORIZED, format!("{e}\n"));
-        // What a genuine sender needs to mend its next request.
-        let min_epoch = match e {
-            AuthError::EpochOver { min, .. } => Some(min),
-            AuthError::WrongReceiver { .. } => Some(0),
-            _ => None,
-        };
-        if let Some(min) = min_epoch {
-            r.headers_mut().insert(EXPECT_HEADER, format!("node={},e={min}", guard.me()).parse().expect("ascii"));
-        }
-        r
-    };
     // Everything the header alone can tell, before reading a body.
     let auth = req.headers().get(HEADER).and_then(|v| v.to_str().ok());
-    let signed = match ClusterSecret::parse(auth, now_ms()).and_then(|s| guard.precheck(&s.stamp).map(|()| s)) {
+    let signed = match ClusterSecret::parse(auth, now_ms()) {
         Ok(s) => s,
-        Err(e) => return refuse(e),
+        // No stamp to bind a reply to: an unsigned refusal.
+        Err(e) => return refusal(&e, &peer, &path, None, secret, guard),
     };
+    // A sender that does not know this node's id yet (to=0) is told it
+    // only once its signature checks: a wrong secret hears so, not an id.
+    if let Err(e) = guard.precheck(&signed.stamp).or_else(|e| if signed.stamp.to == 0 { Ok(()) } else { Err(e) }) {
+        return refusal(&e, &peer, &path, Some(&signed.stamp), secret, guard);
+    }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return reply(StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e} (limit {MAX_BODY} bytes)\n")),
+        Err(e) => return reply(StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e} (limit {MAX_BODY} bytes)\n"), None),
     };
     if let Err(e) = secret.check(&signed, &method, &path, &body).and_then(|()| guard.accept(&signed.stamp)) {
-        return refuse(e);
+        return refusal(&e, &peer, &path, Some(&signed.stamp), secret, guard);
     }
-    if method != "POST" {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "cluster RPCs are POSTs\n".into());
-    }
-    match handler.handle(signed.stamp.from, &path, body).await {
-        Ok(bytes) => {
-            let mut r = http::Response::new(Full::new(Bytes::from(bytes)));
-            *r.status_mut() = StatusCode::OK;
-            r
+    let (status, bytes) = if method != "POST" {
+        (StatusCode::METHOD_NOT_ALLOWED, b"cluster RPCs are POSTs\n".to_vec())
+    } else {
+        match handler.handle(signed.stamp.from, &path, body).await {
+            Ok(bytes) => (StatusCode::OK, bytes),
+            Err((status, text)) => (status, format!("{text}\n").into_bytes()),
         }
-        Err((status, text)) => reply(status, format!("{text}\n")),
+    };
+    let mac = secret.sign_reply(&signed.stamp, status.as_u16(), "", &bytes);
+    reply(status, bytes, Some((REPLY_HEADER, mac)))
+}
+
+fn reply(status: StatusCode, body: impl Into<Bytes>, header: Option<(&'static str, String)>) -> http::Response<Full<Bytes>> {
+    let mut r = http::Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Some((name, value)) = header {
+        r.headers_mut().insert(name, value.parse().expect("hex or ascii"));
     }
+    r
+}
+
+/// A 401 naming the reason; when the request's stamp is known, signed for
+/// it, with what a genuine sender needs to mend its next request.
+fn refusal(
+    e: &AuthError,
+    peer: &std::net::SocketAddr,
+    path: &str,
+    stamp: Option<&Stamp>,
+    secret: &ClusterSecret,
+    guard: &ReplayGuard,
+) -> http::Response<Full<Bytes>> {
+    match e {
+        // A member's first call to this address: mended at once.
+        AuthError::WrongReceiver { to: 0 } => tracing::debug!(%peer, path, "refused a cluster RPC: {e}"),
+        // After either side restarted, once per sender; or a replay.
+        AuthError::EpochOver { .. } => tracing::info!(%peer, path, "refused a cluster RPC: {e}"),
+        _ => tracing::warn!(%peer, path, "refused a cluster RPC: {e}"),
+    }
+    let body = format!("{e}\n");
+    let Some(stamp) = stamp else { return reply(StatusCode::UNAUTHORIZED, body, None) };
+    let expect = match e {
+        AuthError::EpochOver { min, .. } => format!("node={},e={min}", guard.me()),
+        AuthError::WrongReceiver { .. } => format!("node={},e=0", guard.me()),
+        _ => String::new(),
+    };
+    let mac = secret.sign_reply(stamp, StatusCode::UNAUTHORIZED.as_u16(), &expect, body.as_bytes());
+    let mut r = reply(StatusCode::UNAUTHORIZED, body, Some((REPLY_HEADER, mac)));
+    if !expect.is_empty() {
+        r.headers_mut().insert(EXPECT_HEADER, expect.parse().expect("ascii"));
+    }
+    r
 }
