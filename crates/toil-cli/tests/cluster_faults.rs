@@ -70,6 +70,10 @@ fn an_owner_stopped_between_claim_and_fire_never_fires_after_the_domain_moved() 
         let dropped_before = metric(&c.metrics(owner).unwrap(), DROPPED);
         let reported_dropped = |c: &Cluster| c.status(watcher).and_then(|s| s["tasks"][0]["dropped"].as_u64()).unwrap();
         let reported_before = reported_dropped(&c);
+        // Stopped before the leader's answer reached it, the owner may instead
+        // give the claim up when it wakes (its wait for the answer timed out).
+        let gave_up = |c: &Cluster| c.logs().matches("the claim was not committed within").count();
+        let gave_up_before = gave_up(&c);
         let stopped_at_us = now_us();
         c.signal(owner, libc::SIGSTOP);
         std::thread::sleep(pause);
@@ -91,8 +95,12 @@ fn an_owner_stopped_between_claim_and_fire_never_fires_after_the_domain_moved() 
             assert!(stale.is_empty(), "{what}: it fired after it was stopped, under the old fencing token: {stale:?}");
             assert!(fired.iter().all(|f| f.fire_time != fire_time), "{what}: the claimed tick ran");
             let dropped = metric(&c.metrics(owner).unwrap(), DROPPED);
-            assert_eq!(dropped, dropped_before + 1, "{what}: the claimed tick is counted as dropped");
-            assert_eq!(reported_dropped(&c), reported_before + 1, "{what}: and reported so in the status");
+            if dropped == dropped_before + 1 {
+                assert_eq!(reported_dropped(&c), reported_before + 1, "{what}: the dropped tick is reported in the status");
+            } else {
+                assert_eq!(dropped, dropped_before, "{what}: one claim, one tick at most");
+                assert!(gave_up(&c) > gave_up_before, "{what}: the claimed tick was neither dropped nor given up");
+            }
         }
         assert!(duplicates(&fired).is_empty(), "{what}: ticks fired twice: {:?}", duplicates(&fired));
         eprintln!("{what}: moved {moved}, no stale tick");

@@ -479,326 +479,377 @@ impl Config {
         let base = std::path::absolute(&base).unwrap_or(base);
         let root = Obj::new(file, String::new(), v)?;
         root.only(&["$schema", "targets", "apps", "defaultDomain", "dev", "limits", "quic", "cluster", "deploy", "build"])?;
-
-        let mut apps = Vec::new();
-        match root.map.get("apps") {
-            None => {
-                let domain =
-                    base.file_name().and_then(|n| n.to_str()).map(|n| n.to_ascii_lowercase().replace('_', "-")).unwrap_or_else(|| "app".into());
-                validate_domain(&domain).map_err(|p| root.err("apps", format!("no apps listed and the directory name is unusable: {p}")))?;
-                apps.push(AppConfig {
-                    hosts: vec![format!("{domain}.localhost")],
-                    domain,
-                    targets: targets_of(&root)?,
-                    dir: base.clone(),
-                    timezone: toil_schedule::Tz::UTC,
-                });
-            }
-            Some(Value::Array(list)) => {
-                for (i, item) in list.iter().enumerate() {
-                    let app = Obj::new(file, format!("apps[{i}]"), item)?;
-                    app.only(&["domain", "dir", "hosts", "timezone"])?;
-                    let domain = app.str("domain")?.ok_or_else(|| app.err("domain", "is required"))?.to_string();
-                    validate_domain(&domain).map_err(|p| app.err("domain", p))?;
-                    if apps.iter().any(|a: &AppConfig| a.domain == domain) {
-                        return Err(app.err("domain", format!("{domain:?} is listed twice")));
-                    }
-                    let dir = base.join(app.str("dir")?.ok_or_else(|| app.err("dir", "is required"))?);
-                    if !dir.join("Cargo.toml").is_file() {
-                        return Err(app.err("dir", format!("{} has no Cargo.toml", dir.display())));
-                    }
-                    let hosts = match app.map.get("hosts") {
-                        None => vec![format!("{domain}.localhost")],
-                        Some(Value::Array(hs)) => hs
-                            .iter()
-                            .enumerate()
-                            .map(|(j, h)| match h {
-                                Value::String(s) => validate_host(s).map(|()| s.to_ascii_lowercase()).map_err(|p| app.err(&format!("hosts[{j}]"), p)),
-                                other => Err(app.err(&format!("hosts[{j}]"), format!("expected a host name, found {other}"))),
-                            })
-                            .collect::<Result<_, _>>()?,
-                        Some(other) => return Err(app.err("hosts", format!("expected an array of host names, found {}", kind(other)))),
-                    };
-                    let timezone = match app.str("timezone")? {
-                        Some(name) => toil_schedule::parse_timezone(name).map_err(|p| app.err("timezone", p))?,
-                        None => toil_schedule::Tz::UTC,
-                    };
-                    let targets = load_targets(&dir)?;
-                    apps.push(AppConfig { domain, dir, hosts, targets, timezone });
-                }
-                if apps.is_empty() {
-                    return Err(root.err("apps", "lists no app"));
-                }
-            }
-            Some(other) => return Err(root.err("apps", format!("expected an array, found {}", kind(other)))),
-        }
-
-        let default_domain = root.str("defaultDomain")?.map(String::from);
-        if let Some(d) = &default_domain {
-            if !apps.iter().any(|a| &a.domain == d) {
-                return Err(root.err("defaultDomain", format!("{d:?} is not one of the apps' domains")));
-            }
-        }
-
-        let mut dev = DevConfig {
-            listen: "127.0.0.1:8080".parse().expect("literal"),
-            admin: "127.0.0.1:9090".parse().expect("literal"),
-            cert_dir: base.join("target/toil-dev-cert"),
-        };
-        if let Some(d) = root.obj("dev")? {
-            d.only(&["listen", "admin", "certDir"])?;
-            dev.listen = d.addr("listen")?.unwrap_or(dev.listen);
-            dev.admin = d.addr("admin")?.unwrap_or(dev.admin);
-            if let Some(c) = d.str("certDir")? {
-                dev.cert_dir = base.join(c);
-            }
-        }
-
-        let mut limits = LimitsConfig::default();
-        if let Some(l) = root.obj("limits")? {
-            l.only(&[
-                "deadlineMs",
-                "memoryMb",
-                "maxRequestBodyBytes",
-                "maxResponseBodyBytes",
-                "maxInstances",
-                "maxSessions",
-                "maxSessionsPerDomain",
-                "maxFrameBytes",
-                "maxOutboundBytesPerEvent",
-                "sendStallTimeoutMs",
-                "idleTimeoutMs",
-                "maxResponseHeaders",
-                "maxResponseHeaderBytes",
-                "maxRequestsPerDomain",
-                "requestQueuePerDomain",
-                "requestQueueTimeoutMs",
-                "maxConnections",
-                "maxConnectionsPerAddress",
-                "headerTimeoutMs",
-                "requestIdleTimeoutMs",
-                "bodyTimeoutMs",
-                "connectionReceiveWindowBytes",
-                "maxStreamsPerConnection",
-            ])?;
-            if let Some(v) = l.positive("deadlineMs")? {
-                if v > MAX_DEADLINE_MS {
-                    return Err(l.err("deadlineMs", format!("{v} is over the {MAX_DEADLINE_MS} ms ceiling")));
-                }
-                limits.deadline = Duration::from_millis(v);
-            }
-            if let Some(v) = l.positive("memoryMb")? {
-                if v > 4096 {
-                    return Err(l.err("memoryMb", format!("{v} is over the 4096 MiB a 32-bit wasm memory can address")));
-                }
-                limits.memory_bytes = (v as usize) << 20;
-            }
-            if let Some(v) = l.positive("maxRequestBodyBytes")? {
-                limits.max_request_body = v as usize;
-            }
-            if let Some(v) = l.positive("maxResponseBodyBytes")? {
-                limits.max_response_body = v as usize;
-            }
-            if let Some(v) = l.positive("maxInstances")? {
-                let most = POOL_ADDRESS_SPACE / POOL_BYTES_PER_INSTANCE;
-                if v > most {
-                    return Err(l.err(
-                        "maxInstances",
-                        format!(
-                            "{v} instances would reserve {} TiB of address space ({} MiB each: a 4 GiB linear memory reservation and guards, \
-                             whatever memoryMb is); at most {most} fit in the {} TiB a node may reserve",
-                            (v * POOL_BYTES_PER_INSTANCE) >> 40,
-                            POOL_BYTES_PER_INSTANCE >> 20,
-                            POOL_ADDRESS_SPACE >> 40
-                        ),
-                    ));
-                }
-                limits.max_instances = v as u32;
-            }
-            let per_domain_given = l.positive("maxSessionsPerDomain")?;
-            if let Some(v) = l.positive("maxSessions")? {
-                limits.max_sessions = v as usize;
-                limits.max_sessions_per_domain = v as usize;
-            }
-            if let Some(v) = per_domain_given {
-                limits.max_sessions_per_domain = v as usize;
-            }
-            if limits.max_sessions >= limits.max_instances as usize {
-                return Err(l.err(
-                    "maxSessions",
-                    format!(
-                        "{} leaves no instance for requests: every session holds one of the {} instances (maxInstances)",
-                        limits.max_sessions, limits.max_instances
-                    ),
-                ));
-            }
-            if let Some(v) = l.positive("maxFrameBytes")? {
-                if v > 16 << 20 {
-                    return Err(l.err("maxFrameBytes", format!("{v} is over the 16 MiB frame ceiling")));
-                }
-                limits.max_frame_bytes = v as usize;
-            }
-            if let Some(v) = l.positive("maxOutboundBytesPerEvent")? {
-                limits.max_outbound_bytes_per_event = v as usize;
-            }
-            if let Some(v) = l.positive("sendStallTimeoutMs")? {
-                limits.send_stall_timeout = Duration::from_millis(v);
-            }
-            if let Some(v) = l.positive("idleTimeoutMs")? {
-                if v > MAX_IDLE_TIMEOUT_MS {
-                    return Err(l.err("idleTimeoutMs", format!("{v} is over the {MAX_IDLE_TIMEOUT_MS} ms (one day) ceiling")));
-                }
-                limits.idle_timeout = Duration::from_millis(v);
-            }
-            if let Some(v) = l.positive("maxResponseHeaders")? {
-                // `http`'s header map holds at most 32,768 entries.
-                if v > 10_000 {
-                    return Err(l.err("maxResponseHeaders", format!("{v} is over the 10000-header ceiling")));
-                }
-                limits.max_response_headers = v as usize;
-            }
-            if let Some(v) = l.positive("maxResponseHeaderBytes")? {
-                if v > 16 << 20 {
-                    return Err(l.err("maxResponseHeaderBytes", format!("{v} is over the 16 MiB ceiling")));
-                }
-                limits.max_response_header_bytes = v as usize;
-            }
-            let free = limits.instances_for_requests();
-            limits.max_requests_per_domain = (free / 2).max(1);
-            if let Some(v) = l.positive("maxRequestsPerDomain")? {
-                if v as usize > free {
-                    return Err(
-                        l.err("maxRequestsPerDomain", format!("{v} is over the {free} instances left for requests (maxInstances - maxSessions)"))
-                    );
-                }
-                limits.max_requests_per_domain = v as usize;
-            }
-            limits.request_queue_per_domain = limits.max_requests_per_domain;
-            if let Some(v) = l.positive("requestQueuePerDomain")? {
-                if v > 1_000_000 {
-                    return Err(l.err("requestQueuePerDomain", format!("{v} is over the 1000000 ceiling")));
-                }
-                limits.request_queue_per_domain = v as usize;
-            }
-            limits.request_queue_timeout = limits.deadline;
-            if let Some(v) = l.positive("requestQueueTimeoutMs")? {
-                if v > MAX_DEADLINE_MS {
-                    return Err(l.err("requestQueueTimeoutMs", format!("{v} is over the {MAX_DEADLINE_MS} ms ceiling")));
-                }
-                limits.request_queue_timeout = Duration::from_millis(v);
-            }
-            if let Some(v) = l.positive("maxConnections")? {
-                limits.max_connections = usize::try_from(v).map_err(|_| l.err("maxConnections", "too large"))?;
-            }
-            limits.max_connections_per_address = limits.max_connections_per_address.min(limits.max_connections);
-            if let Some(v) = l.positive("maxConnectionsPerAddress")? {
-                if v as usize > limits.max_connections {
-                    return Err(l.err("maxConnectionsPerAddress", format!("{v} is over maxConnections ({})", limits.max_connections)));
-                }
-                limits.max_connections_per_address = v as usize;
-            }
-            if let Some(v) = l.positive("connectionReceiveWindowBytes")? {
-                if !(16 << 10..=64 << 20).contains(&v) {
-                    return Err(l.err("connectionReceiveWindowBytes", format!("{v} is outside 16 KiB..=64 MiB")));
-                }
-                limits.connection_receive_window = v as u32;
-            }
-            if let Some(v) = l.positive("maxStreamsPerConnection")? {
-                if v > 1000 {
-                    return Err(l.err("maxStreamsPerConnection", format!("{v} is over the 1000-stream ceiling")));
-                }
-                limits.max_streams_per_connection = v as u32;
-            }
-            for (key, slot) in [
-                ("headerTimeoutMs", &mut limits.header_timeout),
-                ("requestIdleTimeoutMs", &mut limits.request_idle_timeout),
-                ("bodyTimeoutMs", &mut limits.body_timeout),
-            ] {
-                if let Some(v) = l.positive(key)? {
-                    if v > MAX_IDLE_TIMEOUT_MS {
-                        return Err(l.err(key, format!("{v} is over the {MAX_IDLE_TIMEOUT_MS} ms (one day) ceiling")));
-                    }
-                    *slot = Duration::from_millis(v);
-                }
-            }
-        }
-
-        let mut quic = QuicConfig::default();
-        if let Some(q) = root.obj("quic")? {
-            q.only(&["workers", "steering"])?;
-            if let Some(n) = q.positive("workers")? {
-                if n > 255 {
-                    return Err(q.err("workers", format!("{n} is over the 255 workers a connection ID can name")));
-                }
-                quic.workers = n as usize;
-            }
-            if let Some(s) = q.str("steering")? {
-                if s != "bpf" && s != "userspace" {
-                    return Err(q.err("steering", format!("{s:?} is not one of \"bpf\", \"userspace\"")));
-                }
-                quic.steering = Some(s.to_string());
-            }
-        }
-
-        let mut cluster = ClusterConfig::default();
-        if let Some(c) = root.obj("cluster")? {
-            c.only(&["heartbeatMs", "electionTimeoutMs", "ownerTimeoutMs", "claimLeadMs", "tickGraceMs"])?;
-            let ms = |k: &str, into: &mut Duration| -> Result<(), ConfigError> {
-                if let Some(v) = c.positive(k)? {
-                    *into = Duration::from_millis(v);
-                }
-                Ok(())
-            };
-            ms("heartbeatMs", &mut cluster.heartbeat)?;
-            ms("electionTimeoutMs", &mut cluster.election_timeout)?;
-            ms("ownerTimeoutMs", &mut cluster.owner_timeout)?;
-            ms("claimLeadMs", &mut cluster.claim_lead)?;
-            ms("tickGraceMs", &mut cluster.tick_grace)?;
-            // Both timeouts count missed heartbeats; under two, a live peer looks dead.
-            let over_two_heartbeats = |key: &str, timeout: Duration, otherwise: &str| {
-                if timeout > cluster.heartbeat * 2 {
-                    return Ok(());
-                }
-                Err(c.err(
-                    key,
-                    format!("{} ms must be over twice heartbeatMs ({} ms), or {otherwise}", timeout.as_millis(), cluster.heartbeat.as_millis()),
-                ))
-            };
-            over_two_heartbeats("electionTimeoutMs", cluster.election_timeout, "followers start elections while the leader is alive")?;
-            over_two_heartbeats("ownerTimeoutMs", cluster.owner_timeout, "live owners are taken for dead")?;
-            // A claim is sent claim_lead before its tick; the tick must start inside the claim's lease.
-            let lease = cluster.lease_timing().owner_lease();
-            if cluster.claim_lead + cluster.heartbeat >= lease {
-                return Err(c.err(
-                    "claimLeadMs",
-                    format!(
-                        "{} ms plus heartbeatMs ({} ms) must be under the owner lease ({} ms: the lesser of ownerTimeoutMs and twice electionTimeoutMs, less heartbeatMs), or claimed ticks are dropped before they fire",
-                        cluster.claim_lead.as_millis(),
-                        cluster.heartbeat.as_millis(),
-                        lease.as_millis()
-                    ),
-                ));
-            }
-        }
-
-        let mut deploy = DeployConfig::default();
-        if let Some(d) = root.obj("deploy")? {
-            d.only(&["drainTimeoutMs"])?;
-            if let Some(v) = d.positive("drainTimeoutMs")? {
-                deploy.drain_timeout = Duration::from_millis(v);
-            }
-        }
-
-        let mut guest_target_dir = base.join("target/guest");
-        if let Some(b) = root.obj("build")? {
-            b.only(&["targetDir"])?;
-            if let Some(t) = b.str("targetDir")? {
-                guest_target_dir = base.join(t);
-            }
-        }
-
-        Ok(Config { file: file.to_path_buf(), apps, default_domain, dev, limits, quic, cluster, deploy, guest_target_dir })
+        let apps = apps_of(&root, file, &base)?;
+        let default_domain = default_domain_of(&root, &apps)?;
+        Ok(Config {
+            file: file.to_path_buf(),
+            apps,
+            default_domain,
+            dev: dev_of(&root, &base)?,
+            limits: limits_of(&root)?,
+            quic: quic_of(&root)?,
+            cluster: cluster_of(&root)?,
+            deploy: deploy_of(&root)?,
+            guest_target_dir: guest_target_dir_of(&root, &base)?,
+        })
     }
+}
+
+/// `apps`, or one app named after the directory when the list is absent.
+fn apps_of(root: &Obj, file: &Path, base: &Path) -> Result<Vec<AppConfig>, ConfigError> {
+    let mut apps = Vec::new();
+    match root.map.get("apps") {
+        None => {
+            let domain = base.file_name().and_then(|n| n.to_str()).map(|n| n.to_ascii_lowercase().replace('_', "-")).unwrap_or_else(|| "app".into());
+            validate_domain(&domain).map_err(|p| root.err("apps", format!("no apps listed and the directory name is unusable: {p}")))?;
+            apps.push(AppConfig {
+                hosts: vec![format!("{domain}.localhost")],
+                domain,
+                targets: targets_of(&root)?,
+                dir: base.to_path_buf(),
+                timezone: toil_schedule::Tz::UTC,
+            });
+        }
+        Some(Value::Array(list)) => {
+            for (i, item) in list.iter().enumerate() {
+                let app = Obj::new(file, format!("apps[{i}]"), item)?;
+                app.only(&["domain", "dir", "hosts", "timezone"])?;
+                let domain = app.str("domain")?.ok_or_else(|| app.err("domain", "is required"))?.to_string();
+                validate_domain(&domain).map_err(|p| app.err("domain", p))?;
+                if apps.iter().any(|a: &AppConfig| a.domain == domain) {
+                    return Err(app.err("domain", format!("{domain:?} is listed twice")));
+                }
+                let dir = base.join(app.str("dir")?.ok_or_else(|| app.err("dir", "is required"))?);
+                if !dir.join("Cargo.toml").is_file() {
+                    return Err(app.err("dir", format!("{} has no Cargo.toml", dir.display())));
+                }
+                let hosts = match app.map.get("hosts") {
+                    None => vec![format!("{domain}.localhost")],
+                    Some(Value::Array(hs)) => hs
+                        .iter()
+                        .enumerate()
+                        .map(|(j, h)| match h {
+                            Value::String(s) => validate_host(s).map(|()| s.to_ascii_lowercase()).map_err(|p| app.err(&format!("hosts[{j}]"), p)),
+                            other => Err(app.err(&format!("hosts[{j}]"), format!("expected a host name, found {other}"))),
+                        })
+                        .collect::<Result<_, _>>()?,
+                    Some(other) => return Err(app.err("hosts", format!("expected an array of host names, found {}", kind(other)))),
+                };
+                let timezone = match app.str("timezone")? {
+                    Some(name) => toil_schedule::parse_timezone(name).map_err(|p| app.err("timezone", p))?,
+                    None => toil_schedule::Tz::UTC,
+                };
+                let targets = load_targets(&dir)?;
+                apps.push(AppConfig { domain, dir, hosts, targets, timezone });
+            }
+            if apps.is_empty() {
+                return Err(root.err("apps", "lists no app"));
+            }
+        }
+        Some(other) => return Err(root.err("apps", format!("expected an array, found {}", kind(other)))),
+    }
+    Ok(apps)
+}
+
+fn default_domain_of(root: &Obj, apps: &[AppConfig]) -> Result<Option<String>, ConfigError> {
+    let default_domain = root.str("defaultDomain")?.map(String::from);
+    if let Some(d) = &default_domain {
+        if !apps.iter().any(|a| &a.domain == d) {
+            return Err(root.err("defaultDomain", format!("{d:?} is not one of the apps' domains")));
+        }
+    }
+    Ok(default_domain)
+}
+
+fn dev_of(root: &Obj, base: &Path) -> Result<DevConfig, ConfigError> {
+    let mut dev = DevConfig {
+        listen: "127.0.0.1:8080".parse().expect("literal"),
+        admin: "127.0.0.1:9090".parse().expect("literal"),
+        cert_dir: base.join("target/toil-dev-cert"),
+    };
+    if let Some(d) = root.obj("dev")? {
+        d.only(&["listen", "admin", "certDir"])?;
+        dev.listen = d.addr("listen")?.unwrap_or(dev.listen);
+        dev.admin = d.addr("admin")?.unwrap_or(dev.admin);
+        if let Some(c) = d.str("certDir")? {
+            dev.cert_dir = base.join(c);
+        }
+    }
+    Ok(dev)
+}
+
+/// `limits`: what one box may use, how requests are admitted, what a connection may hold.
+fn limits_of(root: &Obj) -> Result<LimitsConfig, ConfigError> {
+    let mut limits = LimitsConfig::default();
+    let Some(l) = root.obj("limits")? else { return Ok(limits) };
+    l.only(&[
+        "deadlineMs",
+        "memoryMb",
+        "maxRequestBodyBytes",
+        "maxResponseBodyBytes",
+        "maxInstances",
+        "maxSessions",
+        "maxSessionsPerDomain",
+        "maxFrameBytes",
+        "maxOutboundBytesPerEvent",
+        "sendStallTimeoutMs",
+        "idleTimeoutMs",
+        "maxResponseHeaders",
+        "maxResponseHeaderBytes",
+        "maxRequestsPerDomain",
+        "requestQueuePerDomain",
+        "requestQueueTimeoutMs",
+        "maxConnections",
+        "maxConnectionsPerAddress",
+        "headerTimeoutMs",
+        "requestIdleTimeoutMs",
+        "bodyTimeoutMs",
+        "connectionReceiveWindowBytes",
+        "maxStreamsPerConnection",
+    ])?;
+    box_limits(&l, &mut limits)?;
+    admission_limits(&l, &mut limits)?;
+    connection_limits(&l, &mut limits)?;
+    Ok(limits)
+}
+
+/// Deadlines, memory, bodies, the instance pool and sessions, frames, headers.
+fn box_limits(l: &Obj, limits: &mut LimitsConfig) -> Result<(), ConfigError> {
+    if let Some(v) = l.positive("deadlineMs")? {
+        if v > MAX_DEADLINE_MS {
+            return Err(l.err("deadlineMs", format!("{v} is over the {MAX_DEADLINE_MS} ms ceiling")));
+        }
+        limits.deadline = Duration::from_millis(v);
+    }
+    if let Some(v) = l.positive("memoryMb")? {
+        if v > 4096 {
+            return Err(l.err("memoryMb", format!("{v} is over the 4096 MiB a 32-bit wasm memory can address")));
+        }
+        limits.memory_bytes = (v as usize) << 20;
+    }
+    if let Some(v) = l.positive("maxRequestBodyBytes")? {
+        limits.max_request_body = v as usize;
+    }
+    if let Some(v) = l.positive("maxResponseBodyBytes")? {
+        limits.max_response_body = v as usize;
+    }
+    if let Some(v) = l.positive("maxInstances")? {
+        let most = POOL_ADDRESS_SPACE / POOL_BYTES_PER_INSTANCE;
+        if v > most {
+            return Err(l.err(
+                "maxInstances",
+                format!(
+                    "{v} instances would reserve {} TiB of address space ({} MiB each: a 4 GiB linear memory reservation and guards, \
+                     whatever memoryMb is); at most {most} fit in the {} TiB a node may reserve",
+                    (v * POOL_BYTES_PER_INSTANCE) >> 40,
+                    POOL_BYTES_PER_INSTANCE >> 20,
+                    POOL_ADDRESS_SPACE >> 40
+                ),
+            ));
+        }
+        limits.max_instances = v as u32;
+    }
+    let per_domain_given = l.positive("maxSessionsPerDomain")?;
+    if let Some(v) = l.positive("maxSessions")? {
+        limits.max_sessions = v as usize;
+        limits.max_sessions_per_domain = v as usize;
+    }
+    if let Some(v) = per_domain_given {
+        limits.max_sessions_per_domain = v as usize;
+    }
+    if limits.max_sessions >= limits.max_instances as usize {
+        return Err(l.err(
+            "maxSessions",
+            format!(
+                "{} leaves no instance for requests: every session holds one of the {} instances (maxInstances)",
+                limits.max_sessions, limits.max_instances
+            ),
+        ));
+    }
+    if let Some(v) = l.positive("maxFrameBytes")? {
+        if v > 16 << 20 {
+            return Err(l.err("maxFrameBytes", format!("{v} is over the 16 MiB frame ceiling")));
+        }
+        limits.max_frame_bytes = v as usize;
+    }
+    if let Some(v) = l.positive("maxOutboundBytesPerEvent")? {
+        limits.max_outbound_bytes_per_event = v as usize;
+    }
+    if let Some(v) = l.positive("sendStallTimeoutMs")? {
+        limits.send_stall_timeout = Duration::from_millis(v);
+    }
+    if let Some(v) = l.positive("idleTimeoutMs")? {
+        if v > MAX_IDLE_TIMEOUT_MS {
+            return Err(l.err("idleTimeoutMs", format!("{v} is over the {MAX_IDLE_TIMEOUT_MS} ms (one day) ceiling")));
+        }
+        limits.idle_timeout = Duration::from_millis(v);
+    }
+    if let Some(v) = l.positive("maxResponseHeaders")? {
+        // `http`'s header map holds at most 32,768 entries.
+        if v > 10_000 {
+            return Err(l.err("maxResponseHeaders", format!("{v} is over the 10000-header ceiling")));
+        }
+        limits.max_response_headers = v as usize;
+    }
+    if let Some(v) = l.positive("maxResponseHeaderBytes")? {
+        if v > 16 << 20 {
+            return Err(l.err("maxResponseHeaderBytes", format!("{v} is over the 16 MiB ceiling")));
+        }
+        limits.max_response_header_bytes = v as usize;
+    }
+    Ok(())
+}
+
+/// The per-domain share of the pool and its queue (after the pool's size is known).
+fn admission_limits(l: &Obj, limits: &mut LimitsConfig) -> Result<(), ConfigError> {
+    let free = limits.instances_for_requests();
+    limits.max_requests_per_domain = (free / 2).max(1);
+    if let Some(v) = l.positive("maxRequestsPerDomain")? {
+        if v as usize > free {
+            return Err(l.err("maxRequestsPerDomain", format!("{v} is over the {free} instances left for requests (maxInstances - maxSessions)")));
+        }
+        limits.max_requests_per_domain = v as usize;
+    }
+    limits.request_queue_per_domain = limits.max_requests_per_domain;
+    if let Some(v) = l.positive("requestQueuePerDomain")? {
+        if v > 1_000_000 {
+            return Err(l.err("requestQueuePerDomain", format!("{v} is over the 1000000 ceiling")));
+        }
+        limits.request_queue_per_domain = v as usize;
+    }
+    limits.request_queue_timeout = limits.deadline;
+    if let Some(v) = l.positive("requestQueueTimeoutMs")? {
+        if v > MAX_DEADLINE_MS {
+            return Err(l.err("requestQueueTimeoutMs", format!("{v} is over the {MAX_DEADLINE_MS} ms ceiling")));
+        }
+        limits.request_queue_timeout = Duration::from_millis(v);
+    }
+    Ok(())
+}
+
+/// Connection caps, flow-control windows and timeouts.
+fn connection_limits(l: &Obj, limits: &mut LimitsConfig) -> Result<(), ConfigError> {
+    if let Some(v) = l.positive("maxConnections")? {
+        limits.max_connections = usize::try_from(v).map_err(|_| l.err("maxConnections", "too large"))?;
+    }
+    limits.max_connections_per_address = limits.max_connections_per_address.min(limits.max_connections);
+    if let Some(v) = l.positive("maxConnectionsPerAddress")? {
+        if v as usize > limits.max_connections {
+            return Err(l.err("maxConnectionsPerAddress", format!("{v} is over maxConnections ({})", limits.max_connections)));
+        }
+        limits.max_connections_per_address = v as usize;
+    }
+    if let Some(v) = l.positive("connectionReceiveWindowBytes")? {
+        if !(16 << 10..=64 << 20).contains(&v) {
+            return Err(l.err("connectionReceiveWindowBytes", format!("{v} is outside 16 KiB..=64 MiB")));
+        }
+        limits.connection_receive_window = v as u32;
+    }
+    if let Some(v) = l.positive("maxStreamsPerConnection")? {
+        if v > 1000 {
+            return Err(l.err("maxStreamsPerConnection", format!("{v} is over the 1000-stream ceiling")));
+        }
+        limits.max_streams_per_connection = v as u32;
+    }
+    for (key, slot) in [
+        ("headerTimeoutMs", &mut limits.header_timeout),
+        ("requestIdleTimeoutMs", &mut limits.request_idle_timeout),
+        ("bodyTimeoutMs", &mut limits.body_timeout),
+    ] {
+        if let Some(v) = l.positive(key)? {
+            if v > MAX_IDLE_TIMEOUT_MS {
+                return Err(l.err(key, format!("{v} is over the {MAX_IDLE_TIMEOUT_MS} ms (one day) ceiling")));
+            }
+            *slot = Duration::from_millis(v);
+        }
+    }
+    Ok(())
+}
+
+fn quic_of(root: &Obj) -> Result<QuicConfig, ConfigError> {
+    let mut quic = QuicConfig::default();
+    if let Some(q) = root.obj("quic")? {
+        q.only(&["workers", "steering"])?;
+        if let Some(n) = q.positive("workers")? {
+            if n > 255 {
+                return Err(q.err("workers", format!("{n} is over the 255 workers a connection ID can name")));
+            }
+            quic.workers = n as usize;
+        }
+        if let Some(s) = q.str("steering")? {
+            if s != "bpf" && s != "userspace" {
+                return Err(q.err("steering", format!("{s:?} is not one of \"bpf\", \"userspace\"")));
+            }
+            quic.steering = Some(s.to_string());
+        }
+    }
+    Ok(quic)
+}
+
+fn cluster_of(root: &Obj) -> Result<ClusterConfig, ConfigError> {
+    let mut cluster = ClusterConfig::default();
+    if let Some(c) = root.obj("cluster")? {
+        c.only(&["heartbeatMs", "electionTimeoutMs", "ownerTimeoutMs", "claimLeadMs", "tickGraceMs"])?;
+        let ms = |k: &str, into: &mut Duration| -> Result<(), ConfigError> {
+            if let Some(v) = c.positive(k)? {
+                *into = Duration::from_millis(v);
+            }
+            Ok(())
+        };
+        ms("heartbeatMs", &mut cluster.heartbeat)?;
+        ms("electionTimeoutMs", &mut cluster.election_timeout)?;
+        ms("ownerTimeoutMs", &mut cluster.owner_timeout)?;
+        ms("claimLeadMs", &mut cluster.claim_lead)?;
+        ms("tickGraceMs", &mut cluster.tick_grace)?;
+        // Both timeouts count missed heartbeats; under two, a live peer looks dead.
+        let over_two_heartbeats = |key: &str, timeout: Duration, otherwise: &str| {
+            if timeout > cluster.heartbeat * 2 {
+                return Ok(());
+            }
+            Err(c.err(
+                key,
+                format!("{} ms must be over twice heartbeatMs ({} ms), or {otherwise}", timeout.as_millis(), cluster.heartbeat.as_millis()),
+            ))
+        };
+        over_two_heartbeats("electionTimeoutMs", cluster.election_timeout, "followers start elections while the leader is alive")?;
+        over_two_heartbeats("ownerTimeoutMs", cluster.owner_timeout, "live owners are taken for dead")?;
+        // A claim is sent claim_lead before its tick; the tick must start inside the claim's lease.
+        let lease = cluster.lease_timing().owner_lease();
+        if cluster.claim_lead + cluster.heartbeat >= lease {
+            return Err(c.err(
+                "claimLeadMs",
+                format!(
+                    "{} ms plus heartbeatMs ({} ms) must be under the owner lease ({} ms: the lesser of ownerTimeoutMs and twice electionTimeoutMs, less heartbeatMs), or claimed ticks are dropped before they fire",
+                    cluster.claim_lead.as_millis(),
+                    cluster.heartbeat.as_millis(),
+                    lease.as_millis()
+                ),
+            ));
+        }
+    }
+    Ok(cluster)
+}
+
+fn deploy_of(root: &Obj) -> Result<DeployConfig, ConfigError> {
+    let mut deploy = DeployConfig::default();
+    if let Some(d) = root.obj("deploy")? {
+        d.only(&["drainTimeoutMs"])?;
+        if let Some(v) = d.positive("drainTimeoutMs")? {
+            deploy.drain_timeout = Duration::from_millis(v);
+        }
+    }
+    Ok(deploy)
+}
+
+fn guest_target_dir_of(root: &Obj, base: &Path) -> Result<PathBuf, ConfigError> {
+    let mut guest_target_dir = base.join("target/guest");
+    if let Some(b) = root.obj("build")? {
+        b.only(&["targetDir"])?;
+        if let Some(t) = b.str("targetDir")? {
+            guest_target_dir = base.join(t);
+        }
+    }
+    Ok(guest_target_dir)
 }
 
 #[cfg(test)]
