@@ -2,10 +2,11 @@
 //!
 //! It lives in the wasm custom section [`crate::MANIFEST_SECTION`] as a
 //! sequence of records, each `kind: u8, len: u32, payload: [u8; len]`. The
-//! guest SDK's macros emit one static per declaration site; the linker
-//! concatenates same-named custom sections, so records are self-delimiting
-//! and their order carries no meaning. Exactly one [`HEADER`] record names
-//! the ABI version and the tier.
+//! guest SDK's `export!` writes the whole section as one static
+//! ([`ConstManifest`]) from the types it exports; a linker concatenates
+//! same-named custom sections, so records are self-delimiting and their
+//! order carries no meaning. Exactly one [`HEADER`] record names the ABI
+//! version and the tier.
 //!
 //! | kind | record | payload |
 //! |---|---|---|
@@ -36,7 +37,7 @@ pub const fn header_record(tier: Tier) -> [u8; HEADER_LEN] {
     [HEADER, 5, 0, 0, 0, v[0], v[1], v[2], v[3], tier as u8]
 }
 
-/// Encodes route records (used by the SDK's macros at expansion time).
+/// Appends a route record to `out` ([`ConstManifest`] writes the same records at compile time).
 #[cfg(feature = "alloc")]
 pub fn encode_route(out: &mut Vec<u8>, method: &str, pattern: &str) {
     let mut w = Writer::default();
@@ -56,6 +57,90 @@ pub fn encode_task(out: &mut Vec<u8>, index: u32, name: &str, schedule: &str) {
     let mut w = Writer::default();
     w.u32(index).str(name).str(schedule);
     push_record(out, TASK, &w.buf);
+}
+
+/// Length of a route record, header included.
+pub const fn route_record_len(method: &str, pattern: &str) -> usize {
+    RECORD_HEADER_LEN + str_len(method) + str_len(pattern)
+}
+
+/// Length of a stream record, header included.
+pub const fn stream_record_len(name: &str) -> usize {
+    RECORD_HEADER_LEN + str_len(name)
+}
+
+/// Length of a task record, header included.
+pub const fn task_record_len(name: &str, schedule: &str) -> usize {
+    RECORD_HEADER_LEN + 4 + str_len(name) + str_len(schedule)
+}
+
+/// `kind: u8, len: u32`.
+const RECORD_HEADER_LEN: usize = 5;
+
+const fn str_len(s: &str) -> usize {
+    4 + s.len()
+}
+
+/// A whole manifest section of exactly `N` bytes, written at compile time:
+/// `toil::export!` assembles an artifact's manifest with it from the
+/// declarations of the types it exports. Records are encoded as
+/// [`encode_route`] and friends encode them; `N` is the header's
+/// [`HEADER_LEN`] plus the `*_record_len` of every record.
+pub struct ConstManifest<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> ConstManifest<N> {
+    /// A manifest that starts with the header record of `tier`.
+    pub const fn new(tier: Tier) -> Self {
+        let mut m = ConstManifest { buf: [0; N], len: 0 };
+        m.bytes(&header_record(tier));
+        m
+    }
+
+    pub const fn route(&mut self, method: &str, pattern: &str) {
+        self.record(ROUTE, route_record_len(method, pattern));
+        self.str(method);
+        self.str(pattern);
+    }
+
+    pub const fn stream(&mut self, name: &str) {
+        self.record(STREAM, stream_record_len(name));
+        self.str(name);
+    }
+
+    pub const fn task(&mut self, index: u32, name: &str, schedule: &str) {
+        self.record(TASK, task_record_len(name, schedule));
+        self.bytes(&index.to_le_bytes());
+        self.str(name);
+        self.str(schedule);
+    }
+
+    /// The section's bytes; panics (at compile time) unless exactly `N` were written.
+    pub const fn finish(self) -> [u8; N] {
+        assert!(self.len == N, "manifest length differs from the sum of its records' lengths");
+        self.buf
+    }
+
+    const fn record(&mut self, kind: u8, total_len: usize) {
+        self.bytes(&[kind]);
+        self.bytes(&((total_len - RECORD_HEADER_LEN) as u32).to_le_bytes());
+    }
+
+    const fn str(&mut self, s: &str) {
+        self.bytes(&(s.len() as u32).to_le_bytes());
+        self.bytes(s.as_bytes());
+    }
+
+    const fn bytes(&mut self, b: &[u8]) {
+        let mut i = 0;
+        while i < b.len() {
+            self.buf[self.len] = b[i];
+            self.len += 1;
+            i += 1;
+        }
+    }
 }
 
 #[cfg(feature = "alloc")]
@@ -179,6 +264,31 @@ mod tests {
             assert_eq!(m.routes[0].pattern, "/users/:id");
             assert_eq!(m.tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["tick", "hourly"]);
         }
+    }
+
+    #[test]
+    fn const_manifest_encodes_as_the_encoders_do() {
+        const LEN: usize = HEADER_LEN + route_record_len("GET", "/users/:id") + stream_record_len("echo") + task_record_len("tick", "5s");
+        const BYTES: [u8; LEN] = {
+            let mut m = ConstManifest::<LEN>::new(Tier::Daemon);
+            m.route("GET", "/users/:id");
+            m.stream("echo");
+            m.task(3, "tick", "5s");
+            m.finish()
+        };
+        let mut expected = header_record(Tier::Daemon).to_vec();
+        encode_route(&mut expected, "GET", "/users/:id");
+        encode_stream(&mut expected, "echo");
+        encode_task(&mut expected, 3, "tick", "5s");
+        assert_eq!(BYTES[..], expected[..]);
+        let m = Manifest::decode(&BYTES).unwrap();
+        assert_eq!((m.routes.len(), m.streams.len(), m.tasks[0].index), (1, 1, 3));
+    }
+
+    #[test]
+    #[should_panic(expected = "manifest length differs")]
+    fn const_manifest_checks_its_length() {
+        let _ = ConstManifest::<{ HEADER_LEN + 1 }>::new(Tier::Request).finish();
     }
 
     #[test]

@@ -66,6 +66,20 @@ impl SendError {
     }
 }
 
+/// So a hook returning `Result<(), SendError>` can pass a failed send on with `?`.
+impl core::fmt::Display for SendError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            SendError::QueueFull => "the session's outbound queue is full (slow client); the frame was dropped",
+            SendError::TooLarge => "the frame is over the session's frame size limit",
+            SendError::Closed => "the session is closing or closed",
+            SendError::BadKind => "unknown frame kind",
+        })
+    }
+}
+
+impl core::error::Error for SendError {}
+
 /// Session close codes the host uses. They travel as the application error
 /// code of the closing connection, next to a UTF-8 reason. Guests close with
 /// their own codes; `0x1000..=0x10ff` is reserved for the host.

@@ -35,7 +35,7 @@ pub enum BuildError {
     NoArtifact { tier: Tier, dir: PathBuf },
     #[error("the {tier} artifact of {dir} is invalid: {source}")]
     Invalid { tier: Tier, dir: PathBuf, source: LoadError },
-    #[error("{dir} declares no tier: add toil::export! {{ rest: [...], streams: [...], daemon: ... }}")]
+    #[error("{dir} declares no tier: add toil::export! {{ request: [...], stream: [...], daemon: ... }}")]
     Empty { dir: PathBuf },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },

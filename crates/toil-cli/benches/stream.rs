@@ -3,7 +3,7 @@
 //! Prints a table of
 //! 1. echo round-trip p50/p99 over WebTransport to `examples/echo` served by
 //!    a real `toil dev` (a resident wasm box per session), against a native
-//!    echo — the same QUIC/HTTP/3/WebTransport stack (`toil_edge::wt`) with
+//!    echo — the same QUIC/HTTP/3/WebTransport stack (`toil_edge::webtransport::protocol`) with
 //!    the echo written in Rust, no wasm, no box — in alternating rounds of
 //!    the same run, as a ratio;
 //! 2. sessions per second: open a session, one frame round trip, close;
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use toil_abi::stream::framing;
-use toil_edge::wt::{self, Accepted};
+use toil_edge::webtransport::protocol::{self as wt, Accepted};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PAYLOAD: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -184,7 +184,7 @@ async fn native_server(server: &Server) -> SocketAddr {
     let config = toil_edge::quic::server_config(
         &cert,
         &keys,
-        &toil_edge::quic::ConnectionLimits { idle_timeout: Duration::from_secs(300), ..Default::default() },
+        &toil_edge::quic::ConnectionLimits { idle_timeout: Duration::from_secs(300), ..toil_config::LimitsConfig::default().quic_connection() },
     )
     .unwrap();
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -24,11 +24,10 @@ use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use toil_abi::Tier;
 use toil_edge::domains::Domain;
-use toil_edge::sessions::SessionLimits;
 use toil_edge::{tcp, DomainTable, Edge};
 use toil_metrics::Registry;
 use toil_runtime::request::{GuestRequest, Outcome, RequestApp};
-use toil_runtime::{Runtime, RuntimeConfig};
+use toil_runtime::Runtime;
 use tokio::net::TcpListener;
 
 #[derive(clap::Args)]
@@ -63,7 +62,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let bytes = std::fs::read(&artifact).with_context(|| format!("reading {}", artifact.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let runtime = Runtime::new(RuntimeConfig::default())?;
+        let limits = toil_config::LimitsConfig::default();
+        let runtime = Runtime::new(limits.runtime())?;
         let registry = Registry::new();
         let app = Arc::new(RequestApp::load(&runtime, &registry, "hello", &bytes)?);
 
@@ -74,7 +74,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let domains = Arc::new(DomainTable::new());
         let domain = Domain::new("hello", 0, Some(app.clone()), None);
         domains.insert(domain, &["hello.localhost".into()], true);
-        let edge = Arc::new(Edge::new(domains, 1 << 20, SessionLimits::default(), registry));
+        let edge = Arc::new(Edge::new(domains, limits.edge(), registry));
         let toil_listener = TcpListener::bind("127.0.0.1:0").await?;
         let toil_addr = toil_listener.local_addr()?;
         tokio::spawn(tcp::serve(toil_listener, edge));
@@ -155,7 +155,7 @@ async fn measure_overhead(app: &RequestApp, n: usize) -> anyhow::Result<Overhead
         let t = Instant::now();
         let out = app.handle(&req).await;
         samples.push(t.elapsed());
-        anyhow::ensure!(matches!(&out, Outcome::Response(r) if r.status == 200), "GET / failed: {out:?}");
+        anyhow::ensure!(matches!(&out, Outcome::Response(r) if r.status() == 200), "GET / failed: {out:?}");
     }
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let mean = us(samples.iter().sum::<Duration>()) / n as f64;

@@ -21,6 +21,7 @@ mod bench;
 mod build;
 mod deploy;
 mod dev;
+mod host;
 mod node;
 mod status;
 mod tick;

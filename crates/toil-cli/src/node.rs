@@ -18,7 +18,7 @@ use toil_deploy::{BlobFetch, BlobStore};
 use toil_raft::rpc::{Reply, RpcHandler};
 use toil_raft::{ClusterNode, ClusterSecret, NodeOptions, RemoveRequest, RpcClient};
 
-use crate::dev::{serve, Host};
+use crate::host::{serve, Host};
 
 #[derive(clap::Args)]
 pub struct NodeArgs {
@@ -187,7 +187,7 @@ pub fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Remove { id, node, secret_file } => {
             let rpc = RpcClient::new(Arc::new(ClusterSecret::load(&secret_file)?), 0);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(rpc.call::<_, ()>(&node, "/cluster/remove", &RemoveRequest { id }, Duration::from_secs(15)))?;
+            rt.block_on(rpc.call::<_, ()>(&node, toil_raft::paths::REMOVE, &RemoveRequest { id }, Duration::from_secs(15)))?;
             println!("removed node {id}");
             Ok(())
         }

@@ -76,7 +76,7 @@ fn render(s: &ClusterStatus) -> String {
 
 /// "12 s ago" for a Unix-ms time.
 fn age(unix_ms: i64) -> String {
-    let ms = (toil_daemon::now_ms() - unix_ms).max(0);
+    let ms = (toil_cluster::now_ms() - unix_ms).max(0);
     match ms / 1000 {
         s if s < 120 => format!("{s} s ago"),
         s if s < 7200 => format!("{} min ago", s / 60),

@@ -96,7 +96,10 @@ fn an_owner_stopped_between_claim_and_fire_never_fires_after_the_domain_moved() 
             assert!(fired.iter().all(|f| f.fire_time != fire_time), "{what}: the claimed tick ran");
             let dropped = metric(&c.metrics(owner).unwrap(), DROPPED);
             if dropped == dropped_before + 1 {
-                assert_eq!(reported_dropped(&c), reported_before + 1, "{what}: the dropped tick is reported in the status");
+                // At least this one: the new owner may have dropped one of its
+                // own too, if the machine stalled it past its lease.
+                let reported = reported_dropped(&c);
+                assert!(reported > reported_before, "{what}: the dropped tick is not reported in the status ({reported_before} → {reported})");
             } else {
                 assert_eq!(dropped, dropped_before, "{what}: one claim, one tick at most");
                 assert!(gave_up(&c) > gave_up_before, "{what}: the claimed tick was neither dropped nor given up");

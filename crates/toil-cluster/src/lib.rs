@@ -26,8 +26,12 @@
 //!   history. [`Command::Deploy`] adds a version, [`Command::Activate`]
 //!   rolls back or forward, and each node reports what it serves with
 //!   [`Command::Served`].
+//! - [`log`]: the log itself as a node's tiers use it ([`ClaimLog`]:
+//!   propose, read the applied state, hear of changes), and the one-node
+//!   [`LocalLog`] of `toil dev`.
 //!
-//! Everything takes the time as an argument, so tests run on a fake clock.
+//! Everything takes the time as an argument, so tests run on a fake clock;
+//! [`now_ms`] is the one wall clock the callers read.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -36,12 +40,20 @@ use serde::{Deserialize, Serialize};
 use toil_schedule::Schedule;
 
 pub mod lease;
+pub mod log;
 pub mod releases;
 pub use lease::{may_fire, FireCheck, LeaseTiming};
+pub use log::{ClaimLog, LocalLog, LogError};
 pub use releases::{BlobRef, DomainReleases, Release, ReleaseSpec};
 
 /// A node's id in the cluster.
 pub type NodeId = u64;
+
+/// The wall clock, in the unit of every time in the state (fire times,
+/// deploy times): Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
 
 /// A domain's daemon owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

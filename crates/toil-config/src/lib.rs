@@ -3,12 +3,19 @@
 //!
 //! One file serves two shapes:
 //! - an **app** config, next to a guest crate, naming where its artifacts go
-//!   (`targets.release.outFile` / `streamFile` / `coldFile`);
+//!   (`targets.release.requestFile` / `streamFile` / `daemonFile`; `outFile`
+//!   and `coldFile` are accepted aliases);
 //! - a **node** config listing several apps (`apps: [{domain, dir}]`), each
 //!   served as its own domain, with dev listeners, limits and build settings.
 //!
 //! A file without `apps` is a node config of the single app in its own
 //! directory. Every key is optional; `docs/dev.md` lists them all.
+//!
+//! This crate owns every default of a node: the subsystems (runtime, edge)
+//! declare the settings they take, with no defaults of their own, and
+//! [`settings`] builds them from a config.
+
+pub mod settings;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -440,8 +447,18 @@ fn targets_of(root: &Obj<'_>) -> Result<Targets, ConfigError> {
     if let Some(targets) = root.obj("targets")? {
         targets.only(&["release"])?;
         if let Some(rel) = targets.obj("release")? {
-            rel.only(&["outFile", "streamFile", "coldFile"])?;
-            for (k, slot) in [("outFile", &mut t.out_file), ("streamFile", &mut t.stream_file), ("coldFile", &mut t.cold_file)] {
+            // Keys named after the tiers; `outFile` and `coldFile` are their older aliases.
+            rel.only(&["requestFile", "streamFile", "daemonFile", "outFile", "coldFile"])?;
+            for (k, alias, slot) in [
+                ("requestFile", Some("outFile"), &mut t.out_file),
+                ("streamFile", None, &mut t.stream_file),
+                ("daemonFile", Some("coldFile"), &mut t.cold_file),
+            ] {
+                let k = match alias.filter(|a| rel.map.contains_key(*a)) {
+                    Some(a) if rel.map.contains_key(k) => return Err(rel.err(a, format!("is an alias of `{k}`, which is given too"))),
+                    Some(a) => a,
+                    None => k,
+                };
                 if let Some(v) = rel.str(k)? {
                     if !v.ends_with(".wasm") {
                         return Err(rel.err(k, format!("expected a path ending in .wasm, found {v:?}")));
@@ -943,6 +960,12 @@ mod tests {
         assert_eq!(key_error(json!({"apps": [app, app]})).0, "apps[1].domain");
         assert_eq!(key_error(json!({"apps": [app], "defaultDomain": "zzz"})).0, "defaultDomain");
         assert_eq!(key_error(json!({"targets": {"release": {"outFile": "x.txt"}}})).0, "targets.release.outFile");
+        assert_eq!(key_error(json!({"targets": {"release": {"daemonFile": "x.txt"}}})).0, "targets.release.daemonFile");
+        let (key, problem) = key_error(json!({"targets": {"release": {"requestFile": "a.wasm", "outFile": "b.wasm"}}}));
+        assert_eq!(key, "targets.release.outFile");
+        assert!(problem.contains("alias of `requestFile`"), "{problem}");
+        let targets = parse(json!({"targets": {"release": {"requestFile": "r.wasm", "coldFile": "d.wasm"}}})).unwrap().apps[0].targets.clone();
+        assert_eq!((targets.out_file, targets.cold_file), ("r.wasm".into(), "d.wasm".into()));
         let (key, problem) = key_error(json!({"apps": [app], "limits": {"idleTimeoutMs": 1u64 << 62}}));
         assert_eq!(key, "limits.idleTimeoutMs");
         assert!(problem.contains("ceiling"), "{problem}");

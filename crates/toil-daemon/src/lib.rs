@@ -9,9 +9,10 @@
 //! ([`Daemons::set_app`]): it drops the old box and starts one on the new
 //! version between ticks, keeping its claims, so no tick fires twice.
 //!
-//! An owner task keeps one [`DaemonBox`] and a scheduler. It plans the next
-//! tick of each task from the last claim ([`toil_cluster::plan_tick`]),
-//! **claims it through the log** a little before it is due (`claim_lead`,
+//! An owner task keeps one [`DaemonBox`] and carries out what its term's
+//! state machine ([`term`]) decides: it plans the next tick of each task
+//! from the last claim ([`toil_cluster::plan_tick`]), **claims it through
+//! the log** a little before it is due (`claim_lead`,
 //! so the claim's round trip does not make the tick late), waits for the
 //! fire time and fires it only if the claim was accepted **and its lease
 //! still holds** ([`toil_cluster::lease`]: an owner that stalled between
@@ -22,70 +23,23 @@
 //! this node from another owner starts only after that owner's lease ran
 //! out (the assignment's handoff).
 //!
-//! The log is a [`ClaimLog`]: [`LocalLog`] applies commands to an in-memory
-//! [`ClusterState`] (one node: `toil dev`); the raft log of `toil node`
-//! implements the same trait.
+//! The log is a [`ClaimLog`] ([`toil_cluster::log`]): the in-memory one of
+//! `toil dev` or the raft log of `toil node`.
 //!
 //! [`DaemonBox`]: toil_runtime::daemon::DaemonBox
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use toil_cluster::{may_fire, plan_tick, Applied, ClusterState, Command, FireCheck, NodeId, Refused, TickOutcome};
+use toil_cluster::{now_ms, Applied, ClaimLog, Command, FireCheck, LogError, NodeId, Owner, TickOutcome};
 use toil_metrics::{Counter, Gauge, Histogram, Registry};
-use toil_runtime::daemon::DaemonApp;
+use toil_runtime::daemon::{DaemonApp, DaemonBox};
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// Why the log could not take a command.
-#[derive(Clone, Debug, thiserror::Error)]
-#[error("the cluster log is unavailable: {0}")]
-pub struct LogError(pub String);
+pub mod term;
 
-/// The cluster log as the daemon tier uses it.
-pub trait ClaimLog: Send + Sync + 'static {
-    /// Commits `command` and returns what applying it did.
-    fn propose(&self, command: Command) -> Pin<Box<dyn Future<Output = Result<Applied, LogError>> + Send + '_>>;
-    /// A snapshot of the state applied on this node.
-    fn state(&self) -> ClusterState;
-    /// Changes whenever this node applies a command.
-    fn changes(&self) -> watch::Receiver<()>;
-}
-
-/// A one-node log: commands apply at once, in order.
-pub struct LocalLog {
-    state: Mutex<ClusterState>,
-    changed: watch::Sender<()>,
-}
-
-impl Default for LocalLog {
-    fn default() -> Self {
-        LocalLog { state: Mutex::default(), changed: watch::Sender::new(()) }
-    }
-}
-
-impl ClaimLog for LocalLog {
-    fn propose(&self, command: Command) -> Pin<Box<dyn Future<Output = Result<Applied, LogError>> + Send + '_>> {
-        let applied = self.state.lock().expect("cluster state").apply(&command);
-        self.changed.send_replace(());
-        Box::pin(std::future::ready(Ok(applied)))
-    }
-
-    fn state(&self) -> ClusterState {
-        self.state.lock().expect("cluster state").clone()
-    }
-
-    fn changes(&self) -> watch::Receiver<()> {
-        self.changed.subscribe()
-    }
-}
-
-/// The current time in Unix milliseconds.
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+use term::{Action, Event, Now, OwnerTerm, Tick};
 
 /// How this node runs its daemons.
 #[derive(Clone, Debug)]
@@ -249,17 +203,15 @@ async fn supervise(daemons: Arc<Daemons>, log: Arc<dyn ClaimLog>, settings: Daem
                     let (manual, manual_rx) = mpsc::channel(8);
                     let (stop, stop_rx) = watch::channel(false);
                     let (app_tx, app_rx) = watch::channel(app.clone());
-                    let handoff = Duration::from_millis(owner.handoff_ms);
-                    let task = tokio::spawn(own(
-                        handoff,
-                        app_rx,
-                        log.clone(),
-                        settings.clone(),
-                        owner.fencing,
-                        manual_rx,
-                        stop_rx,
-                        TickMetrics::new(&registry, domain),
-                    ));
+                    let owner_task = OwnerTask {
+                        log: log.clone(),
+                        settings: settings.clone(),
+                        app: app_rx,
+                        manual: manual_rx,
+                        stop: stop_rx,
+                        metrics: TickMetrics::new(&registry, domain),
+                    };
+                    let task = tokio::spawn(own(owner, owner_task));
                     running.insert(domain.clone(), Running { fencing: owner.fencing, app: app_tx, manual, stop, task });
                 }
                 let gauge = owned.entry(domain.clone()).or_insert_with(|| {
@@ -317,11 +269,15 @@ impl TickMetrics {
     }
 }
 
+/// How long from now until `deadline_ms` (Unix ms); nothing once it passed.
+fn until(deadline_ms: i64) -> Duration {
+    Duration::from_millis((deadline_ms - now_ms()).max(0) as u64)
+}
+
 /// Sleeps until `deadline_ms` (Unix ms) unless told to stop first; true when stopped.
 async fn stopped_before(deadline_ms: i64, stop: &mut watch::Receiver<bool>) -> bool {
-    let wait = Duration::from_millis((deadline_ms - now_ms()).max(0) as u64);
     tokio::select! {
-        () = tokio::time::sleep(wait) => *stop.borrow(),
+        () = tokio::time::sleep(until(deadline_ms)) => *stop.borrow(),
         () = stop_requested(stop) => true,
     }
 }
@@ -361,172 +317,179 @@ fn lease_clock() -> Duration {
     ORIGIN.get_or_init(std::time::Instant::now).elapsed()
 }
 
-/// The owner task of one domain for one ownership term (one fencing token).
-#[allow(clippy::too_many_arguments)]
-async fn own(
-    handoff: Duration,
-    mut app_rx: watch::Receiver<Arc<DaemonApp>>,
+/// Both clocks the owner's term runs on.
+fn read_clocks() -> Now {
+    Now { wall_ms: now_ms(), lease: lease_clock() }
+}
+
+/// What an owner task works with, besides its term.
+struct OwnerTask {
     log: Arc<dyn ClaimLog>,
     settings: DaemonSettings,
-    fencing: u64,
-    mut manual: mpsc::Receiver<ManualTick>,
-    mut stop: watch::Receiver<bool>,
+    /// The version to run; replaced on redeploy.
+    app: watch::Receiver<Arc<DaemonApp>>,
+    manual: mpsc::Receiver<ManualTick>,
+    stop: watch::Receiver<bool>,
     metrics: TickMetrics,
-) {
-    let mut app = app_rx.borrow_and_update().clone();
+}
+
+/// The owner task of one domain for one ownership term (one fencing
+/// token): keeps the box running and carries out what the term decides.
+async fn own(owner: Owner, mut t: OwnerTask) {
+    let mut app = t.app.borrow_and_update().clone();
     let domain = app.domain().to_string();
-    let grace = settings.grace.as_millis() as i64;
-    let lead = settings.claim_lead.as_millis() as i64;
-    // Claims this task made or learnt of that the local state may not show
-    // yet (a follower applies the leader's commits a heartbeat later).
-    let mut known_claims: BTreeMap<String, i64> = BTreeMap::new();
-    let mut daemon = None;
-    if !handoff.is_zero() {
+    let mut term = OwnerTerm::new(&domain, owner, &t.settings);
+    let mut daemon: Option<DaemonBox> = None;
+    if let Some(handoff) = term.handoff() {
         tracing::info!(domain, "taking the daemon over; starting it after a {handoff:?} handoff (the previous owner's lease)");
         tokio::select! {
             () = tokio::time::sleep(handoff) => {}
-            () = stop_requested(&mut stop) => return,
+            () = stop_requested(&mut t.stop) => return,
         }
     }
     loop {
-        if *stop.borrow() {
+        if *t.stop.borrow() {
             return;
         }
-        if !Arc::ptr_eq(&app, &app_rx.borrow()) {
+        if !Arc::ptr_eq(&app, &t.app.borrow()) {
             // Redeployed: the old box goes, the next tick runs on the new version.
-            app = app_rx.borrow_and_update().clone();
+            app = t.app.borrow_and_update().clone();
             daemon = None;
             tracing::info!(domain, "the daemon was redeployed; restarting its box on the new version");
         }
         if daemon.is_none() {
-            match app.start(&settings.node_name, fencing).await {
+            match app.start(&t.settings.node_name, term.fencing()).await {
                 Ok(b) => daemon = Some(b),
-                Err(fault) => {
-                    // Logged and counted by the runtime; try again shortly.
-                    // A manual tick meanwhile learns why there is no box
-                    // instead of waiting for one.
-                    let retry = tokio::time::sleep(Duration::from_secs(1));
-                    tokio::pin!(retry);
-                    loop {
-                        tokio::select! {
-                            () = &mut retry => break,
-                            () = stop_requested(&mut stop) => return,
-                            Some(m) = manual.recv() => {
-                                let _ = m.done.send(Err(format!("daemon_start failed, so the daemon is not running: {fault}")));
-                            }
-                        }
-                    }
-                    continue;
-                }
+                Err(fault) if t.wait_to_restart(&fault).await => continue,
+                Err(_) => return,
             }
         }
         let running = daemon.as_mut().expect("started above");
-        let now = now_ms();
-        let state = log.state();
-        let next = app
-            .tasks()
-            .iter()
-            .filter_map(|t| {
-                let last = state.task(&domain, &t.name).last_claimed.max(known_claims.get(&t.name).copied());
-                plan_tick(&t.schedule, last, now, grace).map(|p| (t.index, t.name.clone(), p))
-            })
-            .min_by_key(|(_, _, p)| p.fire_time);
-        let claim_at = next.as_ref().map_or(now + 3_600_000, |(_, _, p)| p.fire_time - lead);
-        let wait = Duration::from_millis((claim_at - now).max(0) as u64);
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = stop_requested(&mut stop) => return,
-            Ok(()) = app_rx.changed() => continue,
-            Some(m) = manual.recv() => {
-                let fire_time = now_ms();
-                let result = match app.tasks().iter().find(|t| t.name == m.task) {
-                    Some(t) => {
-                        let ran = running.tick(t.index, fire_time).await.map(|()| fire_time).map_err(|f| f.to_string());
-                        if ran.is_err() {
+        let mut action = term.step(read_clocks(), Event::Plan { tasks: app.tasks(), state: &t.log.state() });
+        // One round: until the tick fired or was dropped, or a wait was cut short.
+        loop {
+            action = match action {
+                Action::WaitToClaim { until_ms } => tokio::select! {
+                    () = tokio::time::sleep(until(until_ms)) => term.step(read_clocks(), Event::Woke),
+                    () = stop_requested(&mut t.stop) => return,
+                    Ok(()) = t.app.changed() => break,
+                    Some(m) = t.manual.recv() => {
+                        if run_manual(&app, running, m).await {
                             daemon = None; // a faulted box is replaced before the next tick
                         }
-                        ran
+                        break;
                     }
-                    None => Err(format!("the running version has no task {:?}", m.task)),
-                };
-                let _ = m.done.send(result);
-                continue;
-            }
-        }
-        let Some((task, name, plan)) = next else { continue };
-        let claim = Command::ClaimTick { domain: domain.clone(), task: name.clone(), fire_time: plan.fire_time, fencing, skipped: plan.skipped };
-        // The lease counts from before the claim leaves: the leader heard
-        // from this node no earlier than that.
-        let sent = lease_clock();
-        let outcome = match tokio::time::timeout(settings.claim_timeout, log.propose(claim)).await {
-            Ok(result) => result,
-            Err(_) => Err(LogError(format!("the claim was not committed within {:?}", settings.claim_timeout))),
-        };
-        match outcome {
-            Ok(Applied::Claimed) => {
-                known_claims.insert(name.clone(), plan.fire_time);
-                if plan.skipped > 0 {
-                    metrics.skipped.add(plan.skipped);
-                    tracing::warn!(domain, task, skipped = plan.skipped, "ticks fell due while this daemon was not running; skipped");
+                },
+                Action::Claim(claim) => term.step(read_clocks(), Event::Answered(t.claim(claim).await)),
+                Action::WaitToFire(tick) => {
+                    if tick.skipped > 0 {
+                        t.metrics.skipped.add(tick.skipped);
+                        tracing::warn!(domain, task = tick.task, skipped = tick.skipped, "ticks fell due while this daemon was not running; skipped");
+                    }
+                    if stopped_before(tick.fire_time, &mut t.stop).await {
+                        return;
+                    }
+                    term.step(read_clocks(), Event::Woke)
                 }
-                // The claim is ours; if the domain moves before the fire
-                // time the tick is dropped, never fired twice.
-                if stopped_before(plan.fire_time, &mut stop).await {
+                Action::Fire(tick) => {
+                    let outcome = t.fire(running, &tick).await;
+                    if outcome == TickOutcome::Failed {
+                        daemon = None; // a faulted box is replaced before the next tick
+                    }
+                    report(&t.log, t.settings.claim_timeout, term.done(&tick, outcome));
+                    break;
+                }
+                Action::Drop { tick, why } => {
+                    t.metrics.dropped.inc();
+                    warn_dropped(&domain, &tick, why);
+                    report(&t.log, t.settings.claim_timeout, term.done(&tick, TickOutcome::Dropped));
+                    break;
+                }
+                Action::AlreadyClaimed { .. } => {
+                    t.metrics.refused.inc();
+                    break;
+                }
+                Action::Retry { until_ms, error } => {
+                    tracing::warn!(domain, "claiming a tick: {error}");
+                    if stopped_before(until_ms, &mut t.stop).await {
+                        return;
+                    }
+                    break;
+                }
+                Action::Stop { current } => {
+                    t.metrics.refused.inc();
+                    tracing::info!(domain, ?current, "this node no longer owns the daemon; stopping it");
                     return;
                 }
-                // Checked last, right before the tick starts: a stall
-                // anywhere up to here (the wait included) counts.
-                let report = |outcome| {
-                    let done = Command::TickDone { domain: domain.clone(), task: name.clone(), fire_time: plan.fire_time, outcome };
-                    report(&log, settings.claim_timeout, done)
-                };
-                match may_fire(sent, lease_clock(), settings.owner_lease, now_ms() - plan.fire_time, grace) {
-                    FireCheck::Fire => {}
-                    FireCheck::LeaseExpired { over } => {
-                        metrics.dropped.inc();
-                        tracing::warn!(
-                            domain,
-                            task,
-                            fire_time = plan.fire_time,
-                            "dropped a claimed tick: this node stalled past its lease ({over:?} over), so the domain may have moved"
-                        );
-                        report(TickOutcome::Dropped);
-                        continue;
-                    }
-                    FireCheck::TooLate { late_ms } => {
-                        metrics.dropped.inc();
-                        tracing::warn!(domain, task, fire_time = plan.fire_time, "dropped a claimed tick: {late_ms} ms late, past the grace");
-                        report(TickOutcome::Dropped);
-                        continue;
-                    }
-                }
-                metrics.lateness.observe(Duration::from_millis((now_ms() - plan.fire_time).max(0) as u64));
-                if running.tick(task, plan.fire_time).await.is_ok() {
-                    metrics.fired.inc();
-                    report(TickOutcome::Ran);
-                } else {
-                    metrics.failed.inc();
-                    report(TickOutcome::Failed);
-                    daemon = None;
-                }
-            }
-            Ok(Applied::Refused(Refused::NotOwner { current })) => {
-                metrics.refused.inc();
-                tracing::info!(domain, ?current, "this node no longer owns the daemon; stopping it");
-                return;
-            }
-            Ok(Applied::Refused(Refused::NotNewer { last })) => {
-                // Another term claimed it first; plan from its claim.
-                metrics.refused.inc();
-                known_claims.insert(name, last);
-            }
-            Ok(other) => unreachable!("a claim applied as {other:?}"),
-            Err(e) => {
-                tracing::warn!(domain, "claiming a tick: {e}");
-                if stopped_before(now_ms() + 200, &mut stop).await {
-                    return;
+                Action::Replan => break,
+            };
+        }
+    }
+}
+
+impl OwnerTask {
+    /// Proposes `claim`; one not committed within the claim timeout is given up.
+    async fn claim(&self, claim: Command) -> Result<Applied, LogError> {
+        let timeout = self.settings.claim_timeout;
+        let answer = tokio::time::timeout(timeout, self.log.propose(claim)).await;
+        answer.unwrap_or_else(|_| Err(LogError::Unavailable(format!("the claim was not committed within {timeout:?}"))))
+    }
+
+    /// Starts a claimed tick on the box and counts how it went.
+    async fn fire(&self, running: &mut DaemonBox, tick: &Tick) -> TickOutcome {
+        self.metrics.lateness.observe(Duration::from_millis((now_ms() - tick.fire_time).max(0) as u64));
+        if running.tick(tick.task, tick.fire_time).await.is_ok() {
+            self.metrics.fired.inc();
+            TickOutcome::Ran
+        } else {
+            self.metrics.failed.inc();
+            TickOutcome::Failed
+        }
+    }
+
+    /// After `daemon_start` failed (logged and counted by the runtime):
+    /// waits a second before the next try, telling a manual tick meanwhile
+    /// why there is no box instead of keeping it waiting. False when told to stop.
+    async fn wait_to_restart(&mut self, fault: &impl std::fmt::Display) -> bool {
+        let retry = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(retry);
+        loop {
+            tokio::select! {
+                () = &mut retry => return true,
+                () = stop_requested(&mut self.stop) => return false,
+                Some(m) = self.manual.recv() => {
+                    let _ = m.done.send(Err(format!("daemon_start failed, so the daemon is not running: {fault}")));
                 }
             }
         }
+    }
+}
+
+/// Runs a manual tick (`toil tick`) on the running box, now, and answers
+/// it; true when the tick faulted the box.
+async fn run_manual(app: &DaemonApp, running: &mut DaemonBox, m: ManualTick) -> bool {
+    let fire_time = now_ms();
+    let Some(task) = app.tasks().iter().find(|t| t.name == m.task) else {
+        let _ = m.done.send(Err(format!("the running version has no task {:?}", m.task)));
+        return false;
+    };
+    let ran = running.tick(task.index, fire_time).await;
+    let faulted = ran.is_err();
+    let _ = m.done.send(ran.map(|()| fire_time).map_err(|f| f.to_string()));
+    faulted
+}
+
+/// Says why a claimed tick was dropped.
+fn warn_dropped(domain: &str, tick: &Tick, why: FireCheck) {
+    let (task, fire_time) = (tick.task, tick.fire_time);
+    match why {
+        FireCheck::LeaseExpired { over } => tracing::warn!(
+            domain,
+            task,
+            fire_time,
+            "dropped a claimed tick: this node stalled past its lease ({over:?} over), so the domain may have moved"
+        ),
+        FireCheck::TooLate { late_ms } => tracing::warn!(domain, task, fire_time, "dropped a claimed tick: {late_ms} ms late, past the grace"),
+        FireCheck::Fire => unreachable!("a tick that may fire is not dropped"),
     }
 }

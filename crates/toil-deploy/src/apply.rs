@@ -8,8 +8,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use toil_cluster::{Applied, BlobRef, Command, NodeId, Refused, Release, ReleaseSpec};
-use toil_daemon::{now_ms, ClaimLog, Daemons};
+use toil_cluster::{now_ms, Applied, BlobRef, ClaimLog, Command, LogError, NodeId, Refused, Release, ReleaseSpec};
+use toil_daemon::Daemons;
 use toil_edge::domains::Domain;
 use toil_edge::DomainTable;
 use toil_metrics::Registry;
@@ -22,7 +22,7 @@ use crate::store::BlobStore;
 
 /// Runs `f` on the blocking pool (file I/O, hashing, compilation).
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, DeployError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| DeployError::Log(format!("a blocking task failed: {e}")))
+    tokio::task::spawn_blocking(f).await.map_err(|e| DeployError::Internal(format!("a blocking task failed: {e}")))
 }
 
 /// Fetches a blob this node lacks from other nodes (`origin` first: it accepted the upload).
@@ -191,16 +191,16 @@ impl Deployer {
                         DeployError::Conflict(format!("{domain} now serves version {active}; look at `toil status` and retry"))
                     }
                     Refused::UnknownVersion { version, .. } => DeployError::UnknownVersion { domain, version, kept: "?".into() },
-                    other => DeployError::Log(format!("the log refused: {other:?}")),
+                    other => DeployError::Internal(format!("the log refused: {other:?}")),
                 })
             }
             Ok(other) => {
                 forget();
-                Err(DeployError::Log(format!("the log applied the command as {other:?}")))
+                Err(DeployError::Internal(format!("the log applied the command as {other:?}")))
             }
             Err(e) => {
                 forget();
-                Err(DeployError::Log(e.to_string()))
+                Err(e.into())
             }
         }
     }
@@ -342,6 +342,7 @@ impl Deployer {
     /// Records in the log which version of each domain this node serves
     /// (for `toil status` and `toil deploy`'s wait). One task, always
     /// reporting the latest, so a slow report never overwrites a newer one.
+    /// It retries while the log is unavailable, and ends if the log failed.
     pub async fn report_served(self: Arc<Self>) {
         let mut served = self.served.subscribe();
         let mut reported: BTreeMap<String, u64> = BTreeMap::new();
@@ -356,7 +357,11 @@ impl Deployer {
                     Ok(_) => {
                         reported.insert(domain.clone(), *version);
                     }
-                    Err(e) => tracing::debug!(domain, version, "recording the served version: {e}; retrying"),
+                    Err(e @ LogError::Unavailable(_)) => tracing::debug!(domain, version, "recording the served version: {e}; retrying"),
+                    Err(e @ LogError::Failed(_)) => {
+                        tracing::error!(domain, version, "recording the served version: {e}; no longer reporting");
+                        return;
+                    }
                 }
             }
             if now.iter().any(|(d, v)| reported.get(d) != Some(v)) {

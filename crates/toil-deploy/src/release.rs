@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use toil_abi::Tier;
-use toil_cluster::{BlobRef, ReleaseSpec};
+use toil_cluster::{BlobRef, LogError, ReleaseSpec};
 use toil_metrics::Registry;
 use toil_runtime::daemon::DaemonApp;
 use toil_runtime::request::RequestApp;
@@ -36,8 +36,14 @@ pub enum DeployError {
     HostTaken { host: String, domain: String },
     #[error("{0}")]
     Conflict(String),
+    /// The cluster log cannot take the command now (no leader, forwarding
+    /// failed, a timeout): the same deploy may go through if tried again.
     #[error("{0}")]
-    Log(String),
+    LogUnavailable(String),
+    /// Something failed on this node (a panicked blocking task, the log's
+    /// storage, an answer the log should never give): trying again does not help.
+    #[error("{0}")]
+    Internal(String),
     #[error("storing the artifact: {0}")]
     Store(#[from] std::io::Error),
 }
@@ -45,7 +51,16 @@ pub enum DeployError {
 impl DeployError {
     /// Whether the caller sent something wrong (a 4xx), rather than the node failing.
     pub fn is_client_error(&self) -> bool {
-        !matches!(self, DeployError::Fetch { .. } | DeployError::Log(_) | DeployError::Store(_))
+        !matches!(self, DeployError::Fetch { .. } | DeployError::LogUnavailable(_) | DeployError::Internal(_) | DeployError::Store(_))
+    }
+}
+
+impl From<LogError> for DeployError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::Unavailable(_) => DeployError::LogUnavailable(e.to_string()),
+            LogError::Failed(_) => DeployError::Internal(e.to_string()),
+        }
     }
 }
 

@@ -36,12 +36,6 @@ pub struct ConnTimeouts {
     pub idle: Duration,
 }
 
-impl Default for ConnTimeouts {
-    fn default() -> Self {
-        ConnTimeouts { header: Duration::from_secs(10), idle: Duration::from_secs(60) }
-    }
-}
-
 /// File descriptors kept free of client connections.
 pub const FD_RESERVE: u64 = 256;
 

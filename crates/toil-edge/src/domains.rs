@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use toil_runtime::request::RequestApp;
 use toil_runtime::stream::StreamApp;
 
-use crate::serve::DomainMetrics;
+use crate::metrics::DomainMetrics;
 
 /// What a node serves of one version of a domain: its request tier and its
 /// stream tier, each present only if the release has that artifact.

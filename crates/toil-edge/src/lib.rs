@@ -1,25 +1,30 @@
-//! The network edge of a Toil node.
+//! The network edge of a Toil node: from sockets to guest calls and back.
 //!
+//! From the bottom up; each module imports only modules listed before it:
+//!
+//! - [`metrics`]: request and session metric handles, by domain;
 //! - [`domains`]: which domain (app) a request's host name belongs to;
-//! - [`serve`]: turns an HTTP request of any version into a guest call and the
-//!   outcome into a response (404/405 from the manifest, 413 over the body
-//!   cap, 500/503 on a guest fault), with metrics;
-//! - [`conns`]: TCP connection caps (per node, per client address, a
-//!   reserve of file descriptors), accept back-off, idle tracking;
+//! - [`sessions`]: stream-session admission (per-node and per-domain caps);
+//! - [`conns`]: TCP and QUIC connection caps (per node, per client address,
+//!   a reserve of file descriptors), accept back-off, idle tracking;
+//! - [`serve`]: the [`Edge`] every listener shares, and
+//!   [`Edge::serve`](serve::Edge::serve), which turns a request of any HTTP
+//!   version into a guest call and the outcome into a response (404/405
+//!   from the manifest, 413 over the body cap, 500/503 on a guest fault);
 //! - [`tcp`]: HTTP/1.1 and HTTP/2 (cleartext, h2c prior knowledge) with hyper;
-//! - [`quic`]: HTTP/3 over QUIC with h3 + quinn, on the same port number over
-//!   UDP, and the WebTransport CONNECTs that open stream sessions;
-//! - [`workers`]: the QUIC worker threads, one quinn endpoint each, and how
-//!   packets reach them ([`steering`]: connection IDs that name their
-//!   worker; [`keys`]: the secrets all workers share);
-//! - [`wt`]: the WebTransport-over-HTTP/3 session layer (CONNECT, session
-//!   streams, datagrams, close capsules);
-//! - [`webtransport`]: a stream session: its resident box, frames both ways,
-//!   backpressure, and how it ends;
-//! - [`sessions`]: session admission (per-node and per-domain caps) and
-//!   session metrics;
+//! - [`http3`]: HTTP/3 requests, the counterpart of `tcp` on h3 streams;
+//! - [`webtransport`]: stream sessions: the session protocol, and the
+//!   driver that runs a session's resident box;
 //! - [`tls`]: the dev certificate (ECDSA P-256, < 14 days, as browsers
 //!   require for WebTransport `serverCertificateHashes`);
+//! - [`keys`]: the secrets all QUIC workers share (tokens, resets, CIDs);
+//! - [`steering`]: connection IDs that name their worker, and the BPF
+//!   program that steers packets by them (no I/O);
+//! - [`quic`]: one QUIC connection (HTTP/3 with h3 + quinn, on the same
+//!   port number over UDP): its requests, or the WebTransport session that
+//!   takes it over;
+//! - [`workers`]: the QUIC worker threads, one quinn endpoint each, and how
+//!   packets reach them;
 //! - [`admin`]: the admin listener: Prometheus `/metrics` and `/healthz`.
 //!
 //! Guest calls run on the tokio worker that owns the connection; a guest
@@ -28,7 +33,9 @@
 pub mod admin;
 pub mod conns;
 pub mod domains;
+pub mod http3;
 pub mod keys;
+pub mod metrics;
 pub mod quic;
 pub mod serve;
 pub mod sessions;
@@ -37,7 +44,6 @@ pub mod tcp;
 pub mod tls;
 pub mod webtransport;
 pub mod workers;
-pub mod wt;
 
 pub use domains::DomainTable;
 pub use serve::Edge;

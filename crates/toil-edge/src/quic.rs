@@ -3,14 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-
 use crate::conns::Activity;
+use crate::http3;
 use crate::keys::NodeKeys;
-use crate::serve::{Body, Edge, Protocol};
+use crate::serve::Edge;
 use crate::tls::DevCert;
 use crate::webtransport;
-use crate::wt::RequestStream;
 
 /// What one QUIC connection may make the node hold. Every connection is
 /// bounded by these whatever the client does: quinn buffers at most
@@ -27,19 +25,6 @@ pub struct ConnectionLimits {
     pub send_window: u64,
     pub max_bidi_streams: u32,
     pub datagram_buffer: usize,
-}
-
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        ConnectionLimits {
-            idle_timeout: Duration::from_secs(30),
-            receive_window: 1 << 20,
-            stream_receive_window: 256 << 10,
-            send_window: 1 << 20,
-            max_bidi_streams: 32,
-            datagram_buffer: 256 << 10,
-        }
-    }
 }
 
 /// A quinn server config for HTTP/3 and WebTransport (ALPN `h3`, TLS 1.3)
@@ -75,17 +60,18 @@ pub fn server_config(cert: &DevCert, keys: &NodeKeys, limits: &ConnectionLimits)
 const H3_EXCESSIVE_LOAD: u32 = h3::error::Code::H3_EXCESSIVE_LOAD.value() as u32;
 const H3_NO_ERROR: u32 = h3::error::Code::H3_NO_ERROR.value() as u32;
 
-/// Accepts QUIC connections until the endpoint closes.
-pub async fn serve(endpoint: quinn::Endpoint, edge: Arc<Edge>) {
+/// Accepts QUIC connections until the endpoint closes. `worker` is the
+/// QUIC worker the endpoint belongs to (`None` outside the worker pool).
+pub async fn serve(endpoint: quinn::Endpoint, edge: Arc<Edge>, worker: Option<usize>) {
     while let Some(incoming) = endpoint.accept().await {
-        tokio::spawn(connection(incoming, edge.clone()));
+        tokio::spawn(connection(incoming, edge.clone(), worker));
     }
 }
 
 /// Serves one QUIC connection: HTTP/3 requests, each on its own task, until
 /// the client opens a WebTransport session; the session then owns the
 /// connection (see [`crate::webtransport`]).
-async fn connection(incoming: quinn::Incoming, edge: Arc<Edge>) {
+async fn connection(incoming: quinn::Incoming, edge: Arc<Edge>, worker: Option<usize>) {
     let quic = match incoming.await {
         Ok(c) => c,
         Err(e) => return tracing::debug!("QUIC handshake failed: {e}"),
@@ -121,7 +107,7 @@ async fn connection(incoming: quinn::Incoming, edge: Arc<Edge>) {
         };
         let in_flight = activity.request();
         // Headers first: a WebTransport CONNECT takes over the connection.
-        let (req, mut stream) = match tokio::time::timeout(edge.timeouts.header, resolver.resolve_request()).await {
+        let (req, stream) = match tokio::time::timeout(edge.timeouts.header, resolver.resolve_request()).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 tracing::debug!("HTTP/3 request head failed: {e}");
@@ -133,14 +119,15 @@ async fn connection(incoming: quinn::Incoming, edge: Arc<Edge>) {
             }
         };
         if webtransport::is_connect(&req) {
-            if let Some(admitted) = webtransport::admit(&edge, &req, &mut stream).await {
-                return webtransport::run(edge, admitted, req, stream, h3, quic).await;
+            match webtransport::serve_session(edge.clone(), worker, req, stream, h3, quic.clone()).await {
+                Ok(()) => return,
+                Err(refused) => h3 = refused, // answered 404 or 503; the connection goes on
             }
             continue;
         }
         let edge = edge.clone();
         tokio::spawn(async move {
-            serve_request(&edge, req, stream).await;
+            http3::serve_request(&edge, req, stream).await;
             drop(in_flight);
         });
     }
@@ -152,59 +139,4 @@ pub fn h3_builder() -> h3::server::Builder {
     let mut b = h3::server::builder();
     b.enable_extended_connect(true).enable_webtransport(true).enable_datagram(true).max_webtransport_sessions(1).send_grease(true);
     b
-}
-
-/// Serves one HTTP/3 request.
-pub(crate) async fn serve_request(edge: &Edge, req: http::Request<()>, stream: RequestStream) {
-    if let Err(e) = respond(edge, req, stream).await {
-        tracing::debug!("HTTP/3 request failed: {e}");
-    }
-}
-
-async fn respond(edge: &Edge, req: http::Request<()>, mut stream: RequestStream) -> anyhow::Result<()> {
-    let (head, ()) = req.into_parts();
-    let body = if edge.declared_too_large(&head) {
-        Body::TooLarge
-    } else {
-        tokio::time::timeout(edge.body_timeout, read_body(&mut stream, edge.max_request_body)).await.unwrap_or(Body::TimedOut(edge.body_timeout))
-    };
-    let resp = edge.serve(Protocol::Http3, &head, body).await;
-    let (parts, bytes) = resp.into_parts();
-    // A client that stops reading must not hold the response (and this
-    // task) for the connection's life: it gets as long as a body gets.
-    let send = async {
-        stream.send_response(http::Response::from_parts(parts, ())).await?;
-        if !bytes.is_empty() {
-            stream.send_data(bytes).await?;
-        }
-        stream.finish().await
-    };
-    match tokio::time::timeout(edge.body_timeout, send).await {
-        Ok(sent) => Ok(sent?),
-        Err(_) => {
-            stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
-            anyhow::bail!("the client did not take the response within {:?}", edge.body_timeout)
-        }
-    }
-}
-
-async fn read_body(stream: &mut RequestStream, max: usize) -> Body {
-    let mut buf = BytesMut::new();
-    loop {
-        match stream.recv_data().await {
-            Ok(Some(mut chunk)) => {
-                if buf.len() + chunk.remaining() > max {
-                    return Body::TooLarge;
-                }
-                while chunk.has_remaining() {
-                    let c = chunk.chunk();
-                    buf.extend_from_slice(c);
-                    let n = c.len();
-                    chunk.advance(n);
-                }
-            }
-            Ok(None) => return Body::Complete(buf.freeze()),
-            Err(e) => return Body::Broken(e.to_string()),
-        }
-    }
 }

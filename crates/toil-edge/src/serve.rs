@@ -8,31 +8,14 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{Method, Response, StatusCode};
-use toil_metrics::{Counter, Histogram, Registry};
-use toil_runtime::request::{GuestRequest, Outcome};
+use toil_metrics::Registry;
+use toil_runtime::request::{GuestRequest, GuestResponse, Outcome};
 use toil_runtime::GuestFault;
 
 use crate::conns::{ConnLimits, ConnTable, ConnTimeouts};
 use crate::domains::{Domain, DomainTable};
+use crate::metrics::{DomainMetrics, Protocol};
 use crate::sessions::{SessionLimits, SessionTable};
-
-/// The HTTP version a request arrived on (a metrics label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Http1,
-    Http2,
-    Http3,
-}
-
-impl Protocol {
-    pub fn label(self) -> &'static str {
-        match self {
-            Protocol::Http1 => "http1",
-            Protocol::Http2 => "http2",
-            Protocol::Http3 => "http3",
-        }
-    }
-}
 
 /// Where dev mode publishes [`Edge::dev_info`].
 pub const DEV_INFO_PATH: &str = "/.well-known/toil/dev.json";
@@ -78,34 +61,6 @@ pub struct Edge {
     unrouted: OnceLock<DomainMetrics>,
 }
 
-/// Request counters of one domain, by protocol and status class.
-pub(crate) struct DomainMetrics {
-    requests: [[Arc<Counter>; 5]; 3],
-    duration: Arc<Histogram>,
-}
-
-impl DomainMetrics {
-    fn new(registry: &Registry, domain: &str) -> Self {
-        let protos = [Protocol::Http1, Protocol::Http2, Protocol::Http3];
-        DomainMetrics {
-            requests: protos.map(|p| {
-                ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
-                    registry.counter(
-                        "toil_http_requests_total",
-                        "HTTP requests answered, by domain, protocol and status class.",
-                        &[("domain", domain), ("protocol", p.label()), ("status", class)],
-                    )
-                })
-            }),
-            duration: registry.histogram(
-                "toil_http_request_duration_seconds",
-                "Time from request head to response, per domain.",
-                &[("domain", domain)],
-            ),
-        }
-    }
-}
-
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Bytes> {
     let mut r = Response::new(body.into());
     *r.status_mut() = status;
@@ -113,19 +68,34 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Bytes> {
     r
 }
 
+/// What an [`Edge`] is built with (from `toil-config`, which owns the defaults).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EdgeSettings {
+    /// Request bodies above this are refused with 413.
+    pub max_request_body: usize,
+    pub sessions: SessionLimits,
+    /// TCP connections, and QUIC connections (handshake done).
+    pub conns: ConnLimits,
+    pub quic_conns: ConnLimits,
+    pub timeouts: ConnTimeouts,
+    /// Requests (HTTP/2, HTTP/3 streams) one connection may have open at once.
+    pub max_streams_per_connection: u32,
+    /// How long a request body may take to arrive whole (any protocol).
+    pub body_timeout: std::time::Duration,
+}
+
 impl Edge {
-    pub fn new(domains: Arc<DomainTable>, max_request_body: usize, sessions: SessionLimits, registry: Registry) -> Self {
-        let sessions = SessionTable::new(sessions, registry.clone());
+    pub fn new(domains: Arc<DomainTable>, settings: EdgeSettings, registry: Registry) -> Self {
         Edge {
             domains,
-            max_request_body,
+            max_request_body: settings.max_request_body,
             alt_svc: None,
-            sessions,
-            conns: ConnTable::new(ConnLimits { max_total: 10_000, max_per_ip: 1_000 }),
-            quic_conns: ConnTable::new(ConnLimits { max_total: 10_000, max_per_ip: 1_000 }),
-            timeouts: ConnTimeouts::default(),
-            max_streams_per_connection: 32,
-            body_timeout: std::time::Duration::from_secs(30),
+            sessions: SessionTable::new(settings.sessions, registry.clone()),
+            conns: ConnTable::new(settings.conns),
+            quic_conns: ConnTable::new(settings.quic_conns),
+            timeouts: settings.timeouts,
+            max_streams_per_connection: settings.max_streams_per_connection,
+            body_timeout: settings.body_timeout,
             shutdown: tokio::sync::watch::channel(false).0,
             dev_info: None,
             registry,
@@ -150,7 +120,8 @@ impl Edge {
         declared.is_some_and(|n| n > self.max_request_body as u64)
     }
 
-    /// Serves one request. `host` is the `Host` header or `:authority`.
+    /// Serves one request of any HTTP version. The domain is chosen by the
+    /// URI's authority (HTTP/2, HTTP/3) or the `Host` header (HTTP/1.1).
     pub async fn serve(&self, proto: Protocol, head: &http::request::Parts, body: Body) -> Response<Bytes> {
         let started = Instant::now();
         if let (Some(info), DEV_INFO_PATH) = (&self.dev_info, head.uri.path()) {
@@ -215,15 +186,7 @@ impl Edge {
     }
 
     fn record(&self, domain: Option<&Domain>, proto: Protocol, resp: &Response<Bytes>, started: Instant) {
-        let m = self.metrics(domain);
-        let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
-        let p = match proto {
-            Protocol::Http1 => 0,
-            Protocol::Http2 => 1,
-            Protocol::Http3 => 2,
-        };
-        m.requests[p][class].inc();
-        m.duration.observe(started.elapsed());
+        self.metrics(domain).record(proto, resp.status(), started);
     }
 }
 
@@ -237,36 +200,40 @@ fn host_owned(name: &HeaderName) -> bool {
     matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection" | "keep-alive" | "upgrade" | "te" | "trailer")
 }
 
-fn to_response(domain: &str, outcome: Outcome) -> Response<Bytes> {
-    match outcome {
-        Outcome::Response(g) => {
-            let Ok(status) = StatusCode::from_u16(g.status) else {
-                return fault_response(domain, &GuestFault::Abi(format!("invalid status {}", g.status)));
-            };
-            let mut resp = Response::new(Bytes::from(g.body));
-            *resp.status_mut() = status;
-            for (name, value) in g.headers {
-                match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(&value)) {
-                    (Ok(n), Ok(v)) if !host_owned(&n) => {
-                        // The runtime caps the count; `try_append` keeps a
-                        // guest away from `append`'s panic regardless.
-                        if resp.headers_mut().try_append(n, v).is_err() {
-                            return fault_response(domain, &GuestFault::Abi("too many response headers".into()));
-                        }
-                    }
-                    (Ok(n), Ok(_)) => {
-                        tracing::debug!(domain, header = %n, "dropped host-owned header set by guest")
-                    }
-                    _ => {
-                        let fault = GuestFault::Abi(format!("invalid response header {name:?}"));
-                        tracing::warn!(domain, "{fault}");
-                        return fault_response(domain, &fault);
-                    }
+/// The guest's reply as an HTTP response: built straight from the reply
+/// bytes (the body is a slice of them), refusing what `http` would refuse.
+fn guest_response(domain: &str, g: &GuestResponse) -> Response<Bytes> {
+    let view = g.view();
+    let Ok(status) = StatusCode::from_u16(view.status) else {
+        return fault_response(domain, &GuestFault::Abi(format!("invalid status {}", view.status)));
+    };
+    let mut resp = Response::new(g.body());
+    *resp.status_mut() = status;
+    for (name, value) in view.headers.iter() {
+        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value)) {
+            (Ok(n), Ok(v)) if !host_owned(&n) => {
+                // The runtime caps the count; `try_append` keeps a
+                // guest away from `append`'s panic regardless.
+                if resp.headers_mut().try_append(n, v).is_err() {
+                    return fault_response(domain, &GuestFault::Abi("too many response headers".into()));
                 }
             }
-            resp.headers_mut().remove(CONTENT_LENGTH);
-            resp
+            (Ok(n), Ok(_)) => {
+                tracing::debug!(domain, header = %n, "dropped host-owned header set by guest")
+            }
+            _ => {
+                let fault = GuestFault::Abi(format!("invalid response header {name:?}"));
+                tracing::warn!(domain, "{fault}");
+                return fault_response(domain, &fault);
+            }
         }
+    }
+    resp
+}
+
+fn to_response(domain: &str, outcome: Outcome) -> Response<Bytes> {
+    match outcome {
+        Outcome::Response(g) => guest_response(domain, &g),
         Outcome::NotFound => text(StatusCode::NOT_FOUND, "not found\n"),
         Outcome::MethodNotAllowed { allow } => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");

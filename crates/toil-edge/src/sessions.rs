@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use toil_metrics::{Counter, Gauge, Registry};
 
+use crate::metrics::DomainSessionMetrics;
+
 /// How many sessions a node accepts and how it treats them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionLimits {
@@ -24,12 +26,6 @@ pub struct SessionLimits {
     pub send_stall_timeout: Duration,
 }
 
-impl Default for SessionLimits {
-    fn default() -> Self {
-        SessionLimits { max_sessions: 10_000, max_sessions_per_domain: 10_000, inbound_queue_frames: 32, send_stall_timeout: Duration::from_secs(10) }
-    }
-}
-
 /// Why a session was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
@@ -37,29 +33,6 @@ pub enum Refused {
     NodeFull(usize),
     #[error("the domain's limit of {0} open sessions is reached")]
     DomainFull(usize),
-}
-
-/// How a session ended (a metrics label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ending {
-    /// Closed gracefully, by the client or by the guest.
-    Closed,
-    /// The transport was lost (idle timeout, reset, client vanished).
-    Disconnected,
-    /// The host closed it: guest fault, bad frame, stalled client, shutdown.
-    Aborted,
-}
-
-impl Ending {
-    const ALL: [Ending; 3] = [Ending::Closed, Ending::Disconnected, Ending::Aborted];
-
-    fn label(self) -> &'static str {
-        match self {
-            Ending::Closed => "closed",
-            Ending::Disconnected => "disconnected",
-            Ending::Aborted => "aborted",
-        }
-    }
 }
 
 /// The open sessions of a node, by domain.
@@ -76,51 +49,6 @@ pub struct SessionTable {
 struct Open {
     total: usize,
     by_domain: HashMap<String, usize>,
-}
-
-/// Session and frame counters of one domain.
-pub struct DomainSessionMetrics {
-    pub opened: Arc<Counter>,
-    pub refused: Arc<Counter>,
-    ended: [Arc<Counter>; 3],
-    pub open: Arc<Gauge>,
-    /// Frames by direction (in, out) and kind (stream, datagram).
-    pub frames: [[Arc<Counter>; 2]; 2],
-    /// Outbound frames dropped (datagrams the connection could not take).
-    pub dropped: Arc<Counter>,
-}
-
-impl DomainSessionMetrics {
-    fn new(r: &Registry, domain: &str) -> Self {
-        let d = [("domain", domain)];
-        let frames = |dir: &str| {
-            ["stream", "datagram"].map(|kind| {
-                r.counter(
-                    "toil_stream_frames_total",
-                    "Stream frames by domain, direction (in, out) and kind (stream, datagram).",
-                    &[("domain", domain), ("direction", dir), ("kind", kind)],
-                )
-            })
-        };
-        DomainSessionMetrics {
-            opened: r.counter("toil_stream_sessions_opened_total", "Stream sessions opened (box created).", &d),
-            refused: r.counter("toil_stream_sessions_refused_total", "Stream sessions refused at a session limit.", &d),
-            ended: Ending::ALL.map(|e| {
-                r.counter(
-                    "toil_stream_sessions_ended_total",
-                    "Stream sessions ended, by how (closed, disconnected, aborted).",
-                    &[("domain", domain), ("how", e.label())],
-                )
-            }),
-            open: r.gauge("toil_stream_sessions_open", "Stream sessions open now.", &d),
-            frames: [frames("in"), frames("out")],
-            dropped: r.counter("toil_stream_frames_dropped_total", "Outbound frames dropped.", &d),
-        }
-    }
-
-    pub fn ended(&self, how: Ending) {
-        self.ended[Ending::ALL.iter().position(|e| *e == how).expect("every ending has a counter")].inc();
-    }
 }
 
 /// Held by a session while it is open; releases its slot on drop.
@@ -168,8 +96,9 @@ impl SessionTable {
         map.entry(domain.to_string()).or_insert_with(|| Arc::new(DomainSessionMetrics::new(&self.registry, domain))).clone()
     }
 
-    /// A slot for a new session of `domain`, or why there is none.
-    pub fn admit(self: &Arc<Self>, domain: &str) -> Result<SessionPermit, Refused> {
+    /// A slot for a new session of `domain` on QUIC worker `worker` (`None`:
+    /// not on one), or why there is none.
+    pub fn admit(self: &Arc<Self>, domain: &str, worker: Option<usize>) -> Result<SessionPermit, Refused> {
         let metrics = self.metrics(domain);
         let mut open = self.state.lock().expect("session table");
         let refused = if open.total >= self.limits.max_sessions {
@@ -188,7 +117,7 @@ impl SessionTable {
         drop(open);
         metrics.opened.inc();
         metrics.open.inc();
-        let (worker_boxes, worker_sessions) = self.worker_metrics(crate::workers::current_worker());
+        let (worker_boxes, worker_sessions) = self.worker_metrics(worker);
         worker_boxes.inc();
         worker_sessions.inc();
         Ok(SessionPermit { table: self.clone(), domain: domain.to_string(), id: self.next_id.fetch_add(1, Ordering::Relaxed), metrics, worker_boxes })
@@ -221,17 +150,18 @@ mod tests {
 
     #[test]
     fn caps_are_enforced_and_released() {
-        let limits = SessionLimits { max_sessions: 3, max_sessions_per_domain: 2, ..SessionLimits::default() };
+        let limits =
+            SessionLimits { max_sessions: 3, max_sessions_per_domain: 2, inbound_queue_frames: 32, send_stall_timeout: Duration::from_secs(10) };
         let table = SessionTable::new(limits, Registry::new());
-        let a1 = table.admit("a").unwrap();
-        let _a2 = table.admit("a").unwrap();
-        assert_eq!(table.admit("a").err(), Some(Refused::DomainFull(2)));
-        let _b1 = table.admit("b").unwrap();
-        assert_eq!(table.admit("b").err(), Some(Refused::NodeFull(3)));
+        let a1 = table.admit("a", Some(0)).unwrap();
+        let _a2 = table.admit("a", Some(1)).unwrap();
+        assert_eq!(table.admit("a", None).err(), Some(Refused::DomainFull(2)));
+        let _b1 = table.admit("b", None).unwrap();
+        assert_eq!(table.admit("b", None).err(), Some(Refused::NodeFull(3)));
         assert_ne!(a1.id, _b1.id);
         drop(a1);
         assert_eq!(table.open(), 2);
-        assert!(table.admit("a").is_ok());
+        assert!(table.admit("a", None).is_ok());
         assert_eq!(table.metrics("a").refused.get(), 1);
         assert_eq!(table.metrics("b").refused.get(), 1);
     }

@@ -25,7 +25,8 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::conns::{accept_loop, Activity, ConnTable, InFlight};
-use crate::serve::{Body, Edge, Protocol};
+use crate::metrics::Protocol;
+use crate::serve::{Body, Edge};
 
 /// Accepts connections until the process ends; each runs on its own task.
 pub async fn serve(listener: TcpListener, edge: Arc<Edge>) {

@@ -15,7 +15,6 @@
 //!   endpoint through a bounded queue (full queue: the datagram is dropped,
 //!   as the network may). Workers send on the shared socket directly.
 
-use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -52,15 +51,6 @@ impl Steering {
             Steering::Userspace
         }
     }
-}
-
-thread_local! {
-    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-/// The QUIC worker the current thread is, if it is one.
-pub fn current_worker() -> Option<usize> {
-    WORKER.with(Cell::get)
 }
 
 /// The UDP side of a node before its workers start.
@@ -176,7 +166,6 @@ impl QuicWorkers {
             let thread = std::thread::Builder::new()
                 .name(format!("toil-quic-{worker}"))
                 .spawn(move || {
-                    WORKER.with(|w| w.set(Some(worker)));
                     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("worker runtime");
                     rt.block_on(run_worker(worker, sockets, config, server, edge, stopped));
                 })
@@ -228,7 +217,7 @@ async fn run_worker(
         }
     }
     // A current-thread runtime: these tasks, and all they spawn, stay on this thread.
-    let serving: Vec<_> = endpoints.iter().map(|e| tokio::spawn(crate::quic::serve(e.clone(), edge.clone()))).collect();
+    let serving: Vec<_> = endpoints.iter().map(|e| tokio::spawn(crate::quic::serve(e.clone(), edge.clone(), Some(worker)))).collect();
     let _ = stopped.wait_for(|s| *s).await;
     // Sessions close themselves with SHUTDOWN when the edge's shutdown flag
     // is set; give their capsules a moment before the connections go.

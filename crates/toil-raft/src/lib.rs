@@ -7,7 +7,8 @@
 //!   restarted node resumes its vote, log and applied state;
 //! - [`rpc`] and [`network`]: HTTP/1.1 between nodes, every request signed
 //!   with the cluster secret and numbered ([`auth`]); unsigned, wrongly
-//!   signed and replayed requests are refused with 401;
+//!   signed and replayed requests are refused with 401. [`paths`] names
+//!   every RPC, for the callers and the router alike;
 //! - [`node`]: a running node. It joins or forms a cluster, forwards
 //!   proposals to the leader from any node, adds and removes members, and,
 //!   while it leads, places daemon owners on live nodes (a node not heard
@@ -17,11 +18,13 @@
 pub mod auth;
 pub mod network;
 pub mod node;
+pub mod paths;
 pub mod rpc;
 pub mod store;
 
 pub use auth::ClusterSecret;
-pub use node::{ClusterNode, ClusterStatus, JoinRequest, NodeOptions, ProposeError, RemoveRequest};
+pub use node::admin::{ClusterStatus, JoinRequest, RemoveRequest};
+pub use node::{ClusterNode, NodeOptions, ProposeError};
 pub use rpc::{CallError, RpcClient};
 
 openraft::declare_raft_types!(
@@ -32,8 +35,3 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
 );
-
-/// The current time in Unix milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}

@@ -15,6 +15,7 @@ use openraft::{BasicNode, OptionalSend};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use toil_cluster::NodeId;
 
+use crate::paths;
 use crate::rpc::{CallError, RpcClient};
 use crate::TypeConfig;
 
@@ -35,7 +36,7 @@ impl Liveness {
     }
 }
 
-/// The body of a `/raft/snapshot` request (openraft's `Snapshot` is not serde).
+/// The body of a [`paths::SNAPSHOT`] request (openraft's `Snapshot` is not serde).
 #[derive(Serialize, Deserialize)]
 pub struct SnapshotRequest {
     pub vote: VoteOf<TypeConfig>,
@@ -100,17 +101,17 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.send("/raft/append", &rpc, &option).await
+        self.send(paths::APPEND, &rpc, &option).await
     }
 
     async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.send("/raft/vote", &rpc, &option).await
+        self.send(paths::VOTE, &rpc, &option).await
     }
 
     /// A refusal or an error counts as "would not grant": a node that has
     /// not started its lease, or an older node without this route.
     async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.send("/raft/pre-vote", &rpc, &option).await
+        self.send(paths::PRE_VOTE, &rpc, &option).await
     }
 
     async fn full_snapshot(
@@ -122,7 +123,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let req = SnapshotRequest { vote, meta: snapshot.meta, data: snapshot.snapshot };
         tokio::select! {
-            r = self.send("/raft/snapshot", &req, &option) => Ok(r?),
+            r = self.send(paths::SNAPSHOT, &req, &option) => Ok(r?),
             closed = cancel => Err(StreamingError::Closed(closed)),
         }
     }

@@ -16,11 +16,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{de::DeserializeOwned, Serialize};
-use toil_cluster::NodeId;
+use toil_cluster::{now_ms, NodeId};
 use tokio::net::TcpListener;
 
 use crate::auth::{AuthError, ClusterSecret, ReplayGuard, Stamp, EXPECT_HEADER, HEADER, REPLY_HEADER};
-use crate::now_ms;
 
 /// The largest RPC body accepted (a snapshot of the cluster state is the largest).
 pub const MAX_BODY: usize = 64 << 20;

@@ -9,7 +9,8 @@
 //!
 //! So a node killed at any point restarts with its vote, its log and a
 //! state machine that matches a prefix of the log; openraft re-applies the
-//! committed rest.
+//! committed rest. `tests/storage_suite.rs` runs openraft's storage
+//! conformance suite against this store.
 
 use std::fmt::Debug;
 use std::io;

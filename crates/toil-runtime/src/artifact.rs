@@ -77,47 +77,9 @@ pub fn inspect(bytes: &[u8], expected: Tier, max_size: usize) -> Result<Artifact
         return Err(LoadError::Component);
     }
     Validator::new_with_features(WasmFeatures::default()).validate_all(bytes).map_err(|e| LoadError::Malformed(e.to_string()))?;
+    let module = Sections::read(bytes)?;
 
-    let mut manifest_bytes: Option<Vec<u8>> = None;
-    let mut func_types: Vec<wasmparser::FuncType> = Vec::new();
-    let mut func_type_of: Vec<u32> = Vec::new(); // type index of every function, imports first
-    let mut exported: Vec<(String, ExternalKind, u32)> = Vec::new();
-    let mut imported: Vec<(String, String, TypeRef)> = Vec::new();
-    for payload in Parser::new(0).parse_all(bytes) {
-        match payload.map_err(|e| LoadError::Malformed(e.to_string()))? {
-            Payload::TypeSection(r) => {
-                for rec in r.into_iter_err_on_gc_types() {
-                    func_types.push(rec.map_err(|e| LoadError::Malformed(e.to_string()))?);
-                }
-            }
-            Payload::ImportSection(r) => {
-                for imp in r.into_imports() {
-                    let imp = imp.map_err(|e| LoadError::Malformed(e.to_string()))?;
-                    if let TypeRef::Func(t) = imp.ty {
-                        func_type_of.push(t);
-                    }
-                    imported.push((imp.module.to_string(), imp.name.to_string(), imp.ty));
-                }
-            }
-            Payload::FunctionSection(r) => {
-                for t in r {
-                    func_type_of.push(t.map_err(|e| LoadError::Malformed(e.to_string()))?);
-                }
-            }
-            Payload::ExportSection(r) => {
-                for e in r {
-                    let e = e.map_err(|e| LoadError::Malformed(e.to_string()))?;
-                    exported.push((e.name.to_string(), e.kind, e.index));
-                }
-            }
-            Payload::CustomSection(c) if c.name() == MANIFEST_SECTION => {
-                manifest_bytes.get_or_insert_with(Vec::new).extend_from_slice(c.data());
-            }
-            _ => {}
-        }
-    }
-
-    let manifest = Manifest::decode(&manifest_bytes.ok_or(LoadError::MissingManifest)?)?;
+    let manifest = Manifest::decode(module.manifest.as_deref().ok_or(LoadError::MissingManifest)?)?;
     if manifest.abi_version != ABI_VERSION {
         return Err(LoadError::AbiVersion { found: manifest.abi_version });
     }
@@ -125,50 +87,116 @@ pub fn inspect(bytes: &[u8], expected: Tier, max_size: usize) -> Result<Artifact
     if tier != expected {
         return Err(LoadError::WrongTier { found: tier, expected });
     }
+    module.check_exports(tier)?;
+    module.check_imports(tier)?;
+    check_declarations(&manifest, tier)?;
+    let has_initialize = module.exported.iter().any(|(n, k, _)| n == exports::INITIALIZE && *k == ExternalKind::Func);
+    Ok(ArtifactInfo { tier, manifest, has_initialize })
+}
 
-    // Exports: the tier's entry points with their signatures, memory, nothing of another tier.
-    for (name, _, _) in &exported {
-        if exports::TIER_ENTRY_POINTS.contains(&name.as_str()) && !tier.required_exports().contains(&name.as_str()) {
-            return Err(LoadError::ForeignExport { export: name.clone(), tier });
+/// What inspection reads of a module's sections.
+struct Sections {
+    /// The manifest custom section (its parts concatenated, if split).
+    manifest: Option<Vec<u8>>,
+    func_types: Vec<wasmparser::FuncType>,
+    /// The type index of every function, imports first.
+    func_type_of: Vec<u32>,
+    exported: Vec<(String, ExternalKind, u32)>,
+    imported: Vec<(String, String, TypeRef)>,
+}
+
+impl Sections {
+    fn read(bytes: &[u8]) -> Result<Sections, LoadError> {
+        let malformed = |e: wasmparser::BinaryReaderError| LoadError::Malformed(e.to_string());
+        let mut s = Sections { manifest: None, func_types: Vec::new(), func_type_of: Vec::new(), exported: Vec::new(), imported: Vec::new() };
+        for payload in Parser::new(0).parse_all(bytes) {
+            match payload.map_err(malformed)? {
+                Payload::TypeSection(r) => {
+                    for rec in r.into_iter_err_on_gc_types() {
+                        s.func_types.push(rec.map_err(malformed)?);
+                    }
+                }
+                Payload::ImportSection(r) => {
+                    for imp in r.into_imports() {
+                        let imp = imp.map_err(malformed)?;
+                        if let TypeRef::Func(t) = imp.ty {
+                            s.func_type_of.push(t);
+                        }
+                        s.imported.push((imp.module.to_string(), imp.name.to_string(), imp.ty));
+                    }
+                }
+                Payload::FunctionSection(r) => {
+                    for t in r {
+                        s.func_type_of.push(t.map_err(malformed)?);
+                    }
+                }
+                Payload::ExportSection(r) => {
+                    for e in r {
+                        let e = e.map_err(malformed)?;
+                        s.exported.push((e.name.to_string(), e.kind, e.index));
+                    }
+                }
+                Payload::CustomSection(c) if c.name() == MANIFEST_SECTION => {
+                    s.manifest.get_or_insert_with(Vec::new).extend_from_slice(c.data());
+                }
+                _ => {}
+            }
         }
-    }
-    for &required in tier.required_exports() {
-        let Some((_, kind, index)) = exported.iter().find(|(n, _, _)| n == required) else {
-            return Err(LoadError::MissingExport { export: required, tier });
-        };
-        let (params, expected_sig) = entry_signature(required).expect("entry point has a signature");
-        let ok = *kind == ExternalKind::Func
-            && func_type_of
-                .get(*index as usize)
-                .and_then(|t| func_types.get(*t as usize))
-                .is_some_and(|ft| ft.params() == params && ft.results() == [wasmparser::ValType::I32]);
-        if !ok {
-            return Err(LoadError::ExportSignature { export: required, expected: expected_sig });
-        }
-    }
-    if !exported.iter().any(|(n, k, _)| n == exports::MEMORY && *k == ExternalKind::Memory) {
-        return Err(LoadError::MissingExport { export: exports::MEMORY, tier });
+        Ok(s)
     }
 
-    // Imports: functions only, from WASI preview1 or the tier's host functions.
-    for (module, name, ty) in &imported {
-        let kind = match ty {
-            TypeRef::Func(_) => None,
-            TypeRef::Memory(_) => Some("memory"),
-            TypeRef::Table(_) => Some("table"),
-            TypeRef::Global(_) => Some("global"),
-            _ => Some("non-function item"),
-        };
-        if let Some(kind) = kind {
-            return Err(LoadError::NonFunctionImport { kind, module: module.clone(), name: name.clone() });
+    /// The tier's entry points with their signatures, memory, nothing of another tier.
+    fn check_exports(&self, tier: Tier) -> Result<(), LoadError> {
+        for (name, _, _) in &self.exported {
+            if exports::TIER_ENTRY_POINTS.contains(&name.as_str()) && !tier.required_exports().contains(&name.as_str()) {
+                return Err(LoadError::ForeignExport { export: name.clone(), tier });
+            }
         }
-        let allowed = module == imports::WASI_P1 || (module == imports::MODULE && tier.allowed_host_imports().contains(&name.as_str()));
-        if !allowed {
-            return Err(LoadError::DisallowedImport { module: module.clone(), name: name.clone(), tier });
+        for &required in tier.required_exports() {
+            let Some((_, kind, index)) = self.exported.iter().find(|(n, _, _)| n == required) else {
+                return Err(LoadError::MissingExport { export: required, tier });
+            };
+            let (params, expected_sig) = entry_signature(required).expect("entry point has a signature");
+            let ok = *kind == ExternalKind::Func
+                && self
+                    .func_type_of
+                    .get(*index as usize)
+                    .and_then(|t| self.func_types.get(*t as usize))
+                    .is_some_and(|ft| ft.params() == params && ft.results() == [wasmparser::ValType::I32]);
+            if !ok {
+                return Err(LoadError::ExportSignature { export: required, expected: expected_sig });
+            }
         }
+        if !self.exported.iter().any(|(n, k, _)| n == exports::MEMORY && *k == ExternalKind::Memory) {
+            return Err(LoadError::MissingExport { export: exports::MEMORY, tier });
+        }
+        Ok(())
     }
 
-    // Declarations.
+    /// Functions only, from WASI preview1 or the tier's host functions.
+    fn check_imports(&self, tier: Tier) -> Result<(), LoadError> {
+        for (module, name, ty) in &self.imported {
+            let kind = match ty {
+                TypeRef::Func(_) => None,
+                TypeRef::Memory(_) => Some("memory"),
+                TypeRef::Table(_) => Some("table"),
+                TypeRef::Global(_) => Some("global"),
+                _ => Some("non-function item"),
+            };
+            if let Some(kind) = kind {
+                return Err(LoadError::NonFunctionImport { kind, module: module.clone(), name: name.clone() });
+            }
+            let allowed = module == imports::WASI_P1 || (module == imports::MODULE && tier.allowed_host_imports().contains(&name.as_str()));
+            if !allowed {
+                return Err(LoadError::DisallowedImport { module: module.clone(), name: name.clone(), tier });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The tier's declarations: at least one, each valid.
+fn check_declarations(manifest: &Manifest, tier: Tier) -> Result<(), LoadError> {
     match tier {
         Tier::Request => {
             if manifest.routes.is_empty() {
@@ -203,9 +231,7 @@ pub fn inspect(bytes: &[u8], expected: Tier, max_size: usize) -> Result<Artifact
             }
         }
     }
-
-    let has_initialize = exported.iter().any(|(n, k, _)| n == exports::INITIALIZE && *k == ExternalKind::Func);
-    Ok(ArtifactInfo { tier, manifest, has_initialize })
+    Ok(())
 }
 
 /// A stream is mounted at `/<name>`: one path segment of unreserved URL

@@ -12,17 +12,18 @@
 //! schedule goes on.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use toil_abi::daemon::StartInfo;
-use toil_abi::{exports, status, Tier};
+use toil_abi::{exports, Tier};
 use toil_metrics::Registry;
 use toil_schedule::{Schedule, Tz};
 use wasmtime::{Store, TypedFunc};
 
 use crate::artifact::LoadError;
+use crate::call::{Call, Site};
 use crate::engine::{bounded, Loaded, Runtime};
-use crate::host::{GuestFault, HostState};
+use crate::fault::GuestFault;
+use crate::host::HostState;
 use crate::metrics::{GuestMetrics, LiveGuard};
 
 /// A declared task with its parsed schedule.
@@ -87,19 +88,10 @@ impl DaemonApp {
         let live = self.metrics.live_instance();
         let input = StartInfo { domain: self.domain(), node, fencing }.encode();
         let input_len = input.len() as i32;
-        let started = Instant::now();
-        store.data_mut().begin_call(input);
-        let until = store.data().call_deadline();
-        let result = bounded(until, self.instantiate_and_start(&mut store, input_len)).await;
-        let result = store.data_mut().end_call(result).and_then(|(rc, tick)| check_status(rc, "daemon_start").map(|()| tick));
-        self.metrics.duration.observe(started.elapsed());
-        match result {
-            Ok(tick) => Ok(DaemonBox { store, tick, app: self.clone(), _live: live }),
-            Err(fault) => {
-                self.fault(&fault, "daemon_start", None);
-                Err(fault)
-            }
-        }
+        let call = Call::begin(&mut store, input);
+        let result = bounded(call.until, self.instantiate_and_start(&mut store, input_len)).await;
+        let tick = call.end(&mut store, result, &Site::DaemonStart, &self.metrics, |_, tick| Ok(tick))?;
+        Ok(DaemonBox { store, tick, app: self.clone(), _live: live })
     }
 
     async fn instantiate_and_start(&self, store: &mut Store<HostState>, input_len: i32) -> wasmtime::Result<(i32, TypedFunc<(i32, i64), i32>)> {
@@ -111,20 +103,6 @@ impl DaemonApp {
         let tick: TypedFunc<(i32, i64), i32> = func(store, &self.tick)?.typed(&*store)?;
         let rc = start.call_async(&mut *store, input_len).await?;
         Ok((rc, tick))
-    }
-
-    fn fault(&self, fault: &GuestFault, call: &str, task: Option<&str>) {
-        self.metrics.fault(fault);
-        tracing::warn!(domain = %self.domain(), tier = "daemon", call, task, fault = fault.kind(), "daemon call failed: {fault}");
-    }
-}
-
-fn check_status(rc: i32, call: &str) -> Result<(), GuestFault> {
-    match rc {
-        status::OK => Ok(()),
-        status::NO_HANDLER => Err(GuestFault::Abi(format!("{call}: the guest has no such task"))),
-        status::BAD_INPUT => Err(GuestFault::Abi(format!("{call}: the guest could not decode its input (SDK/host ABI mismatch)"))),
-        other => Err(GuestFault::Abi(format!("{call} returned unknown status {other}"))),
     }
 }
 
@@ -140,16 +118,9 @@ impl DaemonBox {
     /// Runs tick `fire_time_ms` of task `task`. After an error the box must
     /// be dropped and a new one started.
     pub async fn tick(&mut self, task: u32, fire_time_ms: i64) -> Result<(), GuestFault> {
-        let started = Instant::now();
-        self.store.data_mut().begin_call(Vec::new());
-        let until = self.store.data().call_deadline();
-        let result = bounded(until, self.tick.call_async(&mut self.store, (task as i32, fire_time_ms))).await;
-        let result = self.store.data_mut().end_call(result).and_then(|rc| check_status(rc, "scheduled_tick"));
-        self.app.metrics.duration.observe(started.elapsed());
-        if let Err(fault) = &result {
-            let name = self.app.tasks.iter().find(|t| t.index == task).map(|t| t.name.as_str());
-            self.app.fault(fault, "scheduled_tick", name);
-        }
-        result
+        let call = Call::begin(&mut self.store, Vec::new());
+        let result = bounded(call.until, self.tick.call_async(&mut self.store, (task as i32, fire_time_ms))).await;
+        let site = Site::DaemonTick { task: self.app.tasks.iter().find(|t| t.index == task).map(|t| t.name.as_str()) };
+        call.end(&mut self.store, result.map(|rc| (rc, ())), &site, &self.app.metrics, |_, ()| Ok(()))
     }
 }

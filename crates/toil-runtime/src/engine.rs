@@ -10,7 +10,9 @@ use wasmtime::{Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, 
 
 use crate::admission::AdmissionLimits;
 use crate::artifact::{inspect, ArtifactInfo, LoadError};
-use crate::host::{add_to_linker, GuestId, HostState, Limits};
+use crate::fault::GuestId;
+use crate::host::{add_to_linker, HostState};
+use crate::limits::Limits;
 
 /// Bytes of each pooled linear memory kept resident between instances.
 /// A Rust guest's stack, data and first heap pages sit below this.
@@ -28,14 +30,6 @@ pub struct RuntimeConfig {
     pub epoch_tick: Duration,
     /// Each domain's share of the instances for requests.
     pub admission: AdmissionLimits,
-}
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        let limits = Limits::default();
-        let admission = AdmissionLimits { max_running: 250, max_waiting: 250, max_wait: limits.deadline };
-        RuntimeConfig { limits, max_instances: 1000, max_artifact_bytes: 32 << 20, epoch_tick: Duration::from_millis(1), admission }
-    }
 }
 
 /// One per node: compiles artifacts and creates stores that share its limits.

@@ -1,21 +1,28 @@
 //! The wasm runtime of a Toil node.
 //!
-//! It owns everything between artifact bytes and a guest call:
+//! It owns everything between artifact bytes and a guest call. From the
+//! bottom up (each module imports only modules listed before it):
+//! - [`limits`]: the [`Limits`] enforced on every call, and the memory limiter;
+//! - [`fault`]: who a guest is (domain, tier) and how its calls fail ([`GuestFault`]);
+//! - `guest_log`: WASI stdout/stderr → `tracing`, tagged with domain and
+//!   tier, within a per-call budget;
+//! - [`outbox`]: a stream box's outbound frames, bounded per event;
+//! - [`host`]: the per-instance host state and the `toil` import module;
 //! - [`artifact`]: reads and validates an artifact *before* any guest code
 //!   runs — wasm validity, the manifest, ABI version, the tier's exports and
 //!   none of another tier's, allowed imports;
-//! - [`Runtime`]: one wasmtime `Engine` per node with the pooling allocator,
-//!   copy-on-write memory images and an epoch ticker for deadlines;
-//! - [`host`]: the per-instance host state, the `toil` import module, the
-//!   guest log (WASI stdout/stderr → `tracing`, tagged with domain and tier)
-//!   and the [`Limits`] enforced on every call;
 //! - [`admission`]: each domain's fair share of the instances for requests
 //!   (a cap, a bounded queue, then 503);
+//! - [`Runtime`] (`engine`): one wasmtime `Engine` per node with the pooling
+//!   allocator, copy-on-write memory images and an epoch ticker for deadlines;
+//! - `metrics`: each tier's guest metrics;
+//! - `call`: the envelope every guest call of every tier goes through
+//!   (begin → call under the deadline → end → status → metrics → log);
 //! - [`request`]: the L1 tier — a fresh instance per request from a
 //!   pre-linked `InstancePre`, dropped when the request ends;
 //! - [`stream`]: the L2/L3 tier — a resident box per connection that
 //!   receives the connection's events in order and queues outbound frames
-//!   in a bounded [`stream::Outbox`];
+//!   in its [`outbox::Outbox`];
 //! - [`daemon`]: the L4 tier — a box per ownership term, started with the
 //!   owner's fencing token and ticked for each accepted claim.
 //!
@@ -25,14 +32,20 @@
 
 pub mod admission;
 pub mod artifact;
+mod call;
 pub mod daemon;
 mod engine;
+pub mod fault;
+mod guest_log;
 pub mod host;
+pub mod limits;
 mod metrics;
+pub mod outbox;
 pub mod request;
 pub mod stream;
 
 pub use artifact::{ArtifactInfo, LoadError};
 pub use engine::{Runtime, RuntimeConfig};
-pub use host::{GuestFault, Limits};
+pub use fault::GuestFault;
+pub use limits::Limits;
 pub use toil_abi::Tier;

@@ -6,7 +6,7 @@ use toil_abi::Tier;
 use toil_metrics::{Counter, Gauge, Histogram, Registry};
 
 use crate::admission::Busy;
-use crate::host::GuestFault;
+use crate::fault::GuestFault;
 
 const BUSY_KINDS: [&str; 3] = ["queue_full", "queue_timeout", "node_full"];
 const FAULT_KINDS: [&str; 6] = ["trap", "deadline", "memory", "output_too_large", "abi", "node_full"];

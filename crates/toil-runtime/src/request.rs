@@ -5,18 +5,21 @@
 //! memory image), calls `handle`, decodes the reply and drops the instance.
 //! Nothing outlives the request.
 
-use std::time::Instant;
+use bytes::Bytes;
 
 use toil_abi::request::{encode_request, ResponseView};
 use toil_abi::route::{RouteMatch, RouteTable};
-use toil_abi::{exports, status, Tier};
+use toil_abi::{exports, Tier};
 use toil_metrics::Registry;
 use wasmtime::{Store, TypedFunc};
 
 use crate::admission::{Admission, Busy};
 use crate::artifact::LoadError;
+use crate::call::{Call, Site};
 use crate::engine::{bounded, Loaded, Runtime};
-use crate::host::{GuestFault, HostState, Limits};
+use crate::fault::GuestFault;
+use crate::host::HostState;
+use crate::limits::Limits;
 use crate::metrics::GuestMetrics;
 
 /// A request as the edge hands it to the runtime.
@@ -29,12 +32,34 @@ pub struct GuestRequest<'a> {
     pub body: &'a [u8],
 }
 
-/// A response produced by a guest.
+/// A response produced by a guest: the reply bytes it wrote, checked
+/// (decodable, headers within the limits) and read in place, so the edge
+/// builds its HTTP response from them with no copy in between.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestResponse {
-    pub status: u16,
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub body: Vec<u8>,
+    reply: Bytes,
+}
+
+impl GuestResponse {
+    fn checked(reply: Vec<u8>, limits: &Limits) -> Result<Self, GuestFault> {
+        let view = ResponseView::decode(&reply).map_err(|e| GuestFault::Abi(format!("undecodable response: {e}")))?;
+        check_headers(&view, limits)?;
+        Ok(GuestResponse { reply: Bytes::from(reply) })
+    }
+
+    /// The reply's status, headers and body.
+    pub fn view(&self) -> ResponseView<'_> {
+        ResponseView::decode(&self.reply).expect("checked when the guest replied")
+    }
+
+    pub fn status(&self) -> u16 {
+        self.view().status
+    }
+
+    /// The body, sharing the reply's bytes.
+    pub fn body(&self) -> Bytes {
+        self.reply.slice_ref(self.view().body)
+    }
 }
 
 /// What became of a request.
@@ -101,19 +126,12 @@ impl RequestApp {
             Err(busy) => return self.busy(busy, req),
         };
         let input = encode_request(req.method, req.path, req.query, route_key, &params, req.headers.iter().copied(), req.body);
-        let started = Instant::now();
-        let result = self.call(input).await;
-        self.metrics.duration.observe(started.elapsed());
-        match result {
+        let site = Site::Request { method: req.method, path: req.path, route: route_key };
+        match self.call(input, &site).await {
             Ok(resp) => Outcome::Response(resp),
             // Not the guest's fault: no instance could be made for it.
             Err(GuestFault::NodeFull) => self.busy(Busy::NodeFull, req),
-            Err(fault) => {
-                self.metrics.fault(&fault);
-                tracing::warn!(domain = %self.domain(), tier = "request", method = req.method, path = req.path,
-                    route = route_key, fault = fault.kind(), "request failed: {fault}");
-                Outcome::Fault(fault)
-            }
+            Err(fault) => Outcome::Fault(fault),
         }
     }
 
@@ -123,27 +141,14 @@ impl RequestApp {
         Outcome::Busy(busy)
     }
 
-    async fn call(&self, input: Vec<u8>) -> Result<GuestResponse, GuestFault> {
+    async fn call(&self, input: Vec<u8>, site: &Site<'_>) -> Result<GuestResponse, GuestFault> {
         let mut store = self.runtime.store(&self.loaded.id);
         let _live = self.metrics.live_instance();
         let input_len = input.len() as i32;
-        store.data_mut().begin_call(input);
-        let until = store.data().call_deadline();
-        let result = bounded(until, self.instantiate_and_call(&mut store, input_len)).await;
-        let rc = store.data_mut().end_call(result)?;
-        match rc {
-            status::OK => {}
-            status::NO_HANDLER => return Err(GuestFault::Abi("guest has no handler for a route its manifest declares".into())),
-            status::BAD_INPUT => return Err(GuestFault::Abi("guest could not decode the request (SDK/host ABI mismatch)".into())),
-            other => return Err(GuestFault::Abi(format!("handle returned unknown status {other}"))),
-        }
-        let output = std::mem::take(&mut store.data_mut().output);
-        let view = ResponseView::decode(&output).map_err(|e| GuestFault::Abi(format!("undecodable response: {e}")))?;
-        check_headers(&view, self.runtime.limits())?;
-        Ok(GuestResponse {
-            status: view.status,
-            headers: view.headers.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect(),
-            body: view.body.to_vec(),
+        let call = Call::begin(&mut store, input);
+        let result = bounded(call.until, self.instantiate_and_call(&mut store, input_len)).await;
+        call.end(&mut store, result.map(|rc| (rc, ())), site, &self.metrics, |store, ()| {
+            GuestResponse::checked(std::mem::take(&mut store.data_mut().output), self.runtime.limits())
         })
     }
 

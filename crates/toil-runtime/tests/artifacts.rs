@@ -8,6 +8,8 @@ use toil_runtime::artifact::inspect;
 use toil_runtime::request::{GuestRequest, Outcome, RequestApp};
 use toil_runtime::{GuestFault, Limits, LoadError, Runtime, RuntimeConfig};
 
+mod support;
+
 /// A `(@custom "toil.manifest" ...)` annotation carrying `bytes`.
 fn manifest_section(bytes: &[u8]) -> String {
     let escaped: String = bytes.iter().map(|b| format!("\\{b:02x}")).collect();
@@ -155,7 +157,7 @@ fn invalid_schedules_name_the_task_and_expression() {
 }
 
 fn app(body: &str, limits: Limits) -> RequestApp {
-    let rt = Runtime::new(RuntimeConfig { limits, max_instances: 8, ..RuntimeConfig::default() }).unwrap();
+    let rt = Runtime::new(support::config(limits, 8)).unwrap();
     RequestApp::load(&rt, &Registry::new(), "t", &module(&request_manifest(), "", body)).unwrap()
 }
 
@@ -165,9 +167,9 @@ fn get() -> GuestRequest<'static> {
 
 #[tokio::test]
 async fn faults_are_classified_and_contained() {
-    let limits = Limits { deadline: std::time::Duration::from_millis(20), memory_bytes: 2 << 16, ..Limits::default() };
+    let limits = Limits { memory_bytes: 2 << 16, ..support::limits(20) };
     match app(REPLY, limits.clone()).handle(&get()).await {
-        Outcome::Response(r) => assert_eq!((r.status, r.body), (200, b"hi".to_vec())),
+        Outcome::Response(r) => assert_eq!((r.status(), &r.body()[..]), (200, &b"hi"[..])),
         other => panic!("{other:?}"),
     }
     let cases = [
@@ -237,8 +239,7 @@ fn sleeper(config: RuntimeConfig) -> RequestApp {
 
 #[tokio::test]
 async fn a_guest_blocked_in_a_host_call_ends_at_the_deadline() {
-    let limits = Limits { deadline: std::time::Duration::from_millis(50), ..Limits::default() };
-    let a = sleeper(RuntimeConfig { limits, max_instances: 8, ..RuntimeConfig::default() });
+    let a = sleeper(support::config(support::limits(50), 8));
     let started = std::time::Instant::now();
     match a.handle(&get()).await {
         Outcome::Fault(GuestFault::Deadline(d)) => assert_eq!(d, std::time::Duration::from_millis(50)),
@@ -250,10 +251,10 @@ async fn a_guest_blocked_in_a_host_call_ends_at_the_deadline() {
 #[tokio::test]
 async fn no_free_instance_is_busy_not_a_trap() {
     use toil_runtime::admission::{AdmissionLimits, Busy};
-    let limits = Limits { deadline: std::time::Duration::from_millis(400), ..Limits::default() };
+    let limits = support::limits(400);
     let admission = AdmissionLimits { max_running: 10, max_waiting: 0, max_wait: std::time::Duration::from_millis(10) };
     // The pool holds two instances; two sleepers take them.
-    let a = sleeper(RuntimeConfig { limits: limits.clone(), max_instances: 2, admission, ..RuntimeConfig::default() });
+    let a = sleeper(RuntimeConfig { admission, ..support::config(limits.clone(), 2) });
     let req = get();
     let third = async {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -263,7 +264,7 @@ async fn no_free_instance_is_busy_not_a_trap() {
     assert!(matches!(third, Outcome::Busy(Busy::NodeFull)), "{third:?}");
     // The domain's own cap: one running, none waiting.
     let admission = AdmissionLimits { max_running: 1, max_waiting: 0, max_wait: std::time::Duration::from_millis(10) };
-    let a = sleeper(RuntimeConfig { limits, max_instances: 8, admission, ..RuntimeConfig::default() });
+    let a = sleeper(RuntimeConfig { admission, ..support::config(limits, 8) });
     let second = async {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         a.handle(&req).await

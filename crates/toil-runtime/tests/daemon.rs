@@ -9,7 +9,9 @@ use toil_abi::manifest::{encode_task, header_record};
 use toil_abi::Tier;
 use toil_metrics::Registry;
 use toil_runtime::daemon::DaemonApp;
-use toil_runtime::{GuestFault, Limits, Runtime, RuntimeConfig};
+use toil_runtime::{GuestFault, Runtime};
+
+mod support;
 
 /// Task 0 succeeds, task 1 traps, task 2 never returns; task 3 is not
 /// declared and the guest says so. `daemon_start` wants its input.
@@ -37,8 +39,7 @@ fn daemon_module() -> Vec<u8> {
 
 #[tokio::test]
 async fn ticks_run_and_faults_are_contained() {
-    let limits = Limits { deadline: Duration::from_millis(50), ..Limits::default() };
-    let rt = Runtime::new(RuntimeConfig { limits, max_instances: 8, ..RuntimeConfig::default() }).unwrap();
+    let rt = Runtime::new(support::config(support::limits(50), 8)).unwrap();
     let registry = Registry::new();
     let app = Arc::new(DaemonApp::load(&rt, &registry, "jobs", &daemon_module(), toil_schedule::Tz::UTC).unwrap());
     let names: Vec<&str> = app.tasks().iter().map(|t| t.name.as_str()).collect();

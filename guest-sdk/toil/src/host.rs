@@ -36,6 +36,13 @@ mod imp {
         // SAFETY: the host only reads `reason`.
         unsafe { stream_close(code as i32, reason.as_ptr(), reason.len() as i32) }
     }
+
+    /// An error a hook or task returned: one line of stderr, which the host
+    /// logs tagged with the domain and tier.
+    pub fn report_error(line: &str) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -47,6 +54,7 @@ mod imp {
         static INPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         static OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         static SENT: RefCell<Vec<(u8, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
+        static ERRORS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
     }
 
     pub fn read_input(len: i32) -> Vec<u8> {
@@ -61,6 +69,16 @@ mod imp {
     }
     pub fn close(_code: u32, _reason: &str) -> i32 {
         0
+    }
+    pub fn report_error(line: &str) {
+        eprintln!("{line}");
+        ERRORS.with(|e| e.borrow_mut().push(line.to_string()));
+    }
+
+    /// Takes the errors hooks and tasks reported.
+    #[allow(dead_code)]
+    pub fn take_errors() -> Vec<String> {
+        ERRORS.with(|e| std::mem::take(&mut *e.borrow_mut()))
     }
 
     /// Sets the next event's input; returns its length.

@@ -1,5 +1,5 @@
 //! L1 request tier: [`Request`], [`Response`], and the [`Rest`] trait that
-//! `#[toil::rest]` implements.
+//! `#[toil::request]` (alias `#[toil::rest]`) implements.
 
 use toil_abi::request::{encode_response, RequestView};
 use toil_abi::status;
@@ -192,8 +192,17 @@ impl<T: IntoResponse, E: IntoResponse> IntoResponse for Result<T, E> {
     }
 }
 
-/// A set of routes; implemented by `#[toil::rest]`.
+/// A set of routes; implemented by `#[toil::request]`. `toil::export!`
+/// declares the routes of the types it lists and dispatches to them.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a #[toil::request] type",
+    label = "listed under `request` in toil::export!",
+    note = "`request: [..]` lists types whose `impl` carries #[toil::request] (alias #[toil::rest])"
+)]
 pub trait Rest {
+    /// `(METHOD, pattern)` of each route, in declaration order: what the
+    /// manifest declares for this type.
+    const ROUTES: &'static [(&'static str, &'static str)];
     /// The response of the handler declared for the request's route, or
     /// `None` if this type declares no such route.
     fn dispatch(req: &Request<'_>) -> Option<Response>;
@@ -217,7 +226,40 @@ pub fn handle(input_len: i32, dispatch: impl FnOnce(&Request<'_>) -> Option<Resp
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
+    use toil_abi::manifest::Manifest;
     use toil_abi::request::{encode_request, ResponseView};
+
+    struct Listed;
+
+    #[crate::request]
+    impl Listed {
+        #[get("/listed")]
+        #[post("/listed/:id")]
+        fn listed(req: &Request) -> String {
+            req.param("id").unwrap_or_default().into()
+        }
+    }
+
+    struct Unlisted;
+
+    #[allow(dead_code)] // what the compiler warns about: the type is not in export!
+    #[crate::rest]
+    impl Unlisted {
+        #[get("/unlisted")]
+        fn unlisted() -> &'static str {
+            "unlisted"
+        }
+    }
+
+    crate::export! { request: [Listed] }
+
+    #[test]
+    fn the_manifest_declares_the_exported_types_only() {
+        let m = Manifest::decode(&__TOIL_REQUEST_MANIFEST).unwrap();
+        let routes: Vec<_> = m.routes.iter().map(|r| format!("{} {}", r.method, r.pattern)).collect();
+        assert_eq!(routes, ["GET /listed", "POST /listed/:id"]);
+        assert_eq!(Unlisted::ROUTES, [("GET", "/unlisted")]);
+    }
 
     #[test]
     fn handle_decodes_dispatches_and_encodes() {

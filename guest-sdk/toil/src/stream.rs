@@ -7,9 +7,9 @@
 //! connection's state. It is dropped after `close` or `disconnect`.
 
 use std::cell::RefCell;
-pub use toil_abi::stream::{FrameKind, SendError};
-use toil_abi::stream::StreamEvent;
 use toil_abi::status;
+use toil_abi::stream::StreamEvent;
+pub use toil_abi::stream::{FrameKind, SendError};
 
 /// An inbound frame.
 #[derive(Clone, Copy, Debug)]
@@ -87,15 +87,38 @@ fn send(kind: FrameKind, bytes: &[u8]) -> Result<(), SendError> {
     }
 }
 
-/// A stream handler; implemented by `#[toil::stream]`.
+/// A stream handler; implemented by `#[toil::stream]`. Every hook is
+/// optional: the default does nothing. `Err` is what a hook's
+/// [`HookResult`](crate::HookResult) said went wrong; the SDK reports it and
+/// the session goes on.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a #[toil::stream] type",
+    label = "listed under `stream` in toil::export!",
+    note = "`stream: [..]` lists types whose `impl` carries #[toil::stream(\"name\")]"
+)]
 pub trait Stream: Default + 'static {
-    /// The name the stream is mounted at (`/<NAME>`).
+    /// The name the stream is mounted at (`/<NAME>`), which the manifest declares.
     const NAME: &'static str;
-    fn on_connect(&mut self, cx: &mut Session);
-    fn on_message(&mut self, cx: &mut Session, frame: Frame<'_>);
-    fn on_close(&mut self, cx: &mut Session, code: u32, reason: &str);
-    fn on_disconnect(&mut self, cx: &mut Session, reason: &str);
-    fn on_channel(&mut self, cx: &mut Session, channel: &str, bytes: &[u8]);
+    fn on_connect(&mut self, cx: &mut Session) -> Result<(), String> {
+        let _ = cx;
+        Ok(())
+    }
+    fn on_message(&mut self, cx: &mut Session, frame: Frame<'_>) -> Result<(), String> {
+        let _ = (cx, frame);
+        Ok(())
+    }
+    fn on_close(&mut self, cx: &mut Session, code: u32, reason: &str) -> Result<(), String> {
+        let _ = (cx, code, reason);
+        Ok(())
+    }
+    fn on_disconnect(&mut self, cx: &mut Session, reason: &str) -> Result<(), String> {
+        let _ = (cx, reason);
+        Ok(())
+    }
+    fn on_channel(&mut self, cx: &mut Session, channel: &str, bytes: &[u8]) -> Result<(), String> {
+        let _ = (cx, channel, bytes);
+        Ok(())
+    }
 }
 
 /// Object-safe view of a resident stream box.
@@ -105,12 +128,15 @@ trait ResidentBox {
 
 impl<T: Stream> ResidentBox for T {
     fn event(&mut self, cx: &mut Session, ev: &StreamEvent<'_>) {
-        match *ev {
-            StreamEvent::Connect { .. } => self.on_connect(cx),
-            StreamEvent::Message { kind, bytes } => self.on_message(cx, Frame { kind, bytes }),
-            StreamEvent::Close { code, reason } => self.on_close(cx, code, reason),
-            StreamEvent::Disconnect { reason } => self.on_disconnect(cx, reason),
-            StreamEvent::Channel { channel, bytes } => self.on_channel(cx, channel, bytes),
+        let (hook, outcome) = match *ev {
+            StreamEvent::Connect { .. } => ("connect", self.on_connect(cx)),
+            StreamEvent::Message { kind, bytes } => ("message", self.on_message(cx, Frame { kind, bytes })),
+            StreamEvent::Close { code, reason } => ("close", self.on_close(cx, code, reason)),
+            StreamEvent::Disconnect { reason } => ("disconnect", self.on_disconnect(cx, reason)),
+            StreamEvent::Channel { channel, bytes } => ("channel", self.on_channel(cx, channel, bytes)),
+        };
+        if let Err(e) = outcome {
+            crate::host::report_error(&format!("toil: stream {:?}, session {}: the {hook} hook failed: {e}", T::NAME, cx.id));
         }
     }
 }
@@ -156,22 +182,32 @@ pub fn stream_dispatch(event: i32, input_len: i32, open: impl FnOnce(&str) -> bo
 mod tests {
     use super::*;
 
+    /// Counts frames; `fail` frames make the hook return an error, after
+    /// which the session goes on.
     #[derive(Default)]
     struct Counter {
         n: u32,
     }
 
-    impl Stream for Counter {
-        const NAME: &'static str = "count";
-        fn on_connect(&mut self, _: &mut Session) {}
-        fn on_message(&mut self, cx: &mut Session, frame: Frame<'_>) {
+    #[crate::stream("count")]
+    impl Counter {
+        #[message]
+        fn message(&mut self, cx: &mut Session, frame: Frame<'_>) -> Result<(), String> {
             self.n += 1;
-            cx.reply(&frame, format!("{}:{}", self.n, frame.text().unwrap()).as_bytes()).unwrap();
+            if frame.text() == Some("fail") {
+                return Err(format!("frame {} failed", self.n));
+            }
+            cx.reply(&frame, format!("{}:{}", self.n, frame.text().unwrap()).as_bytes()).map_err(|e| e.to_string())
         }
-        fn on_close(&mut self, _: &mut Session, _: u32, _: &str) {}
-        fn on_disconnect(&mut self, _: &mut Session, _: &str) {}
-        fn on_channel(&mut self, _: &mut Session, _: &str, _: &[u8]) {}
+
+        /// A hook may leave out `cx`, and return `()`.
+        #[close]
+        fn close(&mut self, code: u32, _reason: &str) {
+            assert_eq!((code, self.n), (7, 4));
+        }
     }
+
+    crate::export! { stream: Counter }
 
     fn dispatch(ev: StreamEvent<'_>) -> i32 {
         let (code, input) = ev.encode();
@@ -186,7 +222,10 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(dispatch(StreamEvent::Message { kind: FrameKind::Stream, bytes: b"x" }), status::OK);
         }
-        assert_eq!(dispatch(StreamEvent::Close { code: 0, reason: "" }), status::OK);
+        assert!(crate::host::take_errors().is_empty());
+        assert_eq!(dispatch(StreamEvent::Message { kind: FrameKind::Stream, bytes: b"fail" }), status::OK);
+        assert_eq!(crate::host::take_errors(), ["toil: stream \"count\", session 1: the message hook failed: frame 4 failed"]);
+        assert_eq!(dispatch(StreamEvent::Close { code: 7, reason: "" }), status::OK);
         assert_eq!(dispatch(StreamEvent::Message { kind: FrameKind::Stream, bytes: b"x" }), status::NO_HANDLER);
     }
 }

@@ -30,8 +30,27 @@ pub fn pulse_dir() -> PathBuf {
         .clone()
 }
 
-/// A free loopback TCP port (bound and released; good enough on loopback).
+/// A free loopback TCP port for a node's cluster port, chosen before the
+/// node starts (the relays point at it). It is taken below the kernel's
+/// ephemeral range: a port-0 bind (every node's public and admin listeners,
+/// any client) is never given it in the meantime.
 pub fn free_port() -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let mut x = u64::from(nanos) ^ (u64::from(std::process::id()) << 32) | 1;
+    for _ in 0..10_000 {
+        // xorshift: another test process picks from the same range, at another point of it.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 10_000 + (x % u64::from(ephemeral_low.saturating_sub(10_000).max(1))) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

@@ -27,8 +27,7 @@ use h3::webtransport::SessionId;
 use h3_datagram::datagram_handler::{DatagramReader, DatagramSender, HandleDatagramsExt};
 use http::{Request, Response, StatusCode};
 
-pub type H3Connection = h3::server::Connection<h3_quinn::Connection, Bytes>;
-pub type RequestStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+use crate::http3::{H3Connection, RequestStream};
 
 /// Whether a request is a WebTransport extended CONNECT.
 pub fn is_connect(req: &Request<()>) -> bool {
