@@ -13,7 +13,20 @@ use toil_edge::admin;
 use crate::admin_client::DEV_TOKEN_FILE;
 use crate::host::{serve, Host};
 
-pub fn run(config_path: &Path, build: bool, watch: bool, stop_on_stdin_eof: bool) -> anyhow::Result<()> {
+/// How `toil dev` was asked to run.
+pub struct Options {
+    /// Build the apps first (else serve the artifacts already built).
+    pub build: bool,
+    /// Rebuild and swap an app when its sources change.
+    pub watch: bool,
+    /// Overrides of the config's `dev.listen` and `dev.admin`.
+    pub listen: Option<std::net::SocketAddr>,
+    pub admin: Option<std::net::SocketAddr>,
+    pub stop_on_stdin_eof: bool,
+}
+
+pub fn run(config_path: &Path, options: Options) -> anyhow::Result<()> {
+    let Options { build, watch, listen, admin, stop_on_stdin_eof } = options;
     let config = Config::load(config_path)?;
     let toolchain = if build { Some(GuestToolchain::detect()?) } else { None };
     if let Some(tc) = &toolchain {
@@ -26,8 +39,8 @@ pub fn run(config_path: &Path, build: bool, watch: bool, stop_on_stdin_eof: bool
     let host = Host {
         name: "dev".into(),
         node_id: 1,
-        listen: config.dev.listen,
-        admin: config.dev.admin,
+        listen: listen.unwrap_or(config.dev.listen),
+        admin: admin.unwrap_or(config.dev.admin),
         cert_dir: dev_dir.clone(),
         store: {
             let dir = dev_dir.with_file_name("toil-dev-artifacts");

@@ -1,5 +1,6 @@
 //! `toil`: the command line of Toil Edge.
 //!
+//! - `toil new NAME`: a new app crate anywhere on disk (`docs/getting-started.md`);
 //! - `toil build [DIR]`: compile a guest crate into its tier artifacts;
 //! - `toil dev [--config FILE]`: build the configured apps and serve them
 //!   locally (HTTP/1.1, HTTP/2, HTTP/3, WebTransport stream sessions, admin
@@ -22,6 +23,7 @@ mod build;
 mod deploy;
 mod dev;
 mod host;
+mod new;
 mod node;
 mod status;
 mod tick;
@@ -31,14 +33,24 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "toil", version, about = "Toil Edge: run WebAssembly apps on edge nodes")]
+#[command(name = "toil", version = version(), about = "Toil Edge: run WebAssembly apps on edge nodes")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// `toil --version`: the host's version and the guest ABI it runs.
+fn version() -> &'static str {
+    static VERSION: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("{} (guest ABI v{})", env!("CARGO_PKG_VERSION"), toil_abi::ABI_VERSION));
+    &VERSION
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Create a new app crate (NAME/, anywhere on disk) that builds with
+    /// `toil build` and serves with `toil dev` as it is.
+    New(new::NewArgs),
     /// Build a guest crate into release.wasm / release-stream.wasm / release-cold.wasm.
     Build {
         /// The guest crate's directory.
@@ -59,6 +71,13 @@ enum Command {
         /// Do not rebuild and swap an app when its sources change.
         #[arg(long)]
         no_watch: bool,
+        /// Serve HTTP/1.1, HTTP/2, HTTP/3 and WebTransport on this address
+        /// instead of the config's `dev.listen` (port 0: any free port).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Serve the admin API on this address instead of the config's `dev.admin`.
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
         /// Exit when standard input closes (lets a supervising process, such
         /// as a test harness, take the server down with it).
         #[arg(long, hide = true)]
@@ -112,7 +131,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build { dir, target_dir } => build::run(&dir, target_dir.as_deref()),
-        Command::Dev { config, no_build, no_watch, stop_on_stdin_eof } => dev::run(&config, !no_build, !no_watch, stop_on_stdin_eof),
+        Command::New(args) => new::run(args),
+        Command::Dev { config, no_build, no_watch, listen, admin, stop_on_stdin_eof } => {
+            dev::run(&config, dev::Options { build: !no_build, watch: !no_watch, listen, admin, stop_on_stdin_eof })
+        }
         Command::Tick { domain, task, admin } => tick::run(&admin, &domain, &task),
         Command::Deploy(args) => deploy::run(args),
         Command::Rollback(args) => deploy::rollback(args),

@@ -7,7 +7,7 @@
 //! node — cut all its links both ways — without stopping the process.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
@@ -252,16 +252,7 @@ impl Cluster {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let listening = loop {
-            match lines.next() {
-                Some(Ok(l)) if l.starts_with("listening ") => break l,
-                Some(Ok(_)) => continue,
-                _ => panic!("node {id} exited before listening; see {}", log.display()),
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        let field = |k: &str| listening.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{k}="))).unwrap().to_string();
+        let field = super::wait_listening(&mut child, &log);
         node.http = Some(field("http").parse().unwrap());
         node.admin = field("admin").parse().unwrap();
         node.cert_sha256 = field("cert-sha256");

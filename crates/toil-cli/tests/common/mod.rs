@@ -21,6 +21,23 @@ pub fn toil() -> Command {
     Command::new(env!("CARGO_BIN_EXE_toil"))
 }
 
+/// The `listening …` line a starting `toil dev` or `toil node` prints (its
+/// stdout piped), as a field lookup (`http`, `admin`, `cert`,
+/// `cert-sha256`); the rest of its stdout is drained so it never blocks on
+/// a full pipe. Panics naming `log` if it exits first.
+pub fn wait_listening(child: &mut Child, log: &Path) -> impl Fn(&str) -> String {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = loop {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("listening ") => break l,
+            Some(Ok(_)) => continue,
+            _ => panic!("toil exited before listening; see {}", log.display()),
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    move |k: &str| listening.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{k}="))).unwrap().to_string()
+}
+
 /// A running `toil dev`. It exits when this process does (its stdin closes).
 pub struct Server {
     pub http: SocketAddr,
@@ -107,18 +124,7 @@ pub fn start_server_with_fd_limit(tag: &str, extra: serde_json::Value, nofile: O
             .stderr(std::fs::File::create(dir.join("dev.log")).unwrap())
             .spawn()
             .expect("spawn toil dev");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let listening = loop {
-            match lines.next() {
-                Some(Ok(l)) if l.starts_with("listening ") => break l,
-                Some(Ok(_)) => continue,
-                _ => panic!("toil dev exited before listening; see {}", dir.join("dev.log").display()),
-            }
-        };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        let field = |k: &str| listening.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{k}="))).unwrap().to_string();
+        let field = wait_listening(&mut child, &dir.join("dev.log"));
         Server {
             http: field("http").parse().unwrap(),
             admin: field("admin").parse().unwrap(),
