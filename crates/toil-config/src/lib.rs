@@ -321,6 +321,15 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// A positive integer no larger than `most`; past it the error says
+    /// "{value} is over the {ceiling}".
+    fn positive_at_most(&self, k: &str, most: u64, ceiling: impl std::fmt::Display) -> Result<Option<u64>, ConfigError> {
+        match self.positive(k)? {
+            Some(v) if v > most => Err(self.err(k, format!("{v} is over the {ceiling}"))),
+            v => Ok(v),
+        }
+    }
+
     fn addr(&self, k: &str) -> Result<Option<SocketAddr>, ConfigError> {
         self.str(k)?.map(|s| s.parse().map_err(|_| self.err(k, format!("expected an address like 127.0.0.1:8080, found {s:?}")))).transpose()
     }
@@ -632,16 +641,10 @@ fn limits_of(root: &Obj) -> Result<LimitsConfig, ConfigError> {
 
 /// Deadlines, memory, bodies, the instance pool and sessions, frames, headers.
 fn box_limits(l: &Obj, limits: &mut LimitsConfig) -> Result<(), ConfigError> {
-    if let Some(v) = l.positive("deadlineMs")? {
-        if v > MAX_DEADLINE_MS {
-            return Err(l.err("deadlineMs", format!("{v} is over the {MAX_DEADLINE_MS} ms ceiling")));
-        }
+    if let Some(v) = l.positive_at_most("deadlineMs", MAX_DEADLINE_MS, format_args!("{MAX_DEADLINE_MS} ms ceiling"))? {
         limits.deadline = Duration::from_millis(v);
     }
-    if let Some(v) = l.positive("memoryMb")? {
-        if v > 4096 {
-            return Err(l.err("memoryMb", format!("{v} is over the 4096 MiB a 32-bit wasm memory can address")));
-        }
+    if let Some(v) = l.positive_at_most("memoryMb", 4096, "4096 MiB a 32-bit wasm memory can address")? {
         limits.memory_bytes = (v as usize) << 20;
     }
     if let Some(v) = l.positive("maxRequestBodyBytes")? {
@@ -683,10 +686,7 @@ fn box_limits(l: &Obj, limits: &mut LimitsConfig) -> Result<(), ConfigError> {
             ),
         ));
     }
-    if let Some(v) = l.positive("maxFrameBytes")? {
-        if v > 16 << 20 {
-            return Err(l.err("maxFrameBytes", format!("{v} is over the 16 MiB frame ceiling")));
-        }
+    if let Some(v) = l.positive_at_most("maxFrameBytes", 16 << 20, "16 MiB frame ceiling")? {
         limits.max_frame_bytes = v as usize;
     }
     if let Some(v) = l.positive("maxOutboundBytesPerEvent")? {
@@ -695,23 +695,14 @@ fn box_limits(l: &Obj, limits: &mut LimitsConfig) -> Result<(), ConfigError> {
     if let Some(v) = l.positive("sendStallTimeoutMs")? {
         limits.send_stall_timeout = Duration::from_millis(v);
     }
-    if let Some(v) = l.positive("idleTimeoutMs")? {
-        if v > MAX_IDLE_TIMEOUT_MS {
-            return Err(l.err("idleTimeoutMs", format!("{v} is over the {MAX_IDLE_TIMEOUT_MS} ms (one day) ceiling")));
-        }
+    if let Some(v) = l.positive_at_most("idleTimeoutMs", MAX_IDLE_TIMEOUT_MS, format_args!("{MAX_IDLE_TIMEOUT_MS} ms (one day) ceiling"))? {
         limits.idle_timeout = Duration::from_millis(v);
     }
-    if let Some(v) = l.positive("maxResponseHeaders")? {
-        // `http`'s header map holds at most 32,768 entries.
-        if v > 10_000 {
-            return Err(l.err("maxResponseHeaders", format!("{v} is over the 10000-header ceiling")));
-        }
+    // `http`'s header map holds at most 32,768 entries.
+    if let Some(v) = l.positive_at_most("maxResponseHeaders", 10_000, "10000-header ceiling")? {
         limits.max_response_headers = v as usize;
     }
-    if let Some(v) = l.positive("maxResponseHeaderBytes")? {
-        if v > 16 << 20 {
-            return Err(l.err("maxResponseHeaderBytes", format!("{v} is over the 16 MiB ceiling")));
-        }
+    if let Some(v) = l.positive_at_most("maxResponseHeaderBytes", 16 << 20, "16 MiB ceiling")? {
         limits.max_response_header_bytes = v as usize;
     }
     Ok(())
@@ -721,24 +712,16 @@ fn box_limits(l: &Obj, limits: &mut LimitsConfig) -> Result<(), ConfigError> {
 fn admission_limits(l: &Obj, limits: &mut LimitsConfig) -> Result<(), ConfigError> {
     let free = limits.instances_for_requests();
     limits.max_requests_per_domain = (free / 2).max(1);
-    if let Some(v) = l.positive("maxRequestsPerDomain")? {
-        if v as usize > free {
-            return Err(l.err("maxRequestsPerDomain", format!("{v} is over the {free} instances left for requests (maxInstances - maxSessions)")));
-        }
+    let left = format_args!("{free} instances left for requests (maxInstances - maxSessions)");
+    if let Some(v) = l.positive_at_most("maxRequestsPerDomain", free as u64, left)? {
         limits.max_requests_per_domain = v as usize;
     }
     limits.request_queue_per_domain = limits.max_requests_per_domain;
-    if let Some(v) = l.positive("requestQueuePerDomain")? {
-        if v > 1_000_000 {
-            return Err(l.err("requestQueuePerDomain", format!("{v} is over the 1000000 ceiling")));
-        }
+    if let Some(v) = l.positive_at_most("requestQueuePerDomain", 1_000_000, "1000000 ceiling")? {
         limits.request_queue_per_domain = v as usize;
     }
     limits.request_queue_timeout = limits.deadline;
-    if let Some(v) = l.positive("requestQueueTimeoutMs")? {
-        if v > MAX_DEADLINE_MS {
-            return Err(l.err("requestQueueTimeoutMs", format!("{v} is over the {MAX_DEADLINE_MS} ms ceiling")));
-        }
+    if let Some(v) = l.positive_at_most("requestQueueTimeoutMs", MAX_DEADLINE_MS, format_args!("{MAX_DEADLINE_MS} ms ceiling"))? {
         limits.request_queue_timeout = Duration::from_millis(v);
     }
     Ok(())
@@ -762,10 +745,7 @@ fn connection_limits(l: &Obj, limits: &mut LimitsConfig) -> Result<(), ConfigErr
         }
         limits.connection_receive_window = v as u32;
     }
-    if let Some(v) = l.positive("maxStreamsPerConnection")? {
-        if v > 1000 {
-            return Err(l.err("maxStreamsPerConnection", format!("{v} is over the 1000-stream ceiling")));
-        }
+    if let Some(v) = l.positive_at_most("maxStreamsPerConnection", 1000, "1000-stream ceiling")? {
         limits.max_streams_per_connection = v as u32;
     }
     for (key, slot) in [
@@ -773,10 +753,7 @@ fn connection_limits(l: &Obj, limits: &mut LimitsConfig) -> Result<(), ConfigErr
         ("requestIdleTimeoutMs", &mut limits.request_idle_timeout),
         ("bodyTimeoutMs", &mut limits.body_timeout),
     ] {
-        if let Some(v) = l.positive(key)? {
-            if v > MAX_IDLE_TIMEOUT_MS {
-                return Err(l.err(key, format!("{v} is over the {MAX_IDLE_TIMEOUT_MS} ms (one day) ceiling")));
-            }
+        if let Some(v) = l.positive_at_most(key, MAX_IDLE_TIMEOUT_MS, format_args!("{MAX_IDLE_TIMEOUT_MS} ms (one day) ceiling"))? {
             *slot = Duration::from_millis(v);
         }
     }
@@ -787,10 +764,7 @@ fn quic_of(root: &Obj) -> Result<QuicConfig, ConfigError> {
     let mut quic = QuicConfig::default();
     if let Some(q) = root.obj("quic")? {
         q.only(&["workers", "steering"])?;
-        if let Some(n) = q.positive("workers")? {
-            if n > 255 {
-                return Err(q.err("workers", format!("{n} is over the 255 workers a connection ID can name")));
-            }
+        if let Some(n) = q.positive_at_most("workers", 255, "255 workers a connection ID can name")? {
             quic.workers = n as usize;
         }
         if let Some(s) = q.str("steering")? {
