@@ -7,7 +7,7 @@
 //! - the per-tier export contract ([`Tier`], [`exports`]) and the host import
 //!   module ([`imports`]);
 //! - the byte codecs for events and replies ([`codec`], [`request`],
-//!   [`stream`], [`daemon`]);
+//!   [`stream`], [`daemon`], [`channel`]);
 //! - the manifest carried in the `toil.manifest` custom section
 //!   ([`manifest`]), which the host reads before running any guest code;
 //! - route patterns and their matching ([`route`]).
@@ -20,6 +20,7 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+pub mod channel;
 pub mod codec;
 pub mod daemon;
 pub mod manifest;
@@ -79,8 +80,16 @@ impl Tier {
     /// Imports from the [`imports::MODULE`] module this tier may use.
     pub const fn allowed_host_imports(self) -> &'static [&'static str] {
         match self {
-            Tier::Request | Tier::Daemon => &[imports::INPUT_READ, imports::OUTPUT_WRITE],
-            Tier::Stream => &[imports::INPUT_READ, imports::OUTPUT_WRITE, imports::STREAM_SEND, imports::STREAM_CLOSE],
+            Tier::Request | Tier::Daemon => &[imports::INPUT_READ, imports::OUTPUT_WRITE, imports::CHANNEL_PUBLISH],
+            Tier::Stream => &[
+                imports::INPUT_READ,
+                imports::OUTPUT_WRITE,
+                imports::STREAM_SEND,
+                imports::STREAM_CLOSE,
+                imports::CHANNEL_PUBLISH,
+                imports::CHANNEL_SUBSCRIBE,
+                imports::CHANNEL_UNSUBSCRIBE,
+            ],
         }
     }
 }
@@ -132,6 +141,18 @@ pub mod imports {
     /// `stream_close(code: i32, src: i32, len: i32) -> i32` (stream tier):
     /// close the session with an application code and a UTF-8 reason.
     pub const STREAM_CLOSE: &str = "stream_close";
+    /// `channel_publish(topic: i32, topic_len: i32, src: i32, len: i32, out: i32, out_cap: i32) -> i32`
+    /// (every tier): publish `len` bytes to a topic of the guest's domain;
+    /// writes the [`crate::channel::Position`] it got to `out` and returns its
+    /// length, or a negative [`crate::channel::ChannelError`] code.
+    pub const CHANNEL_PUBLISH: &str = "channel_publish";
+    /// `channel_subscribe(topic: i32, topic_len: i32, since: i32, since_len: i32) -> i32`
+    /// (stream tier): subscribe the box to a topic from a [`crate::channel::Since`];
+    /// returns 0 or a negative [`crate::channel::ChannelError`] code.
+    pub const CHANNEL_SUBSCRIBE: &str = "channel_subscribe";
+    /// `channel_unsubscribe(topic: i32, topic_len: i32) -> i32` (stream tier):
+    /// returns 1 if the box was subscribed, 0 if not.
+    pub const CHANNEL_UNSUBSCRIBE: &str = "channel_unsubscribe";
 
     /// The WASI preview1 module name; its functions are allowed in every tier.
     pub const WASI_P1: &str = "wasi_snapshot_preview1";

@@ -7,8 +7,9 @@
 //! | message | 2 | `kind: u8, bytes: bytes` |
 //! | close | 3 | `code: u32, reason: str` |
 //! | disconnect | 4 | `reason: str` |
-//! | channel | 5 | `channel: str, bytes: bytes` |
+//! | channel | 5 | a [`ChannelEvent`](crate::channel::ChannelEvent): a message or a resync of a subscribed topic |
 
+use crate::channel::ChannelEvent;
 #[cfg(feature = "alloc")]
 use crate::codec::Writer;
 use crate::codec::{DecodeError, Reader};
@@ -206,11 +207,14 @@ pub enum StreamEvent<'a> {
     Message { kind: FrameKind, bytes: &'a [u8] },
     Close { code: u32, reason: &'a str },
     Disconnect { reason: &'a str },
-    Channel { channel: &'a str, bytes: &'a [u8] },
+    Channel(ChannelEvent<'a>),
 }
 
 impl<'a> StreamEvent<'a> {
     pub fn decode(event: i32, buf: &'a [u8]) -> Result<Self, DecodeError> {
+        if event == CHANNEL {
+            return ChannelEvent::decode(buf).map(StreamEvent::Channel);
+        }
         let mut r = Reader::new(buf);
         let ev = match event {
             CONNECT => StreamEvent::Connect { stream: r.str()?, session: r.u64()?, path: r.str()?, query: r.str()? },
@@ -220,7 +224,6 @@ impl<'a> StreamEvent<'a> {
             }
             CLOSE => StreamEvent::Close { code: r.u32()?, reason: r.str()? },
             DISCONNECT => StreamEvent::Disconnect { reason: r.str()? },
-            CHANNEL => StreamEvent::Channel { channel: r.str()?, bytes: r.bytes()? },
             _ => return Err(DecodeError::Invalid("stream event code")),
         };
         r.finish()?;
@@ -248,10 +251,7 @@ impl<'a> StreamEvent<'a> {
                 w.str(reason);
                 DISCONNECT
             }
-            StreamEvent::Channel { channel, bytes } => {
-                w.str(channel).bytes(bytes);
-                CHANNEL
-            }
+            StreamEvent::Channel(ev) => return (CHANNEL, ev.encode()),
         };
         (code, w.into_vec())
     }
@@ -268,7 +268,8 @@ mod tests {
             StreamEvent::Message { kind: FrameKind::Datagram, bytes: b"hi" },
             StreamEvent::Close { code: 4000, reason: "bye" },
             StreamEvent::Disconnect { reason: "idle timeout" },
-            StreamEvent::Channel { channel: "room", bytes: b"x" },
+            StreamEvent::Channel(ChannelEvent::Message { topic: "room", offset: 3, epoch: "e", bytes: b"x" }),
+            StreamEvent::Channel(ChannelEvent::Resync { topic: "room", offset: 3, epoch: "e", reason: "evicted" }),
         ];
         for ev in events {
             let (code, buf) = ev.encode();

@@ -193,6 +193,7 @@ pub struct Config {
     pub quic: QuicConfig,
     pub cluster: ClusterConfig,
     pub deploy: DeployConfig,
+    pub channels: ChannelsConfig,
     /// Shared target directory of guest builds.
     pub guest_target_dir: PathBuf,
 }
@@ -231,6 +232,34 @@ impl ClusterConfig {
     /// The timings the ownership lease rule is derived from ([`toil_cluster::lease`]).
     pub fn lease_timing(&self) -> LeaseTiming {
         LeaseTiming { heartbeat: self.heartbeat, election_timeout: self.election_timeout, owner_timeout: self.owner_timeout }
+    }
+}
+
+/// Channels (`channels`): history, limits, and the cluster transport.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelsConfig {
+    /// The NATS server (with JetStream) a cluster's nodes share channels
+    /// through; without it a cluster node has no channels.
+    pub nats: Option<String>,
+    pub history_size: usize,
+    pub history_ttl: Duration,
+    pub subscriber_queue: usize,
+    pub max_message_bytes: usize,
+    pub max_subscriptions_per_box: usize,
+    pub max_topics_per_domain: usize,
+}
+
+impl Default for ChannelsConfig {
+    fn default() -> Self {
+        ChannelsConfig {
+            nats: None,
+            history_size: 100,
+            history_ttl: Duration::from_secs(3600),
+            subscriber_queue: 256,
+            max_message_bytes: 64 << 10,
+            max_subscriptions_per_box: 64,
+            max_topics_per_domain: 10_000,
+        }
     }
 }
 
@@ -504,7 +533,7 @@ impl Config {
         let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
         let base = std::path::absolute(&base).unwrap_or(base);
         let root = Obj::new(file, String::new(), v)?;
-        root.only(&["$schema", "targets", "apps", "defaultDomain", "dev", "limits", "quic", "cluster", "deploy", "build"])?;
+        root.only(&["$schema", "targets", "apps", "defaultDomain", "dev", "limits", "quic", "cluster", "deploy", "channels", "build"])?;
         let apps = apps_of(&root, file, &base)?;
         let default_domain = default_domain_of(&root, &apps)?;
         Ok(Config {
@@ -516,6 +545,7 @@ impl Config {
             quic: quic_of(&root)?,
             cluster: cluster_of(&root)?,
             deploy: deploy_of(&root)?,
+            channels: channels_of(&root)?,
             guest_target_dir: guest_target_dir_of(&root, &base)?,
         })
     }
@@ -830,6 +860,37 @@ fn deploy_of(root: &Obj) -> Result<DeployConfig, ConfigError> {
         }
     }
     Ok(deploy)
+}
+
+/// NATS refuses payloads over its `max_payload` (1 MiB by default).
+const MAX_CHANNEL_MESSAGE_BYTES: u64 = 1 << 20;
+
+fn channels_of(root: &Obj) -> Result<ChannelsConfig, ConfigError> {
+    let mut channels = ChannelsConfig::default();
+    let Some(c) = root.obj("channels")? else { return Ok(channels) };
+    c.only(&["nats", "historySize", "historyTtlMs", "subscriberQueue", "maxMessageBytes", "maxSubscriptionsPerBox", "maxTopicsPerDomain"])?;
+    if let Some(url) = c.str("nats")? {
+        if !["nats://", "tls://"].iter().any(|scheme| url.starts_with(scheme)) {
+            return Err(c.err("nats", format!("expected a NATS server URL like nats://127.0.0.1:4222, found {url:?}")));
+        }
+        channels.nats = Some(url.to_string());
+    }
+    let count = |k: &str, most: u64, into: &mut usize| -> Result<(), ConfigError> {
+        if let Some(v) = c.positive_at_most(k, most, format_args!("{most} ceiling"))? {
+            *into = v as usize;
+        }
+        Ok(())
+    };
+    count("historySize", 100_000, &mut channels.history_size)?;
+    count("subscriberQueue", 1_000_000, &mut channels.subscriber_queue)?;
+    count("maxMessageBytes", MAX_CHANNEL_MESSAGE_BYTES, &mut channels.max_message_bytes)?;
+    count("maxSubscriptionsPerBox", 10_000, &mut channels.max_subscriptions_per_box)?;
+    count("maxTopicsPerDomain", 10_000_000, &mut channels.max_topics_per_domain)?;
+    const MAX_TTL_MS: u64 = 30 * 86_400_000;
+    if let Some(v) = c.positive_at_most("historyTtlMs", MAX_TTL_MS, format_args!("{MAX_TTL_MS} ms (30 days) ceiling"))? {
+        channels.history_ttl = Duration::from_millis(v);
+    }
+    Ok(channels)
 }
 
 fn guest_target_dir_of(root: &Obj, base: &Path) -> Result<PathBuf, ConfigError> {

@@ -11,7 +11,9 @@ use toil_edge::sessions::SessionLimits;
 use toil_runtime::admission::AdmissionLimits;
 use toil_runtime::{Limits, RuntimeConfig};
 
-use crate::LimitsConfig;
+use toil_channels::ChannelSettings;
+
+use crate::{Config, LimitsConfig};
 
 /// Guest stdout+stderr logged per call; the rest is dropped and counted.
 pub const MAX_LOG_BYTES_PER_CALL: usize = 64 << 10;
@@ -110,5 +112,25 @@ mod tests {
         assert!(runtime.admission.max_running <= l.instances_for_requests());
         assert_eq!(l.edge().sessions, l.sessions());
         assert_eq!(runtime.limits.deadline, l.deadline);
+    }
+}
+
+/// Longest a channel publish waits for NATS, at most; a publish also
+/// leaves a quarter of the call's deadline to the guest.
+pub const CHANNEL_PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Config {
+    /// The node's channels: history, limits, and how long a publish may wait.
+    pub fn channel_settings(&self) -> ChannelSettings {
+        let c = &self.channels;
+        ChannelSettings {
+            history_size: c.history_size,
+            history_ttl: c.history_ttl,
+            subscriber_queue: c.subscriber_queue,
+            max_message_bytes: c.max_message_bytes,
+            max_subscriptions_per_box: c.max_subscriptions_per_box,
+            max_topics_per_domain: c.max_topics_per_domain,
+            publish_timeout: CHANNEL_PUBLISH_TIMEOUT.min(self.limits.deadline * 3 / 4),
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use toil_abi::Tier;
+use toil_channels::Channels;
 use wasmtime::{Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig, Store, UpdateDeadline};
 
 use crate::admission::AdmissionLimits;
@@ -38,6 +39,9 @@ pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     config: Arc<RuntimeConfig>,
+    /// What `channel_publish` and `channel_subscribe` reach; without it they
+    /// fail with `Disabled`.
+    channels: Option<Channels>,
     /// Held for its `Drop`: the epoch thread stops with the last clone.
     _ticker: Arc<EpochTicker>,
 }
@@ -135,7 +139,17 @@ impl Runtime {
                 }
             }
         })?;
-        Ok(Runtime { engine, linker: Arc::new(linker), config: Arc::new(config), _ticker: Arc::new(EpochTicker { stop }) })
+        Ok(Runtime { engine, linker: Arc::new(linker), config: Arc::new(config), channels: None, _ticker: Arc::new(EpochTicker { stop }) })
+    }
+
+    /// Gives every guest of this runtime the node's channels.
+    pub fn with_channels(mut self, channels: Channels) -> Self {
+        self.channels = Some(channels);
+        self
+    }
+
+    pub fn channels(&self) -> Option<&Channels> {
+        self.channels.as_ref()
     }
 
     pub fn config(&self) -> &RuntimeConfig {
@@ -159,7 +173,9 @@ impl Runtime {
     /// the executor (so a busy guest never starves other connections on its
     /// thread) and is interrupted once its call has run past the deadline.
     pub(crate) fn store(&self, id: &GuestId) -> Store<HostState> {
-        let mut store = Store::new(&self.engine, HostState::new(id.clone(), &self.config.limits));
+        let mut state = HostState::new(id.clone(), &self.config.limits);
+        state.channels = self.channels.clone();
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s.limiter());
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {

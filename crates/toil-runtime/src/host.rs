@@ -4,8 +4,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use toil_abi::channel::{ChannelError, Since};
 use toil_abi::imports;
 use toil_abi::stream::{close_code, FrameKind, SendError};
+use toil_channels::{Channels, Inbox};
 use wasmtime::{Caller, Linker, ResourceLimiter, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
@@ -35,6 +37,10 @@ pub struct HostState {
     pub(crate) stream: Option<Outbox>,
     /// A resident instance (stream, daemon) keeps its handle here.
     pub(crate) instance: Option<wasmtime::Instance>,
+    /// The node's channels (`channel_publish`), if it has them.
+    pub(crate) channels: Option<Channels>,
+    /// A stream box's subscriptions (`channel_subscribe`).
+    pub(crate) inbox: Option<Inbox>,
 }
 
 impl HostState {
@@ -51,6 +57,8 @@ impl HostState {
             wasi: None,
             stream: None,
             instance: None,
+            channels: None,
+            inbox: None,
         }
     }
 
@@ -184,6 +192,69 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             }
             None => Ok(SendError::Closed as i32),
         }
+    })?;
+    add_channels(linker)
+}
+
+/// `channel_publish`, `channel_subscribe` and `channel_unsubscribe`. Topics
+/// are always the calling guest's domain's. Refusals are return codes the
+/// SDK turns into [`ChannelError`]s; only out-of-bounds pointers trap.
+fn add_channels(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    type PublishArgs = (i32, i32, i32, i32, i32, i32);
+    linker.func_wrap_async(imports::MODULE, imports::CHANNEL_PUBLISH, |mut caller: Caller<'_, HostState>, args: PublishArgs| {
+        Box::new(async move {
+            let (topic, topic_len, src, len, out, out_cap) = args;
+            let mem = guest_memory(&mut caller)?;
+            let (bytes, state) = mem.data_and_store_mut(&mut caller);
+            let Some(channels) = state.channels.clone() else { return Ok(ChannelError::Disabled as i32) };
+            if len.max(0) as usize > channels.settings().max_message_bytes {
+                return Ok(ChannelError::TooLarge as i32);
+            }
+            let Ok(topic) = std::str::from_utf8(guest_slice(bytes, topic, topic_len, "channel_publish")?).map(str::to_owned) else {
+                return Ok(ChannelError::BadTopic as i32);
+            };
+            let message = guest_slice(bytes, src, len, "channel_publish")?.to_vec();
+            let domain = state.id.domain.clone();
+            // The call's deadline bounds this wait, as it bounds the whole call.
+            let position = match channels.publish(&domain, &topic, &message).await {
+                Ok(p) => p.encode(),
+                Err(e) => return Ok(e as i32),
+            };
+            if position.len() > out_cap.max(0) as usize {
+                return Ok(ChannelError::BadArgument as i32);
+            }
+            let (bytes, _) = mem.data_and_store_mut(&mut caller);
+            let out = out as u32 as usize;
+            let dst = bytes.get_mut(out..out + position.len()).ok_or_else(|| wasmtime::format_err!("channel_publish: destination out of bounds"))?;
+            dst.copy_from_slice(&position);
+            Ok(position.len() as i32)
+        })
+    })?;
+
+    linker.func_wrap(
+        imports::MODULE,
+        imports::CHANNEL_SUBSCRIBE,
+        |mut caller: Caller<'_, HostState>, topic: i32, topic_len: i32, since: i32, since_len: i32| {
+            let mem = guest_memory(&mut caller)?;
+            let (bytes, state) = mem.data_and_store_mut(&mut caller);
+            let Ok(topic) = std::str::from_utf8(guest_slice(bytes, topic, topic_len, "channel_subscribe")?) else {
+                return Ok(ChannelError::BadTopic as i32);
+            };
+            let Ok(since) = Since::decode(guest_slice(bytes, since, since_len, "channel_subscribe")?) else {
+                return Ok(ChannelError::BadArgument as i32);
+            };
+            Ok(match state.inbox.as_mut() {
+                Some(inbox) => inbox.subscribe(topic, since).map_or_else(|e| e as i32, |()| 0),
+                None => ChannelError::Disabled as i32,
+            })
+        },
+    )?;
+
+    linker.func_wrap(imports::MODULE, imports::CHANNEL_UNSUBSCRIBE, |mut caller: Caller<'_, HostState>, topic: i32, topic_len: i32| {
+        let mem = guest_memory(&mut caller)?;
+        let (bytes, state) = mem.data_and_store_mut(&mut caller);
+        let topic = String::from_utf8_lossy(guest_slice(bytes, topic, topic_len, "channel_unsubscribe")?);
+        Ok(state.inbox.as_mut().is_some_and(|inbox| inbox.unsubscribe(&topic)) as i32)
     })?;
     Ok(())
 }

@@ -15,8 +15,10 @@
 
 use std::sync::Arc;
 
+use toil_abi::channel::ChannelEvent;
 use toil_abi::stream::{FrameKind, StreamEvent};
 use toil_abi::{exports, status, Tier};
+use toil_channels::{Deliveries, Delivery};
 use toil_metrics::Registry;
 use wasmtime::{Store, TypedFunc};
 
@@ -69,12 +71,17 @@ impl StreamApp {
     pub async fn open(self: &Arc<Self>, name: &str, session: u64, path: &str, query: &str) -> Result<StreamBox, GuestFault> {
         let mut store = self.runtime.store(&self.loaded.id);
         store.data_mut().stream = Some(Outbox::new(self.runtime.limits()));
+        let deliveries = self.runtime.channels().map(|channels| {
+            let (inbox, deliveries) = channels.inbox(self.domain());
+            store.data_mut().inbox = Some(inbox);
+            deliveries
+        });
         let live = self.metrics.live_instance();
         let call = Call::begin(&mut store, Vec::new());
         let started = bounded(call.until, self.instantiate(&mut store)).await;
         let site = Site::StreamStart { stream: name, session };
         let dispatch = call.end(&mut store, started.map(|()| (status::OK, ())), &site, &self.metrics, |store, ()| self.dispatch_func(store))?;
-        let mut boxed = StreamBox { store, dispatch, app: self.clone(), name: name.into(), session, _live: live };
+        let mut boxed = StreamBox { store, dispatch, app: self.clone(), name: name.into(), session, deliveries, _live: live };
         boxed.deliver(StreamEvent::Connect { stream: name, session, path, query }).await?;
         Ok(boxed)
     }
@@ -104,6 +111,8 @@ pub struct StreamBox {
     app: Arc<StreamApp>,
     name: String,
     session: u64,
+    /// The box's channel deliveries, until the session driver takes them.
+    deliveries: Option<Deliveries>,
     _live: LiveGuard,
 }
 
@@ -121,9 +130,24 @@ impl StreamBox {
         self.deliver(StreamEvent::Message { kind, bytes }).await
     }
 
-    /// Delivers a channel message.
-    pub async fn channel(&mut self, channel: &str, bytes: &[u8]) -> Result<(), GuestFault> {
-        self.deliver(StreamEvent::Channel { channel, bytes }).await
+    /// The box's channel deliveries, for its session driver to wait on and
+    /// pass to [`StreamBox::channel`]; `None` on a runtime without channels
+    /// or once taken.
+    pub fn take_deliveries(&mut self) -> Option<Deliveries> {
+        self.deliveries.take()
+    }
+
+    /// Delivers a channel message or resync to the `channel` hook.
+    pub async fn channel(&mut self, delivery: &Delivery) -> Result<(), GuestFault> {
+        let event = match delivery {
+            Delivery::Message { topic, position, bytes, .. } => {
+                ChannelEvent::Message { topic, offset: position.offset, epoch: &position.epoch, bytes }
+            }
+            Delivery::Resync { topic, position, reason } => {
+                ChannelEvent::Resync { topic, offset: position.offset, epoch: &position.epoch, reason: reason.as_str() }
+            }
+        };
+        self.deliver(StreamEvent::Channel(event)).await
     }
 
     /// Delivers `close` (graceful end) and drops the box.

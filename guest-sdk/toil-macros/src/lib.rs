@@ -314,7 +314,7 @@ fn expand_stream(attr: TokenStream2, mut item: ItemImpl, surface: &str) -> syn::
                 "message" => (&["frame: Frame<'_>"], vec![quote!(frame)]),
                 "close" => (&["code: u32", "reason: &str"], vec![quote!(code), quote!(reason)]),
                 "disconnect" => (&["reason: &str"], vec![quote!(reason)]),
-                _ => (&["channel: &str", "bytes: &[u8]"], vec![quote!(channel), quote!(bytes)]),
+                _ => (&["event: ChannelEvent<'_>"], vec![quote!(event)]),
             };
             let call = Call { what: format!("#[{hook}] hook"), context: "cx: &mut Session", context_expr: quote!(cx), payload, payload_exprs };
             hooks.push((hook, call.hook(f)?));
@@ -336,7 +336,7 @@ fn expand_stream(attr: TokenStream2, mut item: ItemImpl, surface: &str) -> syn::
     let message = method("message", quote!(frame: ::toil::stream::Frame<'_>));
     let close = method("close", quote!(code: u32, reason: &str));
     let disconnect = method("disconnect", quote!(reason: &str));
-    let channel = method("channel", quote!(channel: &str, bytes: &[u8]));
+    let channel = method("channel", quote!(event: ::toil::channel::ChannelEvent<'_>));
     let (generics, _, where_clause) = item.generics.split_for_impl();
     let self_ty = &item.self_ty;
     Ok(quote! {

@@ -11,6 +11,31 @@ mod imp {
         fn stream_close(code: i32, src: *const u8, len: i32) -> i32;
     }
 
+    /// The channel imports, named apart from their safe wrappers below.
+    mod ffi {
+        #[link(wasm_import_module = "toil")]
+        extern "C" {
+            pub fn channel_publish(topic: *const u8, topic_len: i32, src: *const u8, len: i32, out: *mut u8, out_cap: i32) -> i32;
+            pub fn channel_subscribe(topic: *const u8, topic_len: i32, since: *const u8, since_len: i32) -> i32;
+            pub fn channel_unsubscribe(topic: *const u8, topic_len: i32) -> i32;
+        }
+    }
+
+    pub fn channel_publish(topic: &str, bytes: &[u8], out: &mut [u8]) -> i32 {
+        // SAFETY: the host reads `topic` and `bytes` and writes at most `out.len()` bytes to `out`.
+        unsafe { ffi::channel_publish(topic.as_ptr(), topic.len() as i32, bytes.as_ptr(), bytes.len() as i32, out.as_mut_ptr(), out.len() as i32) }
+    }
+
+    pub fn channel_subscribe(topic: &str, since: &[u8]) -> i32 {
+        // SAFETY: the host only reads `topic` and `since`.
+        unsafe { ffi::channel_subscribe(topic.as_ptr(), topic.len() as i32, since.as_ptr(), since.len() as i32) }
+    }
+
+    pub fn channel_unsubscribe(topic: &str) -> i32 {
+        // SAFETY: the host only reads `topic`.
+        unsafe { ffi::channel_unsubscribe(topic.as_ptr(), topic.len() as i32) }
+    }
+
     pub fn read_input(len: i32) -> Vec<u8> {
         let mut buf = Vec::with_capacity(len.max(0) as usize);
         // SAFETY: the host writes at most `len` bytes into the spare capacity
@@ -55,6 +80,45 @@ mod imp {
         static OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         static SENT: RefCell<Vec<(u8, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
         static ERRORS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+        static TOPICS: RefCell<Vec<(String, u64, Vec<String>)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// In process, natively: each topic numbers its publications in epoch
+    /// `native`; subscriptions are recorded (nothing is delivered).
+    pub fn channel_publish(topic: &str, _bytes: &[u8], out: &mut [u8]) -> i32 {
+        use toil_abi::channel::{check_topic, ChannelError, Position};
+        if check_topic(topic).is_err() {
+            return ChannelError::BadTopic as i32;
+        }
+        let offset = TOPICS.with(|t| {
+            let mut t = t.borrow_mut();
+            let i = t.iter().position(|(name, _, _)| name == topic).unwrap_or_else(|| {
+                t.push((topic.into(), 0, Vec::new()));
+                t.len() - 1
+            });
+            t[i].1 += 1;
+            t[i].1
+        });
+        let encoded = Position { offset, epoch: "native".into() }.encode();
+        out[..encoded.len()].copy_from_slice(&encoded);
+        encoded.len() as i32
+    }
+    pub fn channel_subscribe(topic: &str, _since: &[u8]) -> i32 {
+        use toil_abi::channel::{check_topic, ChannelError};
+        if check_topic(topic).is_err() {
+            return ChannelError::BadTopic as i32;
+        }
+        TOPICS.with(|t| {
+            let mut t = t.borrow_mut();
+            match t.iter_mut().find(|(name, _, _)| name == topic) {
+                Some(entry) => entry.2.push("subscribed".into()),
+                None => t.push((topic.into(), 0, vec!["subscribed".into()])),
+            }
+        });
+        0
+    }
+    pub fn channel_unsubscribe(topic: &str) -> i32 {
+        TOPICS.with(|t| t.borrow_mut().iter_mut().find(|(name, _, _)| name == topic).and_then(|e| e.2.pop()).is_some() as i32)
     }
 
     pub fn read_input(len: i32) -> Vec<u8> {

@@ -39,7 +39,8 @@
 //! the `export!` keys `rest` and `streams` are accepted aliases.
 //!
 //! Modules: [`http`] (requests and responses), [`stream`] (resident
-//! WebTransport boxes), [`daemon`] (scheduled tasks). Guest `stdout` and
+//! WebTransport boxes), [`daemon`] (scheduled tasks), [`channel`] (topics
+//! every tier publishes to and stream boxes subscribe to). Guest `stdout` and
 //! `stderr` (`println!`, `eprintln!`, panic messages) go to the host log,
 //! tagged with the domain and tier. See `docs/abi.md` for the wire contract.
 
@@ -49,6 +50,7 @@ extern crate self as toil;
 pub use toil_abi as abi;
 pub use toil_macros::{daemon, export, request, rest, stream};
 
+pub mod channel;
 pub mod daemon;
 mod host;
 pub mod http;
@@ -87,6 +89,7 @@ impl<E: core::fmt::Display> HookResult for Result<(), E> {
 
 /// Everything a guest crate usually needs.
 pub mod prelude {
+    pub use crate::channel::{ChannelError, ChannelEvent, Position, Since};
     pub use crate::daemon::{StartInfo, Tick};
     pub use crate::http::{IntoResponse, Request, Response};
     pub use crate::stream::{Frame, FrameKind, SendError, Session};

@@ -11,6 +11,8 @@ use toil_abi::status;
 use toil_abi::stream::StreamEvent;
 pub use toil_abi::stream::{FrameKind, SendError};
 
+use crate::channel::{ChannelError, ChannelEvent, Position, Since};
+
 /// An inbound frame.
 #[derive(Clone, Copy, Debug)]
 pub struct Frame<'a> {
@@ -73,6 +75,26 @@ impl Session {
         send(to.kind, bytes)
     }
 
+    /// Subscribes the box to `topic` of this app's domain, starting at
+    /// `since`: [`Since::Now`] (or `None`), [`Since::Oldest`] (the kept
+    /// history first), or after a [`Position`] (or `Some(position)`) to
+    /// resume. Publications arrive in the `#[channel]` hook. Subscribing
+    /// again to a topic restarts it from the new `since`.
+    pub fn subscribe(&mut self, topic: &str, since: impl Into<Since>) -> Result<(), ChannelError> {
+        crate::channel::subscribe(topic, since.into())
+    }
+
+    /// Ends a subscription; returns whether there was one. Nothing more of
+    /// `topic` is delivered, even what was already queued.
+    pub fn unsubscribe(&mut self, topic: &str) -> bool {
+        crate::channel::unsubscribe(topic)
+    }
+
+    /// Publishes to `topic` of this app's domain (see [`crate::channel::publish`]).
+    pub fn publish(&mut self, topic: &str, bytes: &[u8]) -> Result<Position, ChannelError> {
+        crate::channel::publish(topic, bytes)
+    }
+
     /// Closes the session with an application `code` and a UTF-8 `reason`.
     /// The box receives no further events except `close`.
     pub fn close(&mut self, code: u32, reason: &str) {
@@ -115,8 +137,8 @@ pub trait Stream: Default + 'static {
         let _ = (cx, reason);
         Ok(())
     }
-    fn on_channel(&mut self, cx: &mut Session, channel: &str, bytes: &[u8]) -> Result<(), String> {
-        let _ = (cx, channel, bytes);
+    fn on_channel(&mut self, cx: &mut Session, event: ChannelEvent<'_>) -> Result<(), String> {
+        let _ = (cx, event);
         Ok(())
     }
 }
@@ -133,7 +155,7 @@ impl<T: Stream> ResidentBox for T {
             StreamEvent::Message { kind, bytes } => ("message", self.on_message(cx, Frame { kind, bytes })),
             StreamEvent::Close { code, reason } => ("close", self.on_close(cx, code, reason)),
             StreamEvent::Disconnect { reason } => ("disconnect", self.on_disconnect(cx, reason)),
-            StreamEvent::Channel { channel, bytes } => ("channel", self.on_channel(cx, channel, bytes)),
+            StreamEvent::Channel(ref event) => ("channel", self.on_channel(cx, event.clone())),
         };
         if let Err(e) = outcome {
             crate::host::report_error(&format!("toil: stream {:?}, session {}: the {hook} hook failed: {e}", T::NAME, cx.id));

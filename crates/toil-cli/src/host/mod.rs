@@ -9,12 +9,14 @@
 //!
 //! - `log`: the log (raft, or in-memory in dev);
 //! - `apps`: the configured apps, offered as releases;
+//! - `channels`: in process, or through NATS in a cluster;
 //! - `listeners`: the public port, TCP and the QUIC workers' UDP sockets;
 //! - `admin`: the admin routes beyond metrics (status, tick, deploy);
 //! - `reload`: `toil dev`'s rebuild-and-swap on a source change.
 
 mod admin;
 mod apps;
+mod channels;
 mod listeners;
 mod log;
 mod reload;
@@ -86,6 +88,7 @@ struct Node {
     admin_listener: TcpListener,
     admin_tls: Option<Arc<rustls::ServerConfig>>,
     edge: Arc<Edge>,
+    channels: channels::NodeChannels,
 }
 
 impl Node {
@@ -94,13 +97,17 @@ impl Node {
     async fn start(config: &Config, host: &Host) -> anyhow::Result<Node> {
         trim_heap_periodically();
         let registry = Registry::new();
-        let runtime = Runtime::new(config.limits.runtime()).with_context(|| {
+        let mut runtime = Runtime::new(config.limits.runtime()).with_context(|| {
             format!(
                 "reserving the instance pool ({} instances of {} MiB memory each: lower limits.maxInstances or limits.memoryMb)",
                 config.limits.max_instances,
                 config.limits.memory_bytes >> 20
             )
         })?;
+        let channels = channels::open(config, host.cluster.is_some(), &registry).await?;
+        if let Some(c) = channels.get() {
+            runtime = runtime.with_channels(c.clone());
+        }
         let domains = Arc::new(DomainTable::new());
         let log = log::open(host.cluster.as_ref(), host.node_id);
         let daemon_settings = DaemonSettings {
@@ -135,7 +142,7 @@ impl Node {
         // The admin token must not cross a network in the clear.
         let admin_tls = if admin_listener.local_addr()?.ip().is_loopback() { None } else { Some(edge_admin::tls_config(&cert)?) };
         let edge = Arc::new(edge(config, domains.clone(), &registry, &cert, listen.port())?);
-        Ok(Node { registry, domains, log, daemons, deployer, cert, keys, listeners, listen, admin_listener, admin_tls, edge })
+        Ok(Node { registry, domains, log, daemons, deployer, cert, keys, listeners, listen, admin_listener, admin_tls, edge, channels })
     }
 
     /// What is served where, for the terminal (and the last line for tools that parse it).
@@ -163,6 +170,7 @@ impl Node {
             }
         }
         let also: String = self.listeners.tcp.iter().skip(1).filter_map(|l| l.local_addr().ok()).map(|a| format!(" and {a}")).collect();
+        println!("  channels {}", self.channels.describe(config));
         println!("  quic     {} worker(s), {:?} steering; listening on {listen}{also}", config.quic.workers, self.listeners.steering);
         let admin_addr = self.admin_listener.local_addr().map_or_else(|_| host.admin.to_string(), |a| a.to_string());
         let scheme = if self.admin_tls.is_some() { "https" } else { "http" };

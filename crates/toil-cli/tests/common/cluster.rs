@@ -12,22 +12,28 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{repo_root, toil};
 
 /// The pulse guest's directory, built once per test binary.
 pub fn pulse_dir() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let dir = repo_root().join("crates/toil-cli/tests/guests/pulse");
-            let out = toil().arg("build").arg(&dir).arg("--target-dir").arg(repo_root().join("target/guest")).output().unwrap();
-            assert!(out.status.success(), "building the pulse guest: {}", String::from_utf8_lossy(&out.stderr));
-            dir
-        })
-        .clone()
+    test_guest("pulse")
+}
+
+/// The directory of test guest `name` (`tests/guests/NAME`), built once
+/// per test binary.
+pub fn test_guest(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let dir = repo_root().join("crates/toil-cli/tests/guests").join(name);
+    let mut built = BUILT.lock().unwrap();
+    if !built.iter().any(|b| b == name) {
+        let out = toil().arg("build").arg(&dir).arg("--target-dir").arg(repo_root().join("target/guest")).output().unwrap();
+        assert!(out.status.success(), "building the {name} guest: {}", String::from_utf8_lossy(&out.stderr));
+        built.push(name.to_string());
+    }
+    dir
 }
 
 /// A free loopback TCP port for a node's cluster port, chosen before the

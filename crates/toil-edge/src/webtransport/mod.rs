@@ -25,6 +25,10 @@
 //!   control pushes back on the client. Datagrams beyond quinn's receive
 //!   buffer are dropped by quinn, as datagrams may be.
 //!
+//! The box's channel deliveries (`toil_channels::Deliveries`, a bounded
+//! mailbox the node's channels fill) are the driver's other input: it
+//! takes frames and deliveries in turn, one event at a time.
+//!
 //! After every event the driver writes the box's outbox before it takes
 //! the next inbound frame: stream frames go to the session's *primary*
 //! stream (the first bidirectional stream the client opened), datagrams

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use http::{Request, Response, StatusCode};
 use toil_abi::stream::{close_code, framing, FrameKind};
+use toil_channels::{Deliveries, Delivery};
 use toil_runtime::outbox::OutFrame;
 use toil_runtime::stream::{StreamApp, StreamBox};
 use tokio::io::AsyncWriteExt;
@@ -122,6 +123,21 @@ struct Driver {
     primary: Primary<Box<SendHalf>>,
 }
 
+/// What the driver takes next.
+enum Next {
+    Inbound(Option<Inbound>),
+    Channel(Delivery),
+    Closed(quinn::ConnectionError),
+}
+
+/// The box's next channel delivery; never, for a box without channels.
+async fn next_delivery(deliveries: &mut Option<Deliveries>) -> Delivery {
+    match deliveries {
+        Some(d) => d.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The tasks that feed a session's inbound queue; aborted when dropped.
 struct Readers([JoinHandle<()>; 3]);
 
@@ -183,32 +199,47 @@ impl Driver {
     /// until the session must end.
     async fn serve_events(&mut self, boxed: &mut StreamBox, mut rx: mpsc::Receiver<Inbound>) -> End {
         let mut shutdown = self.edge.shutdown.subscribe();
+        let mut deliveries = boxed.take_deliveries();
         if let Some(end) = self.flush(boxed).await {
             return end;
         }
         loop {
             boxed.set_max_datagram(self.quic.max_datagram_size().unwrap_or(0));
             // Shutdown and retirement come first: a client that keeps the
-            // queue full must not keep an old version alive.
-            let inbound = tokio::select! {
+            // queue full must not keep an old version alive. Frames and
+            // channel deliveries take turns.
+            let next = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|s| *s) => return End::Close { code: close_code::SHUTDOWN, reason: "node shutting down".into(), by_host: true },
                 r = self.domain.retired() => return End::Close { code: r.code, reason: r.reason, by_host: true },
-                inbound = rx.recv() => inbound,
-                err = self.quic.closed() => return classify(err),
+                next = async {
+                    tokio::select! {
+                        inbound = rx.recv() => Next::Inbound(inbound),
+                        delivery = next_delivery(&mut deliveries) => Next::Channel(delivery),
+                        err = self.quic.closed() => Next::Closed(err),
+                    }
+                } => next,
             };
-            let delivered = match inbound {
-                Some(Inbound::Frame(kind, bytes)) => {
+            let delivered = match next {
+                Next::Inbound(Some(Inbound::Frame(kind, bytes))) => {
                     self.metrics.frames[0][kind as usize].inc();
                     boxed.message(kind, &bytes).await
                 }
-                Some(Inbound::Stream(send)) => match self.adopt_stream(send).await {
+                Next::Inbound(Some(Inbound::Stream(send))) => match self.adopt_stream(send).await {
                     Some(end) => return end,
                     None => Ok(()),
                 },
-                Some(Inbound::Violation(code, reason)) => return End::Close { code, reason, by_host: true },
-                Some(Inbound::PeerClose(code, reason)) => return End::PeerClosed(code, reason),
-                None => return classify(self.quic.closed().await),
+                Next::Inbound(Some(Inbound::Violation(code, reason))) => return End::Close { code, reason, by_host: true },
+                Next::Inbound(Some(Inbound::PeerClose(code, reason))) => return End::PeerClosed(code, reason),
+                Next::Inbound(None) => return classify(self.quic.closed().await),
+                Next::Closed(err) => return classify(err),
+                Next::Channel(delivery) => {
+                    let result = boxed.channel(&delivery).await;
+                    if let (Ok(()), Some(d)) = (&result, &deliveries) {
+                        d.delivered(&delivery);
+                    }
+                    result
+                }
             };
             let end = match delivered {
                 Ok(()) => self.flush(boxed).await,

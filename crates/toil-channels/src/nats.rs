@@ -1,0 +1,322 @@
+//! The cluster transport: NATS JetStream.
+//!
+//! One JetStream stream, `TOIL_CHANNELS`, captures `toil.ch.>`. A topic is
+//! the subject `toil.ch.<domain>.<topic>` (each part escaped to one subject
+//! token), and the stream keeps `historySize` messages per subject for at
+//! most `historyTtlMs` (`MaxMsgsPerSubject`, `MaxAge`).
+//!
+//! JetStream numbers messages stream-wide, not per subject, so a publisher
+//! numbers them itself: it reads the subject's last message (cached after
+//! its own publishes), and publishes the next offset of that message's
+//! epoch with `Nats-Expected-Last-Subject-Sequence` set to that message's
+//! stream sequence. The server refuses the publish if another node
+//! published in between, and the publisher reads again and retries. Each
+//! message carries its `Toil-Offset` and `Toil-Epoch` headers; a subject
+//! with no message left (never used, or all expired or wiped) starts a new
+//! epoch at offset 1, so offsets of a lost history are never reused.
+//!
+//! A node keeps a copy of each topic its boxes subscribe to (see the hub),
+//! fed by one ordered consumer on that subject: it first replays the kept
+//! messages, then follows live ones. A consumer that fails (NATS restarts,
+//! the connection drops) is recreated from the stream sequence after the
+//! last one the copy took, so the copy loses nothing the stream still
+//! keeps and the hub drops anything seen twice.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, Weak};
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use toil_abi::channel::{ChannelError, Position};
+
+use crate::hub::{new_epoch, TopicKey};
+use crate::{ChannelSettings, Inner};
+
+const STREAM: &str = "TOIL_CHANNELS";
+const SUBJECTS: &str = "toil.ch.>";
+const OFFSET: &str = "Toil-Offset";
+const EPOCH: &str = "Toil-Epoch";
+/// Publish attempts when other nodes keep winning the race for the next offset.
+const PUBLISH_ATTEMPTS: usize = 8;
+/// Cached last positions kept for publishing, before the cache is reset.
+const MAX_CACHED_TOPICS: usize = 10_000;
+
+pub(crate) struct Nats {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    /// Per subject: the last message's stream sequence and position, as this
+    /// node last saw it.
+    last: Mutex<HashMap<String, (u64, Position)>>,
+    /// Makes every publication's `Nats-Msg-Id` unique across nodes and restarts.
+    publisher: String,
+    published: AtomicU64,
+}
+
+/// The last message of a subject.
+type Last = Option<(u64, Position)>;
+
+/// How long one JetStream request (or publish acknowledgement) may take;
+/// a publish retries within its own deadline.
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
+
+impl Nats {
+    pub async fn connect(url: &str, settings: &ChannelSettings) -> anyhow::Result<Nats> {
+        let options = async_nats::ConnectOptions::new()
+            .name("toil")
+            .connection_timeout(Duration::from_secs(2))
+            // A restarted server is found again within half a second.
+            .reconnect_delay_callback(|attempt| Duration::from_millis((attempt as u64 * 50).min(500)))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("channels: connected to NATS"),
+                    async_nats::Event::Disconnected => tracing::warn!("channels: lost NATS; publishes fail as Unavailable until it is back"),
+                    other => tracing::debug!("channels: NATS {other}"),
+                }
+            });
+        let client = options.connect(url).await.map_err(|e| anyhow::anyhow!("cannot connect to NATS at {url}: {e}"))?;
+        let js = jetstream::ContextBuilder::new().timeout(REQUEST_TIMEOUT).build(client.clone());
+        let config = stream::Config {
+            name: STREAM.into(),
+            subjects: vec![SUBJECTS.into()],
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::Old,
+            max_messages_per_subject: settings.history_size as i64,
+            max_age: settings.history_ttl,
+            ..Default::default()
+        };
+        js.create_or_update_stream(config)
+            .await
+            .map_err(|e| anyhow::anyhow!("NATS at {url} refused the {STREAM} JetStream stream: {e} (is nats-server started with -js?)"))?;
+        Ok(Nats { client, js, last: Mutex::new(HashMap::new()), publisher: new_epoch(), published: AtomicU64::new(0) })
+    }
+
+    /// Publishes the next offset of the topic; returns once JetStream stored
+    /// it. The caller bounds the wait; dropped early, the publication may
+    /// still be stored (its position then belongs to no acknowledged publish).
+    pub async fn publish(&self, key: &TopicKey, bytes: Bytes) -> Result<Position, ChannelError> {
+        let subject = subject(key);
+        let mut last = self.last.lock().expect("nats cache").get(&subject).cloned();
+        for _ in 0..PUBLISH_ATTEMPTS {
+            if last.is_none() {
+                last = self.read_last(&subject).await?;
+            }
+            let (expected, next) = match &last {
+                Some((seq, p)) => (*seq, Position { offset: p.offset + 1, epoch: p.epoch.clone() }),
+                None => (0, Position { offset: 1, epoch: new_epoch() }),
+            };
+            let id = format!("{}-{}", self.publisher, self.published.fetch_add(1, Ordering::Relaxed));
+            match self.send(&subject, &id, expected, &next, &bytes).await {
+                Ok(sequence) => {
+                    let mut cache = self.last.lock().expect("nats cache");
+                    if cache.len() >= MAX_CACHED_TOPICS {
+                        cache.clear();
+                    }
+                    cache.insert(subject, (sequence, next.clone()));
+                    return Ok(next);
+                }
+                Err(Sent::Raced) => last = None, // another node published first: read again
+                Err(Sent::Failed) => {
+                    self.last.lock().expect("nats cache").remove(&subject);
+                    return Err(ChannelError::Unavailable);
+                }
+            }
+        }
+        Err(ChannelError::Unavailable)
+    }
+
+    /// Sends one publication; an acknowledgement that times out is asked
+    /// for again with the same message id, which JetStream answers from its
+    /// duplicate window if the first attempt was stored.
+    async fn send(&self, subject: &str, id: &str, expected: u64, at: &Position, bytes: &Bytes) -> Result<u64, Sent> {
+        loop {
+            let message = PublishMessage::build()
+                .payload(bytes.clone())
+                .header(OFFSET, at.offset.to_string().as_str())
+                .header(EPOCH, at.epoch.as_str())
+                .message_id(id)
+                .expected_last_subject_sequence(expected);
+            let ack = match self.js.send_publish(subject.to_string(), message).await {
+                Ok(pending) => pending.await,
+                Err(e) => Err(e),
+            };
+            match ack {
+                Ok(ack) => return Ok(ack.sequence),
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => return Err(Sent::Raced),
+                Err(e) if e.kind() == PublishErrorKind::TimedOut => {
+                    tracing::debug!(subject, "channel publish not acknowledged yet; asking again");
+                }
+                Err(e) => {
+                    tracing::debug!(subject, "channel publish failed: {e}");
+                    return Err(Sent::Failed);
+                }
+            }
+        }
+    }
+
+    async fn read_last(&self, subject: &str) -> Result<Last, ChannelError> {
+        let stream = self.js.get_stream_no_info(STREAM).await.map_err(|_| ChannelError::Unavailable)?;
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => Ok(position(&message.headers).map(|p| (message.sequence, p))),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => {
+                tracing::debug!(subject, "cannot read a channel's last message: {e}");
+                Err(ChannelError::Unavailable)
+            }
+        }
+    }
+
+    /// Starts the consumer that feeds the node's copy of `key`; it stops
+    /// when the hub drops the copy (or the channels go).
+    pub fn watch(&self, key: TopicKey, inner: Weak<Inner>) {
+        let task = tokio::spawn(follow(self.client.clone(), self.js.clone(), key.clone(), inner.clone()));
+        let Some(strong) = inner.upgrade() else { return task.abort() };
+        let kept = strong.hub.lock().expect("channel hub").set_watch(&key, Box::new(AbortOnDrop(task.abort_handle())));
+        if !kept {
+            task.abort();
+        }
+    }
+}
+
+enum Sent {
+    /// `Nats-Expected-Last-Subject-Sequence` did not match.
+    Raced,
+    Failed,
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Feeds the hub's copy of one topic: its kept history, then live
+/// messages, for as long as the copy exists. The ordered consumer
+/// recreates itself after a server restart; this loop only covers a
+/// consumer that could not be created, from the message after the last one
+/// taken.
+async fn follow(client: async_nats::Client, js: jetstream::Context, key: TopicKey, inner: Weak<Inner>) {
+    let subject = subject(&key);
+    let mut follower = Follower { key, inner, next_sequence: None, loaded: false };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match follower.follow_once(&client, &js, &subject).await {
+            Ok(()) => return, // the channels are gone
+            Err(e) => {
+                let Some(strong) = follower.inner.upgrade() else { return };
+                strong.hub.lock().expect("channel hub").metrics.transport_errors[1].inc();
+                drop(strong);
+                tracing::warn!(subject, "channel subscription interrupted, resuming: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+struct Follower {
+    key: TopicKey,
+    inner: Weak<Inner>,
+    /// The stream sequence after the last message taken.
+    next_sequence: Option<u64>,
+    loaded: bool,
+}
+
+impl Follower {
+    async fn follow_once(&mut self, client: &async_nats::Client, js: &jetstream::Context, subject: &str) -> anyhow::Result<()> {
+        let stream = js.get_stream_no_info(STREAM).await?;
+        let deliver_policy = match self.next_sequence {
+            Some(start_sequence) => consumer::DeliverPolicy::ByStartSequence { start_sequence },
+            None => consumer::DeliverPolicy::All,
+        };
+        let config = consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: subject.to_string(),
+            deliver_policy,
+            ..Default::default()
+        };
+        let mut consumer = stream.create_consumer(config).await?;
+        if consumer.info().await?.num_pending == 0 {
+            self.loaded_now();
+        }
+        let mut messages = consumer.messages().await?;
+        while let Some(message) = messages.next().await {
+            // The ordered consumer reports and repairs its own failures.
+            let Ok(message) = message else { continue };
+            let info = message.info().map_err(|e| anyhow::anyhow!("message info: {e}"))?;
+            let (sequence, pending) = (info.stream_sequence, info.pending);
+            // A consumer recreated before its first message starts over.
+            if self.next_sequence.is_some_and(|next| sequence < next) {
+                continue;
+            }
+            self.next_sequence = Some(sequence + 1);
+            let Some(inner) = self.inner.upgrade() else { return Ok(()) };
+            match message.headers.as_ref().and_then(position) {
+                Some(at) => {
+                    let now = inner.now_ms();
+                    inner.hub.lock().expect("channel hub").record(&self.key, at, message.payload.clone(), now);
+                }
+                None => tracing::warn!(subject, sequence, "channel message without Toil-Offset/Toil-Epoch headers skipped"),
+            }
+            if pending == 0 {
+                self.loaded_now();
+            }
+        }
+        anyhow::bail!("the consumer's message stream ended")
+    }
+
+    fn loaded_now(&mut self) {
+        if self.loaded {
+            return;
+        }
+        if let Some(inner) = self.inner.upgrade() {
+            let now = inner.now_ms();
+            inner.hub.lock().expect("channel hub").loaded(&self.key, now);
+        }
+        self.loaded = true;
+    }
+}
+
+fn position(headers: &HeaderMap) -> Option<Position> {
+    let offset = headers.get(OFFSET)?.as_str().parse().ok()?;
+    let epoch = headers.get(EPOCH)?.as_str().to_string();
+    Some(Position { offset, epoch })
+}
+
+/// The subject of a topic: both parts escaped into single subject tokens.
+fn subject(key: &TopicKey) -> String {
+    format!("toil.ch.{}.{}", token(&key.0), token(&key.1))
+}
+
+/// `A-Z a-z 0-9 - _` stay; every other byte becomes `~XX`, so a token never
+/// holds `.`, `*`, `>` or whitespace and different names never collide.
+fn token(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("~{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_escape_each_part_into_one_token() {
+        assert_eq!(subject(&("chat.example.com".into(), "rooms/lobby".into())), "toil.ch.chat~2Eexample~2Ecom.rooms~2Flobby");
+        assert_eq!(token("a~b"), "a~7Eb");
+        assert_ne!(token("a.b"), token("a~2Eb"));
+    }
+}

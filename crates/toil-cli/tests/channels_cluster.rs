@@ -1,0 +1,202 @@
+//! Channels across a real cluster: three `toil node` processes on loopback
+//! and one `nats-server -js` (Debian's, started by the test on a free port
+//! with its own store), serving the `relay` test guest. Clients are real
+//! WebTransport sessions on different nodes; publishers are boxes on every
+//! node, a request and the daemon's ticks.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cluster::{free_port, test_guest, Cluster};
+use common::relay::{RelayClient, RELAY_HOST};
+use common::{http1, request};
+
+/// A `nats-server` with JetStream, restartable on the same port and store.
+struct Nats {
+    port: u16,
+    store: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Nats {
+    fn start(dir: &std::path::Path) -> Nats {
+        let mut nats = Nats { port: free_port(), store: dir.join("nats-store"), log: dir.join("nats.log"), child: None };
+        nats.launch();
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server (apt-get install nats-server; scripts/test.sh installs it)");
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "nats-server did not listen on {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn client(c: &Cluster, node: u64) -> RelayClient {
+    let n = c.nodes.iter().find(|n| n.id == node).unwrap();
+    RelayClient::connect(&n.cert_sha256, n.http.unwrap(), None).await
+}
+
+/// Reads `n` events of `topic` (skipping other topics) as `(offset, text)`.
+async fn messages(client: &mut RelayClient, topic: &str, n: usize) -> Vec<(u64, String)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let event = client.event().await;
+        let words: Vec<&str> = event.splitn(5, ' ').collect();
+        if words[1] != topic {
+            continue;
+        }
+        assert_eq!(words[0], "msg", "no resync expected: {event}");
+        got.push((words[2].parse().unwrap(), words.get(4).unwrap_or(&"").to_string()));
+    }
+    got
+}
+
+#[test]
+fn channels_span_the_cluster_through_nats_and_survive_node_and_nats_restarts() {
+    let dir = common::repo_root().join("target/e2e").join(format!("channels-nats-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut nats = Nats::start(&dir);
+    let config = serde_json::json!({
+        "apps": [{"domain": "relay", "dir": test_guest("relay")}],
+        "channels": {"nats": nats.url(), "historySize": 50},
+    });
+    let mut c = Cluster::start_with("channels-cluster", 3, config);
+    c.wait_for(Duration::from_secs(60), "every node to serve relay", |c| {
+        c.status(1).is_some_and(|s| (1..=3).all(|n| s["served"][n.to_string()]["relay"].as_u64().is_some_and(|v| v >= 1)))
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        every_publisher_reaches_every_subscriber_once_in_order(&c).await;
+        an_acknowledged_publication_survives_a_nats_restart(&c, &mut nats).await;
+    });
+    let (position, epoch) = rt.block_on(subscribed_on_node_3_until(&c, 5));
+    c.kill(3);
+    rt.block_on(a_client_resumes_on_another_node_after_its_node_died(&c, position, &epoch));
+}
+
+async fn every_publisher_reaches_every_subscriber_once_in_order(c: &Cluster) {
+    let (mut s1, mut s3) = (client(c, 1).await, client(c, 3).await);
+    assert_eq!(s1.cmd("sub room oldest").await, "ok");
+    assert_eq!(s3.cmd("sub room oldest").await, "ok");
+    assert_eq!(s3.cmd("sub ticks now").await, "ok");
+    let mut publishers = [client(c, 1).await, client(c, 2).await, client(c, 3).await];
+    let mut offsets = BTreeSet::new();
+    for round in 0..10 {
+        for (i, p) in publishers.iter_mut().enumerate() {
+            offsets.insert(p.publish("room", &format!("n{}-{round}", i + 1)).await.0);
+        }
+    }
+    let http = c.http(2);
+    let resp = http1(http, request("POST", RELAY_HOST, "/pub/room", "from a request")).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    offsets.insert(resp.text().split(' ').next().unwrap().parse().unwrap());
+    assert_eq!(offsets, (1..=31).collect(), "one offset per publication, none shared");
+    let (got1, got3) = (messages(&mut s1, "room", 31).await, messages(&mut s3, "room", 31).await);
+    assert_eq!(got1.iter().map(|m| m.0).collect::<Vec<_>>(), (1..=31).collect::<Vec<_>>());
+    assert_eq!(got1, got3, "both nodes' subscribers see the same sequence");
+    // The daemon, owned by one of the nodes, reaches a box on node 3.
+    let ticks = messages(&mut s3, "ticks", 2).await;
+    assert_eq!(ticks[1].0, ticks[0].0 + 1);
+}
+
+async fn an_acknowledged_publication_survives_a_nats_restart(c: &Cluster, nats: &mut Nats) {
+    let mut subscriber = client(c, 1).await;
+    assert_eq!(subscriber.cmd("sub loop now").await, "ok");
+    let mut publisher = client(c, 2).await;
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    let started = Instant::now();
+    let mut restarted = false;
+    while acknowledged.len() < 60 {
+        if !restarted && acknowledged.len() == 20 {
+            nats.stop();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            nats.launch();
+            restarted = true;
+        }
+        let reply = publisher.cmd(&format!("pub loop {}", acknowledged.len() + refused)).await;
+        match reply.split(' ').collect::<Vec<_>>()[..] {
+            ["pub-ok", offset, _] => acknowledged.push(offset.parse::<u64>().unwrap()),
+            _ => {
+                assert!(reply.contains("unavailable"), "{reply}");
+                refused += 1;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "publishing stalled; logs in {}", c.dir.display());
+    }
+    // Every acknowledged publication arrives; offsets only go up by one (no
+    // duplicate, no reorder); a refused one may or may not have been stored.
+    let last = *acknowledged.last().unwrap();
+    let mut seen = Vec::new();
+    while seen.last() != Some(&last) {
+        let event = subscriber.event().await;
+        let words: Vec<&str> = event.split(' ').collect();
+        assert_eq!(words[0], "msg", "{event}");
+        seen.push(words[2].parse::<u64>().unwrap());
+    }
+    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "offsets go up by one: {seen:?}");
+    for offset in &acknowledged {
+        assert!(seen.contains(offset), "acknowledged offset {offset} was not delivered: {seen:?}");
+    }
+}
+
+/// Subscribes a client on node 3 to `resume`, publishes `n` messages from
+/// node 1, and returns the client's last position.
+async fn subscribed_on_node_3_until(c: &Cluster, n: usize) -> (u64, String) {
+    let mut s3 = client(c, 3).await;
+    assert_eq!(s3.cmd("sub resume now").await, "ok");
+    let mut publisher = client(c, 1).await;
+    let mut epoch = String::new();
+    for i in 1..=n {
+        epoch = publisher.publish("resume", &format!("r{i}")).await.1;
+    }
+    let got = messages(&mut s3, "resume", n).await;
+    (got.last().unwrap().0, epoch)
+}
+
+async fn a_client_resumes_on_another_node_after_its_node_died(c: &Cluster, position: u64, epoch: &str) {
+    let mut publisher = client(c, 1).await;
+    for i in 1..=5 {
+        publisher.publish("resume", &format!("after-{i}")).await;
+    }
+    // The browser reconnects to another node with its last position.
+    let mut resumed = client(c, 2).await;
+    assert_eq!(resumed.cmd(&format!("sub resume {position}:{epoch}")).await, "ok");
+    let got = messages(&mut resumed, "resume", 5).await;
+    let want: Vec<(u64, String)> = (1..=5).map(|i| (position + i as u64, format!("after-{i}"))).collect();
+    assert_eq!(got, want, "nothing lost, nothing twice");
+}
