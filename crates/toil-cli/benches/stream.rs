@@ -15,6 +15,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod native;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use toil_abi::stream::framing;
-use toil_edge::webtransport::protocol::{self as wt, Accepted};
+use toil_edge::webtransport::protocol::{Accepted, ConnectStream, Session};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PAYLOAD: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -177,48 +178,13 @@ async fn open_idle(server: &'static Server, n: usize) -> (Vec<(wtransport::Conne
     (held, start.elapsed())
 }
 
-/// The native baseline: the same WebTransport stack, the echo in Rust.
+/// The native baseline: the same WebTransport stack, the echo in Rust, on
+/// one thread like one toil QUIC worker.
 async fn native_server(server: &Server) -> SocketAddr {
-    let cert = toil_edge::tls::DevCert::load_or_create(&server.dir.join("cert")).unwrap();
-    let keys = toil_edge::keys::NodeKeys::load_or_create(&server.dir.join("native-keys")).unwrap();
-    let config = toil_edge::quic::server_config(
-        &cert,
-        &keys,
-        &toil_edge::quic::ConnectionLimits { idle_timeout: Duration::from_secs(300), ..toil_config::LimitsConfig::default().quic_connection() },
-    )
-    .unwrap();
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = socket.local_addr().unwrap();
-    // Its own single-threaded runtime, like one toil QUIC worker.
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime)).unwrap();
-            while let Some(incoming) = endpoint.accept().await {
-                tokio::spawn(native_connection(incoming));
-            }
-        });
-    });
-    addr
+    native::start(server, 1, native_session)
 }
 
-async fn native_connection(incoming: quinn::Incoming) {
-    let Ok(quic) = incoming.await else { return };
-    let Ok(mut h3) = toil_edge::quic::h3_builder().build(h3_quinn::Connection::new(quic)).await else {
-        return;
-    };
-    let Ok(Some(resolver)) = h3.accept().await else {
-        return;
-    };
-    let Ok((req, stream)) = resolver.resolve_request().await else {
-        return;
-    };
-    if !wt::is_connect(&req) {
-        return;
-    }
-    let Ok((session, _connect)) = wt::accept(stream, h3).await else {
-        return;
-    };
+async fn native_session(session: Session, _connect: ConnectStream) {
     let mut count = 0u64;
     while let Ok(Some(Accepted::Stream(mut send, mut recv))) = session.accept().await {
         let mut decoder = framing::FrameDecoder::new(64 << 10);

@@ -1,21 +1,25 @@
 //! A real browser against `toil dev`: Debian's headless Chromium, driven
 //! through chromedriver (WebDriver), loads the echo example's dev page,
 //! which opens the `/echo` WebTransport session trusting the dev
-//! certificate by hash (`serverCertificateHashes`) and shows the replies.
+//! certificate by hash (`serverCertificateHashes`) and shows the replies;
+//! and two Chromium windows chat through the chat example's page (channels),
+//! one of them leaving and coming back to resume where it was.
 //!
 //! Needs `chromium` and `chromium-driver` (the test command installs them).
 
 mod common;
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
 use serde_json::{json, Value};
 
 struct Driver {
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     _child: KillOnDrop,
 }
 
@@ -26,6 +30,23 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// One WebDriver command: its `value`, or what went wrong.
+async fn webdriver(addr: SocketAddr, method: &str, path: &str, body: Value) -> Result<Value, String> {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = http1(addr, req).await;
+    let v: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+    if resp.status >= 300 {
+        return Err(format!("WebDriver {method} {path}: {} {v}", resp.status));
+    }
+    Ok(v["value"].clone())
 }
 
 impl Driver {
@@ -48,17 +69,100 @@ impl Driver {
     }
 
     async fn call(&self, method: &str, path: &str, body: Value) -> Value {
-        let req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", self.addr.to_string())
-            .header("content-type", "application/json")
-            .body(http_body_util::Full::new(Bytes::from(body.to_string())))
-            .unwrap();
-        let resp = http1(self.addr, req).await;
-        let v: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
-        assert!(resp.status < 300, "WebDriver {method} {path}: {} {v}", resp.status);
-        v["value"].clone()
+        webdriver(self.addr, method, path, body).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A new headless Chromium (one WebDriver session) with its own
+    /// profile, so its pages share no storage with another's.
+    async fn open(&self, profile: &Path) -> Browser {
+        let session = self
+            .call(
+                "POST",
+                "/session",
+                json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+                    "binary": "/usr/bin/chromium",
+                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                             format!("--user-data-dir={}", profile.display())]
+                }}}}),
+            )
+            .await;
+        let id = session["sessionId"].as_str().expect("a WebDriver session").to_string();
+        Browser { driver: self.addr, id }
+    }
+}
+
+/// One WebDriver session. Dropping it ends the session, which quits its
+/// Chromium, also when the test fails.
+struct Browser {
+    driver: SocketAddr,
+    id: String,
+}
+
+impl Browser {
+    async fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        self.try_call(method, path, body).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn try_call(&self, method: &str, path: &str, body: Value) -> Result<Value, String> {
+        webdriver(self.driver, method, &format!("/session/{}{path}", self.id), body).await
+    }
+
+    /// Loads `url`, returning once the page has loaded.
+    async fn goto(&self, url: &str) {
+        self.call("POST", "/url", json!({"url": url})).await;
+    }
+
+    /// Runs `script` (a function body) in the page: what it returns.
+    async fn run(&self, script: &str) -> Value {
+        self.call("POST", "/execute/sync", json!({"script": script, "args": []})).await
+    }
+
+    /// [`Browser::run`] that may fail (the page is between documents).
+    async fn try_run(&self, script: &str) -> Result<Value, String> {
+        self.try_call("POST", "/execute/sync", json!({"script": script, "args": []})).await
+    }
+
+    /// The WebDriver reference of the element `css` selects.
+    async fn element(&self, css: &str) -> String {
+        let e = self.call("POST", "/element", json!({"using": "css selector", "value": css})).await;
+        e["element-6066-11e4-a52e-4f735466cecf"].as_str().unwrap_or_else(|| panic!("element {css}: {e}")).to_string()
+    }
+
+    /// Types `text` into the element `css` selects, key by key.
+    async fn type_into(&self, css: &str, text: &str) {
+        let e = self.element(css).await;
+        self.call("POST", &format!("/element/{e}/value"), json!({"text": text})).await;
+    }
+
+    async fn click(&self, css: &str) {
+        let e = self.element(css).await;
+        self.call("POST", &format!("/element/{e}/click"), json!({})).await;
+    }
+}
+
+impl Drop for Browser {
+    /// A blocking `DELETE /session/ID` (a drop cannot await), which
+    /// returns once chromedriver has answered, that is, Chromium has quit.
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&self.driver, Duration::from_secs(1)) else { return };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        let request = format!("DELETE /session/{} HTTP/1.1\r\nhost: {}\r\ncontent-length: 0\r\n\r\n", self.id, self.driver);
+        if s.write_all(request.as_bytes()).is_err() {
+            return;
+        }
+        // chromedriver keeps the connection open: read the head and the
+        // body its content-length announces, not to the end.
+        let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+        while let Ok(n @ 1..) = s.read(&mut chunk) {
+            buf.extend_from_slice(&chunk[..n]);
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")?.trim().parse().ok()).unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                break;
+            }
+        }
     }
 }
 
@@ -66,37 +170,23 @@ impl Driver {
 async fn chromium_opens_the_echo_stream_from_the_dev_page() {
     let s = server();
     let driver = Driver::start().await;
-    let profile = s.dir.join("chromium-profile");
-    let session = driver
-        .call(
-            "POST",
-            "/session",
-            json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         format!("--user-data-dir={}", profile.display())]
-            }}}}),
-        )
-        .await;
-    let id = session["sessionId"].as_str().expect("a WebDriver session").to_string();
+    let browser = driver.open(&s.dir.join("chromium-profile")).await;
     let page = format!("http://echo.localhost:{}/", s.http.port());
-    driver.call("POST", &format!("/session/{id}/url"), json!({"url": page})).await;
+    browser.goto(&page).await;
 
-    let script = json!({"script": "return [document.getElementById('status').textContent, document.getElementById('log').textContent]", "args": []});
+    let script = "return [document.getElementById('status').textContent, document.getElementById('log').textContent]";
     let mut seen = Value::Null;
     for _ in 0..100 {
-        seen = driver.call("POST", &format!("/session/{id}/execute/sync"), script.clone()).await;
+        seen = browser.run(script).await;
         if seen[1].as_str().is_some_and(|log| log.contains("← 1:hello")) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Send one more frame through the page's form: the same box counts on.
-    let click =
-        json!({"script": "document.getElementById('msg').value = 'again'; document.querySelector('#form button').click(); return true", "args": []});
-    driver.call("POST", &format!("/session/{id}/execute/sync"), click).await;
+    browser.run("document.getElementById('msg').value = 'again'; document.querySelector('#form button').click(); return true").await;
     for _ in 0..50 {
-        seen = driver.call("POST", &format!("/session/{id}/execute/sync"), script.clone()).await;
+        seen = browser.run(script).await;
         if seen[1].as_str().is_some_and(|log| log.contains("← 2:again")) {
             break;
         }
@@ -107,10 +197,212 @@ async fn chromium_opens_the_echo_stream_from_the_dev_page() {
     assert!(log.contains("← 1:hello") && log.contains("← 2:again"), "page log:\n{log}");
 
     // Closing from the page runs the box's close hook with the page's code and reason.
-    let close = json!({"script": "document.getElementById('close').click(); return true", "args": []});
-    driver.call("POST", &format!("/session/{id}/execute/sync"), close).await;
+    browser.run("document.getElementById('close').click(); return true").await;
     let closed = log_contains("echo closed after 2 frames (code 0, \"closed from the page\")").await;
-    driver.call("DELETE", &format!("/session/{id}"), json!({})).await;
+    drop(browser);
     let echo_lines: Vec<String> = s.log().lines().filter(|l| l.contains("echo closed") || l.contains("echo lost")).map(String::from).collect();
     assert!(closed, "close hook; server log:\n{}", echo_lines.join("\n"));
+}
+
+// ------------------------------------------------------------------ chat
+
+/// What a chat page shows (examples/chat/src/page.html).
+const CHAT_PAGE: &str = r#"
+const text = (id) => { const e = document.getElementById(id); return e ? e.textContent : null; };
+return {
+  url: location.href,
+  status: text('status'), position: text('position'), tick: text('tick'), notice: text('notice'),
+  messages: Array.from(document.querySelectorAll('#messages li')).map((li) => {
+    const from = li.querySelector('.from');
+    return { offset: Number(li.dataset.offset), from: from ? from.textContent : null, text: li.textContent };
+  }),
+  page: document.body ? document.body.innerText : '',
+};"#;
+
+/// One message as a chat page lists it.
+#[derive(Debug, Clone, PartialEq)]
+struct Line {
+    offset: u64,
+    from: String,
+    /// The `<li>`'s text: `#OFFSETFROM: TEXT`.
+    text: String,
+}
+
+#[derive(Debug, Default)]
+struct ChatPage {
+    status: String,
+    tick: String,
+    messages: Vec<Line>,
+    /// The whole page as text, or why it could not be read.
+    dump: String,
+}
+
+impl ChatPage {
+    async fn read(b: &Browser) -> ChatPage {
+        let v = match b.try_run(CHAT_PAGE).await {
+            Ok(v) => v,
+            Err(e) => return ChatPage { dump: e, ..ChatPage::default() },
+        };
+        let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+        let messages = v["messages"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| Line {
+                        offset: m["offset"].as_u64().unwrap_or(u64::MAX),
+                        from: m["from"].as_str().unwrap_or("").to_string(),
+                        text: m["text"].as_str().unwrap_or("").to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let dump = format!(
+            "{}\nstatus={:?} position={:?} tick={:?} notice={:?}\n{}",
+            s("url"),
+            s("status"),
+            s("position"),
+            s("tick"),
+            s("notice"),
+            s("page")
+        );
+        ChatPage { status: s("status"), tick: s("tick"), messages, dump }
+    }
+
+    /// The messages whose text is `text`.
+    fn find(&self, text: &str) -> Vec<&Line> {
+        self.messages.iter().filter(|m| m.text.ends_with(&format!(": {text}"))).collect()
+    }
+
+    /// The one message whose text is `text`.
+    fn one(&self, text: &str) -> Option<&Line> {
+        match self.find(text)[..] {
+            [m] => Some(m),
+            _ => None,
+        }
+    }
+}
+
+/// Polls `b`'s page every 100 ms until `ok` holds, for at most `within`;
+/// panics with the page and the server log's path if it never does.
+async fn wait_page(s: &Server, b: &Browser, what: &str, within: Duration, ok: impl Fn(&ChatPage) -> bool) -> ChatPage {
+    let start = Instant::now();
+    loop {
+        let page = ChatPage::read(b).await;
+        if ok(&page) {
+            return page;
+        }
+        if start.elapsed() > within {
+            panic!("{what}: not within {within:?}; the page:\n{}\n(server log: {})", page.dump, s.dir.join("dev.log").display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the server's log has a line containing one of `needles`.
+async fn wait_log(s: &Server, what: &str, needles: &[&str]) {
+    let start = Instant::now();
+    while !s.log().lines().any(|l| needles.iter().any(|n| l.contains(n))) {
+        assert!(start.elapsed() < STEP, "{what}: none of {needles:?} in the server log {}", s.dir.join("dev.log").display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How long one step of a browser scenario may take.
+const STEP: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn two_chromium_pages_chat_and_one_resumes_after_leaving() {
+    // `toil dev`'s own limits, not the bad-input tests' (whose 2 s idle
+    // timeout drops a quiet browser session every second or two).
+    let s = start_server(
+        "chat-browser",
+        json!({
+            "apps": [{"domain": "chat", "dir": repo_root().join("examples/chat")}],
+            "defaultDomain": "chat",
+            "limits": {},
+        }),
+    );
+    let log = format!("server log: {}", s.dir.join("dev.log").display());
+    // How long each step took, shown when the test fails.
+    let t0 = Instant::now();
+    let mark = |what: &str| eprintln!("{:>6.2} s  {what}", t0.elapsed().as_secs_f64());
+    let driver = Driver::start().await;
+    // Two Chromiums, each with its own profile: two pages, two WebTransport
+    // sessions, and each page's position in its own localStorage.
+    let a = driver.open(&s.dir.join("profile-ann")).await;
+    let b = driver.open(&s.dir.join("profile-bob")).await;
+    let url = |name: &str| format!("http://chat.localhost:{}/?room=e2e&name={name}", s.http.port());
+    a.goto(&url("ann")).await;
+    b.goto(&url("bob")).await;
+    mark("pages loaded");
+    wait_page(&s, &a, "ann's page opens its session", STEP, |p| p.status == "open").await;
+    wait_page(&s, &b, "bob's page opens its session", STEP, |p| p.status == "open").await;
+
+    mark("both open");
+    // Ann types a message: both pages show it, at the same offset.
+    a.type_into("#text", "hello from ann").await;
+    a.click("#send").await;
+    let shown = |text: &'static str| move |p: &ChatPage| p.one(text).is_some();
+    let on_a = wait_page(&s, &a, "ann's message on ann's page", STEP, shown("hello from ann")).await;
+    let on_b = wait_page(&s, &b, "ann's message on bob's page", STEP, shown("hello from ann")).await;
+    let first = on_a.one("hello from ann").unwrap().clone();
+    assert_eq!(first.from, "ann", "ann's page:\n{}\n{log}", on_a.dump);
+    assert_eq!(Some(&first), on_b.one("hello from ann"), "the same message at the same offset; bob's page:\n{}\n{log}", on_b.dump);
+
+    mark("ann's message on both");
+    // Bob answers: the next offset, on both pages.
+    b.type_into("#text", "hi ann").await;
+    b.click("#send").await;
+    let on_b = wait_page(&s, &b, "bob's message on bob's page", STEP, shown("hi ann")).await;
+    let on_a = wait_page(&s, &a, "bob's message on ann's page", STEP, shown("hi ann")).await;
+    let second = on_a.one("hi ann").unwrap().clone();
+    assert_eq!((second.offset, second.from.as_str()), (first.offset + 1, "bob"), "ann's page:\n{}\n{log}", on_a.dump);
+    assert_eq!(Some(&second), on_b.one("hi ann"), "bob's page:\n{}\n{log}", on_b.dump);
+
+    mark("bob's message on both");
+    // Bob's page goes away (its session ends with it) and a message is
+    // posted over HTTP while it is gone; then the page loads again.
+    b.goto("about:blank").await;
+    wait_log(&s, "bob's box ends when his page goes away", &["bob left room/e2e", "bob lost from room/e2e"]).await;
+    let resp = http1(s.http, request("POST", "chat.localhost", "/rooms/e2e", "sent while away")).await;
+    assert_eq!(resp.status, 200, "POST /rooms/e2e: {}\n{log}", resp.text());
+    let posted: Value = serde_json::from_slice(&resp.body).unwrap_or_else(|_| panic!("POST /rooms/e2e: {}", resp.text()));
+    assert_eq!(posted["offset"], first.offset + 2, "POST /rooms/e2e: {}", resp.text());
+    let on_a = wait_page(&s, &a, "the posted message on ann's page", STEP, shown("sent while away")).await;
+    let third = on_a.one("sent while away").unwrap().clone();
+    assert_eq!((third.offset, third.from.as_str()), (first.offset + 2, "http"), "ann's page:\n{}\n{log}", on_a.dump);
+
+    mark("posted while bob was away");
+    b.goto(&url("bob")).await;
+    wait_page(&s, &b, "bob's page back, with the message sent while away", STEP, |p| p.status == "open" && p.one("sent while away").is_some()).await;
+    // Give a duplicate time to show before counting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let on_b = ChatPage::read(&b).await;
+    assert_eq!(
+        on_b.messages,
+        [first.clone(), second.clone(), third.clone()],
+        "each message once, in offset order; bob's page:\n{}\n{log}",
+        on_b.dump
+    );
+    assert_eq!(on_b.status, "open", "bob's page:\n{}\n{log}", on_b.dump);
+    let on_a = ChatPage::read(&a).await;
+    assert_eq!(on_a.messages, [first, second, third], "ann's page:\n{}\n{log}", on_a.dump);
+
+    mark("bob's page resumed");
+    // The daemon's ticks reach the pages through the `ticks` topic.
+    let start = Instant::now();
+    loop {
+        let (pa, pb) = (ChatPage::read(&a).await, ChatPage::read(&b).await);
+        if pa.tick.parse::<u64>().is_ok() || pb.tick.parse::<u64>().is_ok() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no tick on either page within 10 s; ann's page:\n{}\nbob's page:\n{}\n{log}",
+            pa.dump,
+            pb.dump
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    mark("a tick");
 }

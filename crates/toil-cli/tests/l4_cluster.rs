@@ -35,6 +35,9 @@ fn wait_for_tick_by(c: &Cluster, node: u64, fencing: u64, timeout: Duration) -> 
 fn killing_the_owner_moves_the_daemon_and_no_tick_fires_twice() {
     let mut c = Cluster::start("cluster-kill", 3, serde_json::json!({}));
     c.wait_for(Duration::from_secs(20), "a pulse owner", |c| c.owner(1).is_some());
+    // Without channels.nats a cluster node has no channels, and says why
+    // (in-process channels would split the cluster into islands).
+    assert!(c.logs().contains("channels off: a cluster node shares channels only through NATS; set channels.nats"), "logs in {}", c.dir.display());
     let mut moves = Vec::new();
     for round in 0..3 {
         let (owner, fencing) = c.owner(c.running()[0]).unwrap();

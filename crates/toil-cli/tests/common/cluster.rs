@@ -41,6 +41,7 @@ pub fn test_guest(name: &str) -> PathBuf {
 /// ephemeral range: a port-0 bind (every node's public and admin listeners,
 /// any client) is never given it in the meantime.
 pub fn free_port() -> u16 {
+    static GIVEN: Mutex<std::collections::BTreeSet<u16>> = Mutex::new(std::collections::BTreeSet::new());
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
@@ -53,7 +54,9 @@ pub fn free_port() -> u16 {
         x ^= x >> 7;
         x ^= x << 17;
         let port = 10_000 + (x % u64::from(ephemeral_low.saturating_sub(10_000).max(1))) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        // Free now, and never handed to another test of this process, which
+        // may not have bound its port yet.
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && GIVEN.lock().unwrap().insert(port) {
             return port;
         }
     }

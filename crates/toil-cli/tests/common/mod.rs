@@ -537,6 +537,7 @@ impl UdpRelay {
     }
 }
 pub mod cluster;
+pub mod nats;
 pub mod relay;
 
 // ------------------------------------------------------------ Deploys

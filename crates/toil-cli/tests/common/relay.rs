@@ -20,8 +20,13 @@ impl RelayClient {
     /// A session to `/relay` on the node at `http` (certificate `cert_sha256`),
     /// granting it at most `window` unread bytes if given.
     pub async fn connect(cert_sha256: &str, http: SocketAddr, window: Option<u32>) -> RelayClient {
+        RelayClient::connect_on(&wt_endpoint_with_window(cert_sha256, http, window), http).await
+    }
+
+    /// A session from an existing client endpoint (many sessions, one socket).
+    pub async fn connect_on(endpoint: &wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client>, http: SocketAddr) -> RelayClient {
         let url = format!("https://{RELAY_HOST}:{}/relay", http.port());
-        let conn = wt_endpoint_with_window(cert_sha256, http, window).connect(url).await.expect("session to /relay");
+        let conn = endpoint.connect(url).await.expect("session to /relay");
         let frames = Frames::open(&conn).await;
         RelayClient { conn, frames, events: VecDeque::new() }
     }

@@ -1,0 +1,64 @@
+//! What the benches' native baselines share: a WebTransport server on the
+//! same stack as `toil` (quinn, h3, `toil_edge::webtransport::protocol`),
+//! with the dev certificate, whose sessions a Rust handler serves instead
+//! of a wasm box.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use toil_edge::webtransport::protocol::{self as wt, ConnectStream, Session};
+
+use crate::common::Server;
+
+/// Starts the native server on its own runtime of `threads` threads; every
+/// WebTransport session it accepts goes to `serve` (with its CONNECT
+/// stream, which must live as long as the session).
+pub fn start<F, Fut>(server: &Server, threads: usize, serve: F) -> SocketAddr
+where
+    F: Fn(Session, ConnectStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let cert = toil_edge::tls::DevCert::load_or_create(&server.dir.join("cert")).unwrap();
+    let keys = toil_edge::keys::NodeKeys::load_or_create(&server.dir.join("native-keys")).unwrap();
+    let config = toil_edge::quic::server_config(
+        &cert,
+        &keys,
+        &toil_edge::quic::ConnectionLimits { idle_timeout: Duration::from_secs(300), ..toil_config::LimitsConfig::default().quic_connection() },
+    )
+    .unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let serve = Arc::new(serve);
+    std::thread::spawn(move || {
+        let rt = match threads {
+            1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+            n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+        }
+        .unwrap();
+        rt.block_on(async move {
+            let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime)).unwrap();
+            while let Some(incoming) = endpoint.accept().await {
+                let serve = serve.clone();
+                tokio::spawn(async move {
+                    if let Some((session, connect)) = accept(incoming).await {
+                        serve(session, connect).await;
+                    }
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// The connection's first request, if it is a WebTransport CONNECT.
+async fn accept(incoming: quinn::Incoming) -> Option<(Session, ConnectStream)> {
+    let quic = incoming.await.ok()?;
+    let mut h3 = toil_edge::quic::h3_builder().build(h3_quinn::Connection::new(quic)).await.ok()?;
+    let (req, stream) = h3.accept().await.ok()??.resolve_request().await.ok()?;
+    if !wt::is_connect(&req) {
+        return None;
+    }
+    wt::accept(stream, h3).await.ok()
+}
