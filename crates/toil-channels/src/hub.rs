@@ -18,7 +18,7 @@ use toil_abi::channel::{ChannelError, Position, Since};
 
 use crate::log::{HistoryLimits, Recorded, Replay, ResyncReason, TopicLog};
 use crate::mailbox::{Mailbox, Pushed};
-use crate::metrics::ChannelMetrics;
+use crate::metrics::{ChannelMetrics, DomainChannelMetrics};
 
 /// Who numbers publications.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,38 +94,28 @@ impl Hub {
     /// Numbers and fans out a publication made on this node (in process).
     pub fn publish(&mut self, key: &TopicKey, bytes: Bytes, now_ms: u64) -> Result<Position, ChannelError> {
         debug_assert_eq!(self.numbering, Numbering::Local);
+        let metrics = self.metrics.domain(&key.0);
         let (topic, _) = self.topic(key)?;
         let position = topic.log.append(bytes.clone(), now_ms);
-        let subscribers = topic.subscribers.clone();
-        self.fan_out(key, &subscribers, &position, bytes);
+        fan_out(&key.1, &topic.subscribers, &position, bytes, &metrics);
         Ok(position)
     }
 
     /// Takes a publication the transport delivered for a copied topic.
     pub fn record(&mut self, key: &TopicKey, position: Position, bytes: Bytes, now_ms: u64) {
         let Some(topic) = self.topics.get_mut(key) else { return };
-        let subscribers = topic.subscribers.clone();
+        let metrics = self.metrics.domain(&key.0);
         match topic.log.record(&position, bytes.clone(), now_ms) {
             Recorded::Duplicate => return,
             Recorded::Next => {}
             Recorded::Resync(at, reason) => {
-                for (_, mailbox) in &subscribers {
+                for (_, mailbox) in &topic.subscribers {
                     mailbox.push_resync(&key.1, at.clone(), reason);
-                    self.metrics.domain(&key.0).resync(reason);
+                    metrics.resync(reason);
                 }
             }
         }
-        self.fan_out(key, &subscribers, &position, bytes);
-    }
-
-    fn fan_out(&mut self, key: &TopicKey, subscribers: &[(u64, Arc<Mailbox>)], position: &Position, bytes: Bytes) {
-        let metrics = self.metrics.domain(&key.0);
-        let now = Instant::now();
-        for (_, mailbox) in subscribers {
-            if mailbox.push_message(&key.1, position.clone(), bytes.clone(), now) == Pushed::Overflowed {
-                metrics.resync(ResyncReason::Overflow);
-            }
-        }
+        fan_out(&key.1, &topic.subscribers, &position, bytes, &metrics);
     }
 
     /// Subscribes a box's mailbox from `since`; its replay (or resync) is
@@ -148,8 +138,9 @@ impl Hub {
         match replay {
             Replay::Messages(entries) => {
                 let now = Instant::now();
+                let epoch = self.topics[key].log.position().epoch;
                 for e in entries {
-                    let position = Position { offset: e.offset, epoch: self.topics[key].log.position().epoch };
+                    let position = Position { offset: e.offset, epoch: epoch.clone() };
                     if mailbox.push_message(&key.1, position, e.bytes, now) == Pushed::Overflowed {
                         self.metrics.domain(&key.0).resync(ResyncReason::Overflow);
                     }
@@ -222,6 +213,17 @@ impl Hub {
     #[cfg(test)]
     pub fn topic_count(&self) -> usize {
         self.topics.len()
+    }
+}
+
+/// Queues a publication in every subscriber's mailbox; a full one folds it
+/// into a resync, counted.
+fn fan_out(topic: &Arc<str>, subscribers: &[(u64, Arc<Mailbox>)], position: &Position, bytes: Bytes, metrics: &DomainChannelMetrics) {
+    let now = Instant::now();
+    for (_, mailbox) in subscribers {
+        if mailbox.push_message(topic, position.clone(), bytes.clone(), now) == Pushed::Overflowed {
+            metrics.resync(ResyncReason::Overflow);
+        }
     }
 }
 

@@ -128,19 +128,21 @@ impl Channels {
         }
     }
 
-    pub fn settings(&self) -> &ChannelSettings {
-        &self.inner.settings
+    /// Whether a publication of `len` bytes to `topic` would be refused
+    /// before reaching the transport (so a caller need not copy it first).
+    pub fn check(&self, topic: &str, len: usize) -> Result<(), ChannelError> {
+        check_topic(topic).map_err(|_| ChannelError::BadTopic)?;
+        if len > self.inner.settings.max_message_bytes {
+            return Err(ChannelError::TooLarge);
+        }
+        Ok(())
     }
 
     /// Publishes `bytes` to `domain`'s `topic`; returns its position once
     /// the transport has stored it.
-    pub async fn publish(&self, domain: &str, topic: &str, bytes: &[u8]) -> Result<Position, ChannelError> {
-        check_topic(topic).map_err(|_| ChannelError::BadTopic)?;
-        if bytes.len() > self.inner.settings.max_message_bytes {
-            return Err(ChannelError::TooLarge);
-        }
+    pub async fn publish(&self, domain: &str, topic: &str, bytes: Bytes) -> Result<Position, ChannelError> {
+        self.check(topic, bytes.len())?;
         let key: TopicKey = (domain.into(), topic.into());
-        let bytes = Bytes::copy_from_slice(bytes);
         let position = match &self.inner.transport {
             Transport::InProcess => {
                 let now = self.inner.now_ms();

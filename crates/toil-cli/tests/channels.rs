@@ -25,7 +25,7 @@ fn node() -> &'static Server {
         start_server(
             "channels",
             serde_json::json!({
-                "apps": [{"domain": "relay", "dir": relay}],
+                "apps": [{"domain": "relay", "dir": relay}, {"domain": "hello", "dir": repo_root().join("examples/hello")}],
                 "defaultDomain": "relay",
                 "channels": {
                     "historySize": HISTORY, "subscriberQueue": QUEUE,
@@ -34,6 +34,12 @@ fn node() -> &'static Server {
             }),
         )
     })
+}
+
+/// Another domain on the same node answers while a channel fault happens.
+async fn hello_still_serves() {
+    let resp = http1(node().http, get("hello.localhost", "/")).await;
+    assert_eq!((resp.status, resp.text().as_str()), (200, "Hello from Toil Edge!\n"));
 }
 
 /// A client of a relay box on the channel test node.
@@ -165,6 +171,7 @@ async fn bad_channel_calls_get_clear_errors_and_the_box_goes_on() {
     assert_eq!((resp.status, resp.text().as_str()), (400, "bad topic name (1 to 128 bytes of A-Z a-z 0-9 - _ . : /)"));
     assert_eq!(http1(s.http, request("POST", RELAY, "/pub/big", vec![0u8; MAX_MESSAGE + 1])).await.status, 400);
     assert!(c.publish("still-serving", "yes").await.0 >= 1);
+    hello_still_serves().await;
 }
 
 #[tokio::test]
@@ -176,6 +183,7 @@ async fn a_box_that_traps_in_its_channel_hook_is_closed_alone() {
     let (_, epoch) = publisher.publish("trap", "boom").await;
     let (code, reason) = closed(&faulty.conn).await.expect("the faulty session closed");
     assert_eq!(code, u64::from(close_code::GUEST_FAULT), "{reason}");
+    hello_still_serves().await;
     assert_eq!(healthy.event().await, format!("msg trap 1 {epoch} boom"));
     publisher.publish("trap", "again").await;
     assert_eq!(healthy.event().await, format!("msg trap 2 {epoch} again"));
@@ -193,6 +201,7 @@ async fn a_slow_box_gets_one_overflow_resync_and_never_holds_up_the_topic() {
         publisher.publish("flood", &i.to_string()).await;
     }
     let publishing = started.elapsed();
+    hello_still_serves().await;
     for i in 1..=total {
         assert!(fast.event().await.starts_with(&format!("msg flood {i} ")));
     }
@@ -230,5 +239,6 @@ async fn a_subscriber_that_never_reads_stalls_only_itself() {
     }
     let (code, reason) = closed(&stuck.conn).await.expect("the stuck session closed");
     assert_eq!(code, u64::from(close_code::CLIENT_TOO_SLOW), "{reason}");
+    hello_still_serves().await;
     assert!(publisher.publish("firehose", "done").await.0 > 300);
 }

@@ -207,16 +207,17 @@ fn add_channels(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let mem = guest_memory(&mut caller)?;
             let (bytes, state) = mem.data_and_store_mut(&mut caller);
             let Some(channels) = state.channels.clone() else { return Ok(ChannelError::Disabled as i32) };
-            if len.max(0) as usize > channels.settings().max_message_bytes {
-                return Ok(ChannelError::TooLarge as i32);
-            }
             let Ok(topic) = std::str::from_utf8(guest_slice(bytes, topic, topic_len, "channel_publish")?).map(str::to_owned) else {
                 return Ok(ChannelError::BadTopic as i32);
             };
-            let message = guest_slice(bytes, src, len, "channel_publish")?.to_vec();
+            // Refused before the message is copied out of guest memory.
+            if let Err(e) = channels.check(&topic, len.max(0) as usize) {
+                return Ok(e as i32);
+            }
+            let message = bytes::Bytes::copy_from_slice(guest_slice(bytes, src, len, "channel_publish")?);
             let domain = state.id.domain.clone();
             // The call's deadline bounds this wait, as it bounds the whole call.
-            let position = match channels.publish(&domain, &topic, &message).await {
+            let position = match channels.publish(&domain, &topic, message).await {
                 Ok(p) => p.encode(),
                 Err(e) => return Ok(e as i32),
             };

@@ -80,7 +80,8 @@ mod imp {
         static OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         static SENT: RefCell<Vec<(u8, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
         static ERRORS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
-        static TOPICS: RefCell<Vec<(String, u64, Vec<String>)>> = const { RefCell::new(Vec::new()) };
+        /// Per topic: its last offset and whether the box is subscribed.
+        static TOPICS: RefCell<Vec<(String, u64, bool)>> = const { RefCell::new(Vec::new()) };
     }
 
     /// In process, natively: each topic numbers its publications in epoch
@@ -93,7 +94,7 @@ mod imp {
         let offset = TOPICS.with(|t| {
             let mut t = t.borrow_mut();
             let i = t.iter().position(|(name, _, _)| name == topic).unwrap_or_else(|| {
-                t.push((topic.into(), 0, Vec::new()));
+                t.push((topic.into(), 0, false));
                 t.len() - 1
             });
             t[i].1 += 1;
@@ -111,14 +112,14 @@ mod imp {
         TOPICS.with(|t| {
             let mut t = t.borrow_mut();
             match t.iter_mut().find(|(name, _, _)| name == topic) {
-                Some(entry) => entry.2.push("subscribed".into()),
-                None => t.push((topic.into(), 0, vec!["subscribed".into()])),
+                Some(entry) => entry.2 = true,
+                None => t.push((topic.into(), 0, true)),
             }
         });
         0
     }
     pub fn channel_unsubscribe(topic: &str) -> i32 {
-        TOPICS.with(|t| t.borrow_mut().iter_mut().find(|(name, _, _)| name == topic).and_then(|e| e.2.pop()).is_some() as i32)
+        TOPICS.with(|t| t.borrow_mut().iter_mut().find(|(name, _, _)| name == topic).is_some_and(|e| std::mem::take(&mut e.2)) as i32)
     }
 
     pub fn read_input(len: i32) -> Vec<u8> {
