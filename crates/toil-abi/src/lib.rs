@@ -1,4 +1,4 @@
-//! ABI v1 between the Toil host and its wasm guests.
+//! ABI v2 between the Toil host and its wasm guests.
 //!
 //! This crate is the single definition of everything that crosses the
 //! host/guest boundary, and it is compiled into both sides: the host runtime
@@ -30,7 +30,9 @@ pub mod stream;
 
 /// The ABI version this crate defines. A guest declares the version it was
 /// built against in its manifest header; the host refuses any other.
-pub const ABI_VERSION: u32 = 1;
+/// v2: stream frames name their stream, the `stream_end` event, and
+/// `stream_write` / `stream_finish` / `stream_open`.
+pub const ABI_VERSION: u32 = 2;
 
 /// Name of the wasm custom section that carries the manifest.
 pub const MANIFEST_SECTION: &str = "toil.manifest";
@@ -86,6 +88,9 @@ impl Tier {
                 imports::OUTPUT_WRITE,
                 imports::STREAM_SEND,
                 imports::STREAM_CLOSE,
+                imports::STREAM_WRITE,
+                imports::STREAM_FINISH,
+                imports::STREAM_OPEN,
                 imports::CHANNEL_PUBLISH,
                 imports::CHANNEL_SUBSCRIBE,
                 imports::CHANNEL_UNSUBSCRIBE,
@@ -136,8 +141,22 @@ pub mod imports {
     /// the output would exceed the host's cap.
     pub const OUTPUT_WRITE: &str = "output_write";
     /// `stream_send(kind: i32, src: i32, len: i32) -> i32` (stream tier):
-    /// queue a frame to the client. Returns 0, or a negative [`crate::stream::SendError`] code.
+    /// queue a frame to the client, on the session's primary stream or as a
+    /// datagram. Returns 0, or a negative [`crate::stream::SendError`] code.
     pub const STREAM_SEND: &str = "stream_send";
+    /// `stream_write(stream: i32, src: i32, len: i32, finish: i32) -> i32`
+    /// (stream tier): queue a frame on one stream ([`crate::stream::StreamId`]),
+    /// and finish the box's side of it after the frame if `finish` is 1.
+    /// Returns 0, or a negative [`crate::stream::SendError`] code.
+    pub const STREAM_WRITE: &str = "stream_write";
+    /// `stream_finish(stream: i32) -> i32` (stream tier): finish the box's
+    /// side of a stream once what was queued on it is written. Returns 0,
+    /// or a negative [`crate::stream::SendError`] code.
+    pub const STREAM_FINISH: &str = "stream_finish";
+    /// `stream_open(direction: i32) -> i32` (stream tier): open a stream to
+    /// the client ([`crate::stream::Direction`]); returns its id (> 0), or a
+    /// negative [`crate::stream::SendError`] code.
+    pub const STREAM_OPEN: &str = "stream_open";
     /// `stream_close(code: i32, src: i32, len: i32) -> i32` (stream tier):
     /// close the session with an application code and a UTF-8 reason.
     pub const STREAM_CLOSE: &str = "stream_close";

@@ -4,10 +4,28 @@
 //! | event | code | input |
 //! |---|---|---|
 //! | connect | 1 | `stream: str, session: u64, path: str, query: str` |
-//! | message | 2 | `kind: u8, bytes: bytes` |
+//! | message | 2 | `kind: u8, stream: u32, bytes: bytes` (`stream` is 0 for a datagram) |
 //! | close | 3 | `code: u32, reason: str` |
 //! | disconnect | 4 | `reason: str` |
 //! | channel | 5 | a [`ChannelEvent`](crate::channel::ChannelEvent): a message or a resync of a subscribed topic |
+//! | stream_end | 6 | `stream: u32, end: u8, code: u32`: the client finished (0), reset (1) or stopped reading (2) one stream; see [`StreamEnd`] |
+//!
+//! ## Streams of a session
+//!
+//! A session carries any number of WebTransport streams besides datagrams.
+//! The host names each with a [`StreamId`] (1, 2, 3… in the order the
+//! streams appear, never reused in a session), whoever opened it:
+//! - the client's bidirectional streams: frames in, and the box may write
+//!   back on the same stream; the first one is the session's *primary*
+//!   stream, where `stream_send` writes;
+//! - the client's unidirectional streams: frames in only;
+//! - streams the box opens (`stream_open`): unidirectional (frames out
+//!   only) or bidirectional (the client may write back).
+//!
+//! A box writes a frame to a stream (`stream_write`) and finishes its side
+//! of it (`stream_finish`); it hears, through `stream_end`, when the client
+//! finished or reset its side, or stopped reading the box's side. A stream
+//! is forgotten once both sides are done.
 
 use crate::channel::ChannelEvent;
 #[cfg(feature = "alloc")]
@@ -21,6 +39,66 @@ pub const MESSAGE: i32 = 2;
 pub const CLOSE: i32 = 3;
 pub const DISCONNECT: i32 = 4;
 pub const CHANNEL: i32 = 5;
+pub const STREAM_END: i32 = 6;
+
+/// The host's name for one WebTransport stream of a session: 1, 2, 3… in
+/// the order streams appear, whoever opened them; never reused within a
+/// session. Frames that arrive as datagrams have none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(pub u32);
+
+/// Which way a stream the box opens carries frames (`stream_open`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Direction {
+    /// Frames from the box to the client only.
+    Uni = 0,
+    /// Both ways: the client may write back on it.
+    Bidi = 1,
+}
+
+impl Direction {
+    pub const fn from_u8(v: u8) -> Option<Direction> {
+        match v {
+            0 => Some(Direction::Uni),
+            1 => Some(Direction::Bidi),
+            _ => None,
+        }
+    }
+}
+
+/// What the client did to one side of a stream (the `stream_end` event).
+/// Codes are WebTransport application error codes as the client gave them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The client finished its side cleanly: every frame it sent was delivered.
+    Finished,
+    /// The client aborted its side; frames it had not completed are lost.
+    Reset(u32),
+    /// The client stopped reading the box's side: what the box writes to it
+    /// now fails with [`SendError::Finished`]; frames in flight may be lost.
+    Stopped(u32),
+}
+
+impl StreamEnd {
+    /// The wire form: `(end, code)`.
+    pub const fn to_wire(self) -> (u8, u32) {
+        match self {
+            StreamEnd::Finished => (0, 0),
+            StreamEnd::Reset(code) => (1, code),
+            StreamEnd::Stopped(code) => (2, code),
+        }
+    }
+
+    pub const fn from_wire(end: u8, code: u32) -> Option<StreamEnd> {
+        match end {
+            0 => Some(StreamEnd::Finished),
+            1 => Some(StreamEnd::Reset(code)),
+            2 => Some(StreamEnd::Stopped(code)),
+            _ => None,
+        }
+    }
+}
 
 /// How a frame travels: on a bidirectional stream as a length-delimited
 /// frame (reliable, ordered), or as one QUIC datagram (unreliable).
@@ -41,7 +119,7 @@ impl FrameKind {
     }
 }
 
-/// Negative results of `stream_send`.
+/// Negative results of `stream_send`, `stream_write`, `stream_finish` and `stream_open`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(i32)]
 pub enum SendError {
@@ -51,8 +129,16 @@ pub enum SendError {
     TooLarge = -2,
     /// The session is closing or closed.
     Closed = -3,
-    /// Unknown frame kind.
+    /// Unknown frame kind or stream direction.
     BadKind = -4,
+    /// The box already finished this stream, or the client stopped reading it.
+    Finished = -5,
+    /// No open stream of the session has this id (never opened, or both sides are done).
+    UnknownStream = -6,
+    /// The box has as many streams of its own open as the session allows.
+    TooManyStreams = -7,
+    /// The stream is the client's unidirectional stream: the box can only read it.
+    ReceiveOnly = -8,
 }
 
 impl SendError {
@@ -62,6 +148,10 @@ impl SendError {
             -2 => Some(SendError::TooLarge),
             -3 => Some(SendError::Closed),
             -4 => Some(SendError::BadKind),
+            -5 => Some(SendError::Finished),
+            -6 => Some(SendError::UnknownStream),
+            -7 => Some(SendError::TooManyStreams),
+            -8 => Some(SendError::ReceiveOnly),
             _ => None,
         }
     }
@@ -74,7 +164,11 @@ impl core::fmt::Display for SendError {
             SendError::QueueFull => "the session's outbound queue is full (slow client); the frame was dropped",
             SendError::TooLarge => "the frame is over the session's frame size limit",
             SendError::Closed => "the session is closing or closed",
-            SendError::BadKind => "unknown frame kind",
+            SendError::BadKind => "unknown frame kind or stream direction",
+            SendError::Finished => "the stream is finished, or the client stopped reading it",
+            SendError::UnknownStream => "no open stream of the session has this id",
+            SendError::TooManyStreams => "the box has as many streams of its own open as the session allows",
+            SendError::ReceiveOnly => "the stream is the client's unidirectional stream and cannot be written",
         })
     }
 }
@@ -203,11 +297,30 @@ pub mod framing {
 /// A decoded stream event, borrowing the input buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StreamEvent<'a> {
-    Connect { stream: &'a str, session: u64, path: &'a str, query: &'a str },
-    Message { kind: FrameKind, bytes: &'a [u8] },
-    Close { code: u32, reason: &'a str },
-    Disconnect { reason: &'a str },
+    Connect {
+        stream: &'a str,
+        session: u64,
+        path: &'a str,
+        query: &'a str,
+    },
+    /// A frame; `stream` is `None` for a datagram.
+    Message {
+        kind: FrameKind,
+        stream: Option<StreamId>,
+        bytes: &'a [u8],
+    },
+    Close {
+        code: u32,
+        reason: &'a str,
+    },
+    Disconnect {
+        reason: &'a str,
+    },
     Channel(ChannelEvent<'a>),
+    StreamEnd {
+        stream: StreamId,
+        end: StreamEnd,
+    },
 }
 
 impl<'a> StreamEvent<'a> {
@@ -220,7 +333,17 @@ impl<'a> StreamEvent<'a> {
             CONNECT => StreamEvent::Connect { stream: r.str()?, session: r.u64()?, path: r.str()?, query: r.str()? },
             MESSAGE => {
                 let kind = FrameKind::from_u8(r.u8()?).ok_or(DecodeError::Invalid("frame kind"))?;
-                StreamEvent::Message { kind, bytes: r.bytes()? }
+                let stream = match (kind, r.u32()?) {
+                    (FrameKind::Datagram, 0) => None,
+                    (FrameKind::Stream, id) if id > 0 => Some(StreamId(id)),
+                    _ => return Err(DecodeError::Invalid("frame stream")),
+                };
+                StreamEvent::Message { kind, stream, bytes: r.bytes()? }
+            }
+            STREAM_END => {
+                let stream = StreamId(r.u32()?);
+                let (end, code) = (r.u8()?, r.u32()?);
+                StreamEvent::StreamEnd { stream, end: StreamEnd::from_wire(end, code).ok_or(DecodeError::Invalid("stream end"))? }
             }
             CLOSE => StreamEvent::Close { code: r.u32()?, reason: r.str()? },
             DISCONNECT => StreamEvent::Disconnect { reason: r.str()? },
@@ -239,9 +362,14 @@ impl<'a> StreamEvent<'a> {
                 w.str(stream).u64(*session).str(path).str(query);
                 CONNECT
             }
-            StreamEvent::Message { kind, bytes } => {
-                w.u8(*kind as u8).bytes(bytes);
+            StreamEvent::Message { kind, stream, bytes } => {
+                w.u8(*kind as u8).u32(stream.map_or(0, |s| s.0)).bytes(bytes);
                 MESSAGE
+            }
+            StreamEvent::StreamEnd { stream, end } => {
+                let (end, code) = end.to_wire();
+                w.u32(stream.0).u8(end).u32(code);
+                STREAM_END
             }
             StreamEvent::Close { code, reason } => {
                 w.u32(*code).str(reason);
@@ -265,7 +393,11 @@ mod tests {
     fn every_event_round_trips() {
         let events = [
             StreamEvent::Connect { stream: "echo", session: 9, path: "/echo", query: "a=1" },
-            StreamEvent::Message { kind: FrameKind::Datagram, bytes: b"hi" },
+            StreamEvent::Message { kind: FrameKind::Datagram, stream: None, bytes: b"hi" },
+            StreamEvent::Message { kind: FrameKind::Stream, stream: Some(StreamId(3)), bytes: b"hi" },
+            StreamEvent::StreamEnd { stream: StreamId(2), end: StreamEnd::Finished },
+            StreamEvent::StreamEnd { stream: StreamId(2), end: StreamEnd::Reset(7) },
+            StreamEvent::StreamEnd { stream: StreamId(9), end: StreamEnd::Stopped(u32::MAX) },
             StreamEvent::Close { code: 4000, reason: "bye" },
             StreamEvent::Disconnect { reason: "idle timeout" },
             StreamEvent::Channel(ChannelEvent::Message { topic: "room", offset: 3, epoch: "e", bytes: b"x" }),
@@ -277,6 +409,14 @@ mod tests {
         }
         assert!(StreamEvent::decode(99, &[]).is_err());
         assert_eq!(StreamEvent::decode(MESSAGE, &[7, 0, 0, 0, 0]), Err(DecodeError::Invalid("frame kind")));
+        // A stream frame names its stream; a datagram names none.
+        for (kind, stream) in [(0u8, 0u32), (1, 4)] {
+            let mut buf = alloc::vec![kind];
+            buf.extend_from_slice(&stream.to_le_bytes());
+            buf.extend_from_slice(&[0, 0, 0, 0]);
+            assert_eq!(StreamEvent::decode(MESSAGE, &buf), Err(DecodeError::Invalid("frame stream")), "{kind} {stream}");
+        }
+        assert_eq!(StreamEvent::decode(STREAM_END, &[1, 0, 0, 0, 3, 0, 0, 0, 0]), Err(DecodeError::Invalid("stream end")));
     }
 
     #[test]

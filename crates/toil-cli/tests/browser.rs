@@ -2,8 +2,9 @@
 //! through chromedriver (WebDriver), loads the echo example's dev page,
 //! which opens the `/echo` WebTransport session trusting the dev
 //! certificate by hash (`serverCertificateHashes`) and shows the replies;
-//! and two Chromium windows chat through the chat example's page (channels),
-//! one of them leaving and coming back to resume where it was.
+//! the page's calls on streams of their own; streams a box opens, read by a
+//! page; and two Chromium windows chat through the chat example's page
+//! (channels), one of them leaving and coming back to resume where it was.
 //!
 //! Needs `chromium` and `chromium-driver` (the test command installs them).
 
@@ -117,6 +118,12 @@ impl Browser {
         self.call("POST", "/execute/sync", json!({"script": script, "args": []})).await
     }
 
+    /// Runs `script` (a function body whose last argument is a callback it
+    /// calls with its result) with `args` before it: what it passed back.
+    async fn run_async(&self, script: &str, args: Value) -> Value {
+        self.call("POST", "/execute/async", json!({"script": script, "args": args})).await
+    }
+
     /// [`Browser::run`] that may fail (the page is between documents).
     async fn try_run(&self, script: &str) -> Result<Value, String> {
         self.try_call("POST", "/execute/sync", json!({"script": script, "args": []})).await
@@ -202,6 +209,115 @@ async fn chromium_opens_the_echo_stream_from_the_dev_page() {
     drop(browser);
     let echo_lines: Vec<String> = s.log().lines().filter(|l| l.contains("echo closed") || l.contains("echo lost")).map(String::from).collect();
     assert!(closed, "close hook; server log:\n{}", echo_lines.join("\n"));
+}
+
+/// Ten calls at once from the echo page, each on a stream of its own:
+/// each answer comes on its call's stream, which the box then finishes.
+#[tokio::test]
+async fn chromium_calls_on_streams_of_their_own() {
+    let s = server();
+    let driver = Driver::start().await;
+    let browser = driver.open(&s.dir.join("chromium-profile-calls")).await;
+    browser.goto(&format!("http://echo.localhost:{}/", s.http.port())).await;
+    let log = "return document.getElementById('log').textContent";
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        seen = browser.run(log).await;
+        if seen.as_str().is_some_and(|l| l.contains("← 1:hello")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    browser
+        .run(
+            "for (let i = 0; i < 10; i++) { document.getElementById('msg').value = 'rpc' + i; document.getElementById('call').click(); } return true",
+        )
+        .await;
+    let answered = |log: &str| {
+        (0..10)
+            .filter(|i| log.lines().any(|l| l.starts_with(&format!("← call \"rpc{i}\": ")) && l.ends_with(&format!(":rpc{i} (stream finished)"))))
+            .count()
+    };
+    for _ in 0..100 {
+        seen = browser.run(log).await;
+        if answered(seen.as_str().unwrap_or("")) == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let page = seen.as_str().unwrap_or("");
+    assert_eq!(answered(page), 10, "page log:\n{page}");
+}
+
+/// A page asks the chaos box for two pushed streams and a bidirectional
+/// stream of the box's own, and writes back on the latter.
+const STREAMS_FROM_THE_BOX: &str = r#"
+const [h3Port, hashHex, done] = arguments;
+const enc = new TextEncoder(), dec = new TextDecoder();
+const frame = (text) => {
+  const bytes = enc.encode(text), out = new Uint8Array(4 + bytes.length);
+  new DataView(out.buffer).setUint32(0, bytes.length);
+  out.set(bytes, 4);
+  return out;
+};
+async function* frames(readable) {
+  const reader = readable.getReader();
+  let buf = new Uint8Array(0);
+  for (;;) {
+    while (buf.length >= 4) {
+      const len = new DataView(buf.buffer, buf.byteOffset).getUint32(0);
+      if (buf.length < 4 + len) break;
+      yield dec.decode(buf.slice(4, 4 + len));
+      buf = buf.slice(4 + len);
+    }
+    const { value, done } = await reader.read();
+    if (done) return;
+    const joined = new Uint8Array(buf.length + value.length);
+    joined.set(buf); joined.set(value, buf.length);
+    buf = joined;
+  }
+}
+(async () => {
+  const hash = Uint8Array.from(hashHex.match(/../g).map((h) => parseInt(h, 16)));
+  const wt = new WebTransport(`https://misbehave.localhost:${h3Port}/chaos`,
+                              { serverCertificateHashes: [{ algorithm: 'sha-256', value: hash }] });
+  await wt.ready;
+  const primary = await wt.createBidirectionalStream();
+  const write = primary.writable.getWriter();
+  const read = frames(primary.readable);
+  await read.next();
+  await write.write(frame('push 2 news'));
+  const answer = (await read.next()).value;
+  const unis = wt.incomingUnidirectionalStreams.getReader();
+  const pushed = [];
+  for (let i = 0; i < 2; i++) {
+    const { value } = await unis.read();
+    for await (const f of frames(value)) pushed.push(f);
+  }
+  await write.write(frame('open-bidi'));
+  const opened = (await read.next()).value;
+  const { value: theirs } = await wt.incomingBidirectionalStreams.getReader().read();
+  const theirFrames = frames(theirs.readable);
+  const hello = (await theirFrames.next()).value;
+  await theirs.writable.getWriter().write(frame('back'));
+  const back = (await theirFrames.next()).value;
+  wt.close({ closeCode: 0, reason: 'done' });
+  return { answer, pushed: pushed.sort(), opened, hello, back };
+})().then(done, (e) => done({ error: String(e) }));
+"#;
+
+#[tokio::test]
+async fn chromium_reads_streams_the_box_opens() {
+    let s = server();
+    let driver = Driver::start().await;
+    let browser = driver.open(&s.dir.join("chromium-profile-pushed")).await;
+    browser.goto(&format!("http://echo.localhost:{}/", s.http.port())).await;
+    let got = browser.run_async(STREAMS_FROM_THE_BOX, json!([s.http.port(), s.cert_sha256])).await;
+    let id = got["opened"].as_str().and_then(|o| o.strip_prefix("opened ")).unwrap_or_else(|| panic!("{got}"));
+    assert!(got["answer"].as_str().is_some_and(|a| a.starts_with("pushed ")), "{got}");
+    assert_eq!(got["pushed"], json!(["news 0", "news 1"]), "{got}");
+    assert_eq!(got["hello"], format!("hello {id}"), "{got}");
+    assert_eq!(got["back"], "3:back", "the answer on the box's own stream: {got}");
 }
 
 // ------------------------------------------------------------------ chat

@@ -1,6 +1,7 @@
 //! Connection migration: with several QUIC workers, many concurrent
 //! WebTransport sessions each move to a new client UDP port mid-connection,
-//! and the same resident box (the same counter) keeps answering. Run in
+//! and the same resident box (the same counter) keeps answering, on the
+//! long stream, by datagram and on a fresh stream opened after the move. Run in
 //! both steering modes, each against its own `toil dev`.
 //!
 //! The client's port changes the way `Endpoint::rebind` or a NAT rebinding
@@ -83,6 +84,16 @@ async fn one_client(server: &Server) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     if &d.payload()[..] != b"7:dgram" {
         return Err(format!("datagram reply {:?}", String::from_utf8_lossy(&d.payload())));
+    }
+    // A request on a fresh stream after the move: answered on that stream,
+    // which the box then finishes.
+    let mut call = Frames::open(&conn).await;
+    call.send(b"call").await;
+    call.send.finish().await.map_err(|e| format!("finish: {e}"))?;
+    let answer =
+        tokio::time::timeout(Duration::from_secs(5), call.reader.read_to_end()).await.map_err(|_| "no answer on a fresh stream after the move")??;
+    if answer != ["8:call"] {
+        return Err(format!("fresh-stream answer {answer:?}"));
     }
     conn.close(wtransport::VarInt::from_u32(0), b"bye");
     Ok(())

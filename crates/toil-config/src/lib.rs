@@ -103,6 +103,8 @@ pub struct LimitsConfig {
     pub max_sessions_per_domain: usize,
     pub max_frame_bytes: usize,
     pub max_outbound_bytes_per_event: usize,
+    /// Streams a stream box may have open that it opened itself.
+    pub max_box_streams: usize,
     pub send_stall_timeout: Duration,
     /// A QUIC connection silent this long is lost (stream boxes get `disconnect`).
     pub idle_timeout: Duration,
@@ -162,6 +164,7 @@ impl Default for LimitsConfig {
             max_sessions_per_domain: 500,
             max_frame_bytes: 64 << 10,
             max_outbound_bytes_per_event: 1 << 20,
+            max_box_streams: 32,
             send_stall_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             max_response_headers: 100,
@@ -648,6 +651,7 @@ fn limits_of(root: &Obj) -> Result<LimitsConfig, ConfigError> {
         "maxSessionsPerDomain",
         "maxFrameBytes",
         "maxOutboundBytesPerEvent",
+        "maxBoxStreams",
         "sendStallTimeoutMs",
         "idleTimeoutMs",
         "maxResponseHeaders",
@@ -721,6 +725,11 @@ fn box_limits(l: &Obj, limits: &mut LimitsConfig) -> Result<(), ConfigError> {
     }
     if let Some(v) = l.positive("maxOutboundBytesPerEvent")? {
         limits.max_outbound_bytes_per_event = v as usize;
+    }
+    // Clients grant about 100 streams a side (Chromium, quinn's default);
+    // past what a client grants, opening waits for it like a stalled write.
+    if let Some(v) = l.positive_at_most("maxBoxStreams", 1000, "1000-stream ceiling")? {
+        limits.max_box_streams = v as usize;
     }
     if let Some(v) = l.positive("sendStallTimeoutMs")? {
         limits.send_stall_timeout = Duration::from_millis(v);

@@ -44,6 +44,7 @@ impl LimitsConfig {
             max_log_bytes_per_call: MAX_LOG_BYTES_PER_CALL,
             max_frame_bytes: self.max_frame_bytes,
             max_outbound_bytes_per_event: self.max_outbound_bytes_per_event,
+            max_box_streams: self.max_box_streams,
         }
     }
 

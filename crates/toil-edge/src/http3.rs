@@ -9,7 +9,7 @@ use crate::metrics::Protocol;
 use crate::serve::{Body, Edge};
 
 /// A QUIC connection speaking HTTP/3, server side.
-pub type H3Connection = h3::server::Connection<h3_quinn::Connection, Bytes>;
+pub type H3Connection = h3::server::Connection<crate::h3_conn::QuicConn, Bytes>;
 /// One HTTP/3 request's bidirectional stream.
 pub type RequestStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 

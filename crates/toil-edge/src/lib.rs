@@ -12,6 +12,9 @@
 //!   version into a guest call and the outcome into a response (404/405
 //!   from the manifest, 413 over the body cap, 500/503 on a guest fault);
 //! - [`tcp`]: HTTP/1.1 and HTTP/2 (cleartext, h2c prior knowledge) with hyper;
+//! - [`h3_conn`]: the QUIC connection h3 runs on: h3-quinn's, with the
+//!   headers of incoming unidirectional streams cut so h3 reads them as
+//!   soon as they arrive;
 //! - [`http3`]: HTTP/3 requests, the counterpart of `tcp` on h3 streams;
 //! - [`webtransport`]: stream sessions: the session protocol, and the
 //!   driver that runs a session's resident box;
@@ -33,6 +36,7 @@
 pub mod admin;
 pub mod conns;
 pub mod domains;
+pub mod h3_conn;
 pub mod http3;
 pub mod keys;
 pub mod metrics;

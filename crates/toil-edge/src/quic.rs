@@ -47,8 +47,9 @@ pub fn server_config(cert: &DevCert, keys: &NodeKeys, limits: &ConnectionLimits)
         .send_window(limits.send_window)
         .max_concurrent_bidi_streams(limits.max_bidi_streams.into())
         // HTTP/3 needs three unidirectional streams a side (control, QPACK
-        // encoder and decoder); a few more leave room for extensions.
-        .max_concurrent_uni_streams(8u32.into())
+        // encoder and decoder); WebTransport sessions get as many more as
+        // bidirectional ones.
+        .max_concurrent_uni_streams((limits.max_bidi_streams.saturating_add(3)).into())
         .datagram_receive_buffer_size(Some(limits.datagram_buffer))
         .datagram_send_buffer_size(limits.datagram_buffer);
     config.transport_config(Arc::new(transport));
@@ -85,7 +86,7 @@ async fn connection(incoming: quinn::Incoming, edge: Arc<Edge>, worker: Option<u
             return quic.close(H3_EXCESSIVE_LOAD.into(), b"too many connections");
         }
     };
-    let mut h3 = match h3_builder().build(h3_quinn::Connection::new(quic.clone())).await {
+    let mut h3 = match h3_builder().build(crate::h3_conn::QuicConn::new(quic.clone())).await {
         Ok(h) => h,
         Err(e) => return tracing::debug!("HTTP/3 setup failed: {e}"),
     };

@@ -10,7 +10,7 @@ use wasmparser::{ExternalKind, Parser, Payload, TypeRef, Validator, WasmFeatures
 pub enum LoadError {
     #[error("not a valid wasm module: {0}")]
     Malformed(String),
-    #[error("is a wasm component; Toil ABI v1 runs core wasm modules only")]
+    #[error("is a wasm component; Toil ABI v{ABI_VERSION} runs core wasm modules only")]
     Component,
     #[error("has no `{MANIFEST_SECTION}` custom section; build it with the toil guest SDK (toil::export!)")]
     MissingManifest,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use toil_abi::channel::{ChannelError, Since};
 use toil_abi::imports;
-use toil_abi::stream::{close_code, FrameKind, SendError};
+use toil_abi::stream::{close_code, Direction, FrameKind, SendError, StreamId};
 use toil_channels::{Channels, Inbox};
 use wasmtime::{Caller, Linker, ResourceLimiter, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -170,6 +170,34 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         };
         Ok(match state.stream.as_mut() {
             Some(outbox) => outbox.send(kind, frame).map_or_else(|e| e as i32, |()| 0),
+            None => SendError::Closed as i32,
+        })
+    })?;
+
+    linker.func_wrap(imports::MODULE, imports::STREAM_WRITE, |mut caller: Caller<'_, HostState>, stream: i32, src: i32, len: i32, finish: i32| {
+        let mem = guest_memory(&mut caller)?;
+        let (bytes, state) = mem.data_and_store_mut(&mut caller);
+        let frame = guest_slice(bytes, src, len, "stream_write")?;
+        Ok(match state.stream.as_mut() {
+            Some(outbox) => outbox.write(StreamId(stream as u32), frame, finish != 0).map_or_else(|e| e as i32, |()| 0),
+            None => SendError::Closed as i32,
+        })
+    })?;
+
+    linker.func_wrap(imports::MODULE, imports::STREAM_FINISH, |mut caller: Caller<'_, HostState>, stream: i32| {
+        Ok(match caller.data_mut().stream.as_mut() {
+            Some(outbox) => outbox.finish(StreamId(stream as u32)).map_or_else(|e| e as i32, |()| 0),
+            None => SendError::Closed as i32,
+        })
+    })?;
+
+    linker.func_wrap(imports::MODULE, imports::STREAM_OPEN, |mut caller: Caller<'_, HostState>, direction: i32| {
+        let Some(direction) = u8::try_from(direction).ok().and_then(Direction::from_u8) else {
+            return Ok(SendError::BadKind as i32);
+        };
+        Ok(match caller.data_mut().stream.as_mut() {
+            // Ids are at most u32::MAX, which the guest reads back as a u32.
+            Some(outbox) => outbox.open(direction).map_or_else(|e| e as i32, |id| id.0 as i32),
             None => SendError::Closed as i32,
         })
     })?;

@@ -43,6 +43,7 @@ mod metrics;
 pub mod outbox;
 pub mod request;
 pub mod stream;
+pub mod streams;
 
 pub use artifact::{ArtifactInfo, LoadError};
 pub use engine::{Runtime, RuntimeConfig};

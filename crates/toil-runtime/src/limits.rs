@@ -30,6 +30,9 @@ pub struct Limits {
     /// Cap on the frames a stream box queues in one event, in bytes; past
     /// it `stream_send` returns `QueueFull`.
     pub max_outbound_bytes_per_event: usize,
+    /// Streams a stream box may have open that it opened itself
+    /// (`stream_open`); past it `stream_open` returns `TooManyStreams`.
+    pub max_box_streams: usize,
 }
 
 /// Enforces [`Limits::memory_bytes`] and records that it did, so a failed

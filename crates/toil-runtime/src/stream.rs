@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use toil_abi::channel::ChannelEvent;
-use toil_abi::stream::{FrameKind, StreamEvent};
+use toil_abi::stream::{Direction, FrameKind, StreamEnd, StreamEvent, StreamId};
 use toil_abi::{exports, status, Tier};
 use toil_channels::{Deliveries, Delivery};
 use toil_metrics::Registry;
@@ -29,7 +29,7 @@ use crate::fault::GuestFault;
 use crate::host::HostState;
 use crate::limits::Limits;
 use crate::metrics::{GuestMetrics, LiveGuard};
-use crate::outbox::{OutFrame, Outbox};
+use crate::outbox::{Out, Outbox};
 
 /// A domain's loaded stream artifact.
 pub struct StreamApp {
@@ -125,9 +125,25 @@ impl StreamBox {
         }
     }
 
-    /// Delivers an inbound frame.
-    pub async fn message(&mut self, kind: FrameKind, bytes: &[u8]) -> Result<(), GuestFault> {
-        self.deliver(StreamEvent::Message { kind, bytes }).await
+    /// Delivers an inbound frame that came on `stream` (`None`: a datagram).
+    pub async fn message(&mut self, stream: Option<StreamId>, bytes: &[u8]) -> Result<(), GuestFault> {
+        let kind = if stream.is_some() { FrameKind::Stream } else { FrameKind::Datagram };
+        self.deliver(StreamEvent::Message { kind, stream, bytes }).await
+    }
+
+    /// The client opened a stream: the id its frames are delivered with
+    /// (`None`: the session has used every id; refuse the stream).
+    pub fn client_opened(&mut self, direction: Direction) -> Option<StreamId> {
+        self.outbox().client_opened(direction)
+    }
+
+    /// The client finished or reset its side of `stream`, or stopped
+    /// reading the box's: the box hears it in `stream_end`, once per side.
+    pub async fn stream_end(&mut self, stream: StreamId, end: StreamEnd) -> Result<(), GuestFault> {
+        if !self.outbox().client_ended(stream, end) {
+            return Ok(());
+        }
+        self.deliver(StreamEvent::StreamEnd { stream, end }).await
     }
 
     /// The box's channel deliveries, for its session driver to wait on and
@@ -160,9 +176,10 @@ impl StreamBox {
         self.deliver(StreamEvent::Disconnect { reason }).await
     }
 
-    /// The frames the guest queued since the last call, in order.
-    pub fn take_frames(&mut self) -> Vec<OutFrame> {
-        self.outbox().take_frames()
+    /// What the guest queued since the last call (frames, opens,
+    /// finishes), in order.
+    pub fn take_out(&mut self) -> Vec<Out> {
+        self.outbox().take()
     }
 
     /// The code and reason the guest asked to close with, if it did.
@@ -190,6 +207,7 @@ fn event_name(code: i32) -> &'static str {
         toil_abi::stream::MESSAGE => "message",
         toil_abi::stream::CLOSE => "close",
         toil_abi::stream::DISCONNECT => "disconnect",
+        toil_abi::stream::STREAM_END => "stream_end",
         _ => "channel",
     }
 }

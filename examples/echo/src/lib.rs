@@ -1,7 +1,11 @@
 //! examples/echo: the L2/L3 stream tier, after the toiljs Echo. The box is
 //! resident, so `count` persists across the frames of one connection; each
-//! frame is echoed back prefixed with that count. A small HTTP surface
-//! serves the page that opens the stream from a browser.
+//! frame is echoed back prefixed with that count, the way it came: on the
+//! same stream (the long one, or a fresh stream per request) or as a
+//! datagram. When the client finishes a stream, the box finishes its side
+//! too, so a request on a stream of its own gets its answer and then the
+//! stream's end. A small HTTP surface serves the page that opens the
+//! stream from a browser.
 
 use toil::prelude::*;
 
@@ -24,6 +28,14 @@ impl Echo {
         reply.extend_from_slice(frame.bytes());
         if let Err(e) = cx.reply(&frame, &reply) {
             eprintln!("echo reply dropped: {e:?}");
+        }
+    }
+
+    /// The client is done with a stream: so is the box.
+    #[stream_end]
+    fn on_stream_end(&mut self, cx: &mut Session, stream: StreamId, end: StreamEnd) {
+        if end == StreamEnd::Finished {
+            let _ = cx.finish(stream);
         }
     }
 

@@ -30,7 +30,7 @@ use syn::{Attribute, Error, FnArg, Ident, ImplItem, ImplItemFn, ItemImpl, LitStr
 
 /// The method attributes of each surface, to refuse one used in another's impl.
 const ROUTE_ATTRS: [&str; 8] = ["get", "head", "post", "put", "patch", "delete", "options", "any"];
-const HOOK_ATTRS: [&str; 5] = ["connect", "message", "close", "disconnect", "channel"];
+const HOOK_ATTRS: [&str; 6] = ["connect", "message", "close", "disconnect", "channel", "stream_end"];
 const DAEMON_ATTRS: [&str; 2] = ["start", "scheduled"];
 
 fn check_self_type(item: &ItemImpl, surface: &str) -> syn::Result<()> {
@@ -270,7 +270,8 @@ fn expand_request(attr: TokenStream2, mut item: ItemImpl, surface: &str) -> syn:
 
 /// Declares an L2/L3 stream mounted at `/<name>`: `#[stream("echo")]` on an
 /// impl of a `Default` type whose methods carry the lifecycle hooks
-/// `#[connect]`, `#[message]`, `#[close]`, `#[disconnect]`, `#[channel]`.
+/// `#[connect]`, `#[message]`, `#[close]`, `#[disconnect]`, `#[channel]`,
+/// `#[stream_end]`.
 /// Every hook is optional, may leave out its `cx: &mut Session` argument,
 /// and returns `()` or `Result<(), E>` with `E: Display` (an `Err` is
 /// reported to the host log; the session goes on). One resident value of
@@ -314,6 +315,7 @@ fn expand_stream(attr: TokenStream2, mut item: ItemImpl, surface: &str) -> syn::
                 "message" => (&["frame: Frame<'_>"], vec![quote!(frame)]),
                 "close" => (&["code: u32", "reason: &str"], vec![quote!(code), quote!(reason)]),
                 "disconnect" => (&["reason: &str"], vec![quote!(reason)]),
+                "stream_end" => (&["stream: StreamId", "end: StreamEnd"], vec![quote!(stream), quote!(end)]),
                 _ => (&["event: ChannelEvent<'_>"], vec![quote!(event)]),
             };
             let call = Call { what: format!("#[{hook}] hook"), context: "cx: &mut Session", context_expr: quote!(cx), payload, payload_exprs };
@@ -337,6 +339,7 @@ fn expand_stream(attr: TokenStream2, mut item: ItemImpl, surface: &str) -> syn::
     let close = method("close", quote!(code: u32, reason: &str));
     let disconnect = method("disconnect", quote!(reason: &str));
     let channel = method("channel", quote!(event: ::toil::channel::ChannelEvent<'_>));
+    let stream_end = method("stream_end", quote!(stream: ::toil::stream::StreamId, end: ::toil::stream::StreamEnd));
     let (generics, _, where_clause) = item.generics.split_for_impl();
     let self_ty = &item.self_ty;
     Ok(quote! {
@@ -348,6 +351,7 @@ fn expand_stream(attr: TokenStream2, mut item: ItemImpl, surface: &str) -> syn::
             #close
             #disconnect
             #channel
+            #stream_end
         }
     })
 }

@@ -11,6 +11,31 @@ mod imp {
         fn stream_close(code: i32, src: *const u8, len: i32) -> i32;
     }
 
+    /// The stream imports, named apart from their safe wrappers below.
+    mod streams {
+        #[link(wasm_import_module = "toil")]
+        extern "C" {
+            pub fn stream_write(stream: i32, src: *const u8, len: i32, finish: i32) -> i32;
+            pub fn stream_finish(stream: i32) -> i32;
+            pub fn stream_open(direction: i32) -> i32;
+        }
+    }
+
+    pub fn stream_write(stream: u32, bytes: &[u8], finish: bool) -> i32 {
+        // SAFETY: the host only reads `bytes`.
+        unsafe { streams::stream_write(stream as i32, bytes.as_ptr(), bytes.len() as i32, finish as i32) }
+    }
+
+    pub fn stream_finish(stream: u32) -> i32 {
+        // SAFETY: no pointers.
+        unsafe { streams::stream_finish(stream as i32) }
+    }
+
+    pub fn stream_open(direction: u8) -> i32 {
+        // SAFETY: no pointers.
+        unsafe { streams::stream_open(direction as i32) }
+    }
+
     /// The channel imports, named apart from their safe wrappers below.
     mod ffi {
         #[link(wasm_import_module = "toil")]
@@ -78,7 +103,8 @@ mod imp {
     thread_local! {
         static INPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         static OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-        static SENT: RefCell<Vec<(u8, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
+        static SENT: RefCell<Vec<Sent>> = const { RefCell::new(Vec::new()) };
+        static OPENED: RefCell<u32> = const { RefCell::new(0) };
         static ERRORS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
         /// Per topic: its last offset and whether the box is subscribed.
         static TOPICS: RefCell<Vec<(String, u64, bool)>> = const { RefCell::new(Vec::new()) };
@@ -128,9 +154,44 @@ mod imp {
     pub fn write_output(bytes: &[u8]) {
         OUTPUT.with(|o| o.borrow_mut().extend_from_slice(bytes));
     }
+    /// What a box sent, as the native stand-in records it.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum Sent {
+        /// `stream_send`: the primary stream (kind 0) or a datagram (kind 1).
+        Send(u8, Vec<u8>),
+        Write(u32, Vec<u8>),
+        Finish(u32),
+        Open(u32),
+    }
+
     pub fn send(kind: u8, bytes: &[u8]) -> i32 {
-        SENT.with(|s| s.borrow_mut().push((kind, bytes.to_vec())));
+        SENT.with(|s| s.borrow_mut().push(Sent::Send(kind, bytes.to_vec())));
         0
+    }
+    pub fn stream_write(stream: u32, bytes: &[u8], finish: bool) -> i32 {
+        SENT.with(|s| s.borrow_mut().push(Sent::Write(stream, bytes.to_vec())));
+        if finish {
+            stream_finish(stream);
+        }
+        0
+    }
+    pub fn stream_finish(stream: u32) -> i32 {
+        SENT.with(|s| s.borrow_mut().push(Sent::Finish(stream)));
+        0
+    }
+    /// Natively, the box's own streams are numbered from 1001.
+    pub fn stream_open(_direction: u8) -> i32 {
+        let id = OPENED.with(|n| {
+            *n.borrow_mut() += 1;
+            1000 + *n.borrow()
+        });
+        SENT.with(|s| s.borrow_mut().push(Sent::Open(id)));
+        id as i32
+    }
+    /// Takes what the box sent.
+    #[allow(dead_code)]
+    pub fn take_sent() -> Vec<Sent> {
+        SENT.with(|s| std::mem::take(&mut *s.borrow_mut()))
     }
     pub fn close(_code: u32, _reason: &str) -> i32 {
         0

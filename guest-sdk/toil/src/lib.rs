@@ -92,7 +92,7 @@ pub mod prelude {
     pub use crate::channel::{ChannelError, ChannelEvent, Position, Since};
     pub use crate::daemon::{StartInfo, Tick};
     pub use crate::http::{IntoResponse, Request, Response};
-    pub use crate::stream::{Frame, FrameKind, SendError, Session};
+    pub use crate::stream::{Direction, Frame, FrameKind, SendError, Session, StreamEnd, StreamId};
 }
 
 /// Entry-point glue called by the code `export!` generates. Not a public API.

@@ -5,11 +5,24 @@
 //! `connect` the SDK constructs the type with `Default` and keeps it for
 //! every later event of that connection, so its fields are the
 //! connection's state. It is dropped after `close` or `disconnect`.
+//!
+//! A session carries datagrams and any number of streams, each named by a
+//! [`StreamId`]. A [`Frame`] remembers the stream it came on, so
+//! [`Session::reply`] answers on that stream (a datagram with a datagram):
+//! a client may use one long stream, or a fresh stream per request.
+//! [`Session::send`] writes to the session's *primary* stream (the first
+//! bidirectional stream the client opened); [`Session::open_stream`] opens
+//! a stream of the box's own. A box finishes its side of a stream with
+//! [`Session::finish`] (or [`Session::reply_and_finish`]) and hears in the
+//! `stream_end` hook when the client finishes, resets or stops one.
+//! A stream stays open, and counts against the client's stream limit,
+//! until both sides are done: reply to a request stream with
+//! `reply_and_finish`, or finish it when the client finishes its side.
 
 use std::cell::RefCell;
 use toil_abi::status;
 use toil_abi::stream::StreamEvent;
-pub use toil_abi::stream::{FrameKind, SendError};
+pub use toil_abi::stream::{Direction, FrameKind, SendError, StreamEnd, StreamId};
 
 use crate::channel::{ChannelError, ChannelEvent, Position, Since};
 
@@ -17,6 +30,7 @@ use crate::channel::{ChannelError, ChannelEvent, Position, Since};
 #[derive(Clone, Copy, Debug)]
 pub struct Frame<'a> {
     kind: FrameKind,
+    stream: Option<StreamId>,
     bytes: &'a [u8],
 }
 
@@ -30,9 +44,14 @@ impl<'a> Frame<'a> {
         std::str::from_utf8(self.bytes).ok()
     }
 
-    /// Whether it came on a bidirectional stream or as a datagram.
+    /// Whether it came on a stream or as a datagram.
     pub fn kind(&self) -> FrameKind {
         self.kind
+    }
+
+    /// The stream it came on; `None` for a datagram.
+    pub fn stream(&self) -> Option<StreamId> {
+        self.stream
     }
 }
 
@@ -60,7 +79,9 @@ impl Session {
         &self.query
     }
 
-    /// Sends a reliable, ordered frame on the session's bidirectional stream.
+    /// Sends a reliable, ordered frame on the session's primary stream (the
+    /// first bidirectional stream the client opened; frames sent before it
+    /// exists are held for it, up to one event's output).
     pub fn send(&mut self, bytes: &[u8]) -> Result<(), SendError> {
         send(FrameKind::Stream, bytes)
     }
@@ -70,9 +91,45 @@ impl Session {
         send(FrameKind::Datagram, bytes)
     }
 
-    /// Replies the way `to` arrived (stream frame or datagram).
+    /// Replies the way `to` arrived: on the stream it came on, or as a datagram.
     pub fn reply(&mut self, to: &Frame<'_>, bytes: &[u8]) -> Result<(), SendError> {
-        send(to.kind, bytes)
+        match to.stream {
+            Some(stream) => self.write(stream, bytes),
+            None => self.send_datagram(bytes),
+        }
+    }
+
+    /// Replies on the stream `to` came on, then finishes the box's side of
+    /// that stream: the answer to a request sent on a stream of its own.
+    /// A datagram has no stream: this fails with [`SendError::BadKind`].
+    pub fn reply_and_finish(&mut self, to: &Frame<'_>, bytes: &[u8]) -> Result<(), SendError> {
+        let stream = to.stream.ok_or(SendError::BadKind)?;
+        result(crate::host::stream_write(stream.0, bytes, true))
+    }
+
+    /// Writes a frame on `stream`: a client's bidirectional stream, or one
+    /// the box opened.
+    pub fn write(&mut self, stream: StreamId, bytes: &[u8]) -> Result<(), SendError> {
+        result(crate::host::stream_write(stream.0, bytes, false))
+    }
+
+    /// Finishes the box's side of `stream` once what was written to it is
+    /// out: the client reads to the end, then sees the stream end. Nothing
+    /// more can be written to it.
+    pub fn finish(&mut self, stream: StreamId) -> Result<(), SendError> {
+        result(crate::host::stream_finish(stream.0))
+    }
+
+    /// Opens a stream to the client: [`Direction::Uni`] for frames out
+    /// only (a push, a file), [`Direction::Bidi`] if the client may write
+    /// back (its frames arrive with this stream's id). The client sees it
+    /// as an incoming stream once the box writes to it. A session may have
+    /// `limits.maxBoxStreams` of the box's streams open at once.
+    pub fn open_stream(&mut self, direction: Direction) -> Result<StreamId, SendError> {
+        match crate::host::stream_open(direction as u8) {
+            id if id > 0 => Ok(StreamId(id as u32)),
+            code => Err(SendError::from_code(code).unwrap_or(SendError::Closed)),
+        }
     }
 
     /// Subscribes the box to `topic` of this app's domain, starting at
@@ -103,7 +160,11 @@ impl Session {
 }
 
 fn send(kind: FrameKind, bytes: &[u8]) -> Result<(), SendError> {
-    match crate::host::send(kind as u8, bytes) {
+    result(crate::host::send(kind as u8, bytes))
+}
+
+fn result(code: i32) -> Result<(), SendError> {
+    match code {
         0 => Ok(()),
         code => Err(SendError::from_code(code).unwrap_or(SendError::Closed)),
     }
@@ -141,6 +202,10 @@ pub trait Stream: Default + 'static {
         let _ = (cx, event);
         Ok(())
     }
+    fn on_stream_end(&mut self, cx: &mut Session, stream: StreamId, end: StreamEnd) -> Result<(), String> {
+        let _ = (cx, stream, end);
+        Ok(())
+    }
 }
 
 /// Object-safe view of a resident stream box.
@@ -152,7 +217,8 @@ impl<T: Stream> ResidentBox for T {
     fn event(&mut self, cx: &mut Session, ev: &StreamEvent<'_>) {
         let (hook, outcome) = match *ev {
             StreamEvent::Connect { .. } => ("connect", self.on_connect(cx)),
-            StreamEvent::Message { kind, bytes } => ("message", self.on_message(cx, Frame { kind, bytes })),
+            StreamEvent::Message { kind, stream, bytes } => ("message", self.on_message(cx, Frame { kind, stream, bytes })),
+            StreamEvent::StreamEnd { stream, end } => ("stream_end", self.on_stream_end(cx, stream, end)),
             StreamEvent::Close { code, reason } => ("close", self.on_close(cx, code, reason)),
             StreamEvent::Disconnect { reason } => ("disconnect", self.on_disconnect(cx, reason)),
             StreamEvent::Channel(ref event) => ("channel", self.on_channel(cx, event.clone())),
@@ -227,6 +293,15 @@ mod tests {
         fn close(&mut self, code: u32, _reason: &str) {
             assert_eq!((code, self.n), (7, 4));
         }
+
+        /// Mirrors the client: a stream it finished is finished back.
+        #[stream_end]
+        fn stream_end(&mut self, cx: &mut Session, stream: StreamId, end: StreamEnd) -> Result<(), SendError> {
+            if end == StreamEnd::Finished {
+                cx.finish(stream)?;
+            }
+            Ok(())
+        }
     }
 
     crate::export! { stream: Counter }
@@ -242,12 +317,18 @@ mod tests {
         assert_eq!(dispatch(StreamEvent::Connect { stream: "nope", session: 1, path: "/nope", query: "" }), status::NO_HANDLER);
         assert_eq!(dispatch(StreamEvent::Connect { stream: "count", session: 1, path: "/count", query: "" }), status::OK);
         for _ in 0..3 {
-            assert_eq!(dispatch(StreamEvent::Message { kind: FrameKind::Stream, bytes: b"x" }), status::OK);
+            assert_eq!(dispatch(StreamEvent::Message { kind: FrameKind::Stream, stream: Some(StreamId(1)), bytes: b"x" }), status::OK);
         }
         assert!(crate::host::take_errors().is_empty());
-        assert_eq!(dispatch(StreamEvent::Message { kind: FrameKind::Stream, bytes: b"fail" }), status::OK);
+        assert_eq!(dispatch(StreamEvent::Message { kind: FrameKind::Stream, stream: Some(StreamId(1)), bytes: b"fail" }), status::OK);
         assert_eq!(crate::host::take_errors(), ["toil: stream \"count\", session 1: the message hook failed: frame 4 failed"]);
+        use crate::host::Sent;
+        let replies = [Sent::Write(1, b"1:x".to_vec()), Sent::Write(1, b"2:x".to_vec()), Sent::Write(1, b"3:x".to_vec())];
+        assert_eq!(crate::host::take_sent(), replies, "each reply on the frame's own stream");
+        assert_eq!(dispatch(StreamEvent::StreamEnd { stream: StreamId(1), end: StreamEnd::Finished }), status::OK);
+        assert_eq!(dispatch(StreamEvent::StreamEnd { stream: StreamId(2), end: StreamEnd::Reset(3) }), status::OK);
+        assert_eq!(crate::host::take_sent(), [Sent::Finish(1)]);
         assert_eq!(dispatch(StreamEvent::Close { code: 7, reason: "" }), status::OK);
-        assert_eq!(dispatch(StreamEvent::Message { kind: FrameKind::Stream, bytes: b"x" }), status::NO_HANDLER);
+        assert_eq!(dispatch(StreamEvent::Message { kind: FrameKind::Stream, stream: Some(StreamId(1)), bytes: b"x" }), status::NO_HANDLER);
     }
 }

@@ -385,21 +385,66 @@ pub async fn wt_connect(host: &str, path: &str) -> Result<wtransport::Connection
 /// A client's length-delimited frame stream on one bidirectional stream.
 pub struct Frames {
     pub send: wtransport::SendStream,
-    pub recv: wtransport::RecvStream,
-    decoder: toil_abi::stream::framing::FrameDecoder,
-    buf: Vec<u8>,
-    at: usize,
+    pub reader: FrameReader,
 }
 
 impl Frames {
     pub async fn open(conn: &wtransport::Connection) -> Frames {
         let (send, recv) = conn.open_bi().await.unwrap().await.unwrap();
-        Frames { send, recv, decoder: toil_abi::stream::framing::FrameDecoder::new(16 << 20), buf: vec![0; 64 << 10], at: 0 }
+        Frames { send, reader: FrameReader::new(recv) }
+    }
+
+    /// A bidirectional stream the server opened.
+    pub async fn accept(conn: &wtransport::Connection) -> Frames {
+        let (send, recv) = conn.accept_bi().await.unwrap();
+        Frames { send, reader: FrameReader::new(recv) }
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
-        self.send.write_all(&toil_abi::stream::framing::header(bytes.len() as u32)).await.unwrap();
-        self.send.write_all(bytes).await.unwrap();
+        write_frame(&mut self.send, bytes).await;
+    }
+
+    /// The next frame, or `None` when the stream or connection ended.
+    pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        self.reader.recv().await
+    }
+
+    pub async fn recv_text(&mut self) -> String {
+        self.reader.recv_text().await
+    }
+}
+
+/// Writes one length-delimited frame.
+pub async fn write_frame(send: &mut wtransport::SendStream, bytes: &[u8]) {
+    send.write_all(&toil_abi::stream::framing::header(bytes.len() as u32)).await.unwrap();
+    send.write_all(bytes).await.unwrap();
+}
+
+/// Reads length-delimited frames from one stream (either direction's kind).
+pub struct FrameReader {
+    pub recv: wtransport::RecvStream,
+    decoder: toil_abi::stream::framing::FrameDecoder,
+    buf: Vec<u8>,
+    at: usize,
+    /// The stream ended cleanly on a frame boundary.
+    pub finished: bool,
+}
+
+impl FrameReader {
+    pub fn new(recv: wtransport::RecvStream) -> FrameReader {
+        FrameReader { recv, decoder: toil_abi::stream::framing::FrameDecoder::new(16 << 20), buf: vec![0; 64 << 10], at: 0, finished: false }
+    }
+
+    /// Every frame until the stream ends cleanly; `Err` if it was reset or the connection went.
+    pub async fn read_to_end(&mut self) -> Result<Vec<String>, String> {
+        let mut frames = Vec::new();
+        loop {
+            if let Some(frame) = self.recv().await {
+                frames.push(String::from_utf8(frame).unwrap());
+                continue;
+            }
+            return if self.finished { Ok(frames) } else { Err(format!("stream did not finish cleanly after {frames:?}")) };
+        }
     }
 
     /// The next frame, or `None` when the stream or connection ended.
@@ -418,7 +463,11 @@ impl Frames {
             }
             match self.recv.read(&mut self.buf[self.at..]).await {
                 Ok(Some(n)) => self.at += n,
-                _ => return None,
+                Ok(None) => {
+                    self.finished = self.at == 0;
+                    return None;
+                }
+                Err(_) => return None,
             }
         }
     }

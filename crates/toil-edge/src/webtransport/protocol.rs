@@ -6,9 +6,11 @@
 //! (RFC 9297): a client's `close({closeCode, reason})` arrives there as
 //! `CLOSE_WEBTRANSPORT_SESSION`, and the server closes a session the same
 //! way, so a browser's `closed` promise resolves with the code and reason.
-//! The client's bidirectional streams start with a WebTransport stream
-//! header naming the session; datagrams carry the session's quarter stream
-//! ID.
+//! Every WebTransport stream starts with a header naming its session (the
+//! type `0x41` on a bidirectional stream, `0x54` on a unidirectional one,
+//! then the session ID), whoever opened it; datagrams carry the session's
+//! quarter stream ID. Stream resets and stops carry WebTransport error
+//! codes mapped into HTTP/3's code space ([`wt_code`], [`h3_code`]).
 //!
 //! h3-webtransport 0.1 implements the streams and datagrams but keeps the
 //! CONNECT stream to itself, so a session could neither see a graceful
@@ -21,12 +23,13 @@ use std::sync::Mutex;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
-use h3::quic::{BidiStream as _, RecvStream as _, SendStream as _, SendStreamUnframed as _};
+use h3::quic::{BidiStream as _, OpenStreams as _, RecvStream as _, SendStream as _, SendStreamUnframed as _, StreamErrorIncoming};
 use h3::stream::BufRecvStream;
 use h3::webtransport::SessionId;
 use h3_datagram::datagram_handler::{DatagramReader, DatagramSender, HandleDatagramsExt};
 use http::{Request, Response, StatusCode};
 
+use crate::h3_conn::{QuicConn, UniRecv};
 use crate::http3::{H3Connection, RequestStream};
 
 /// Whether a request is a WebTransport extended CONNECT.
@@ -37,6 +40,8 @@ pub fn is_connect(req: &Request<()>) -> bool {
 /// An accepted session: accept its streams and datagrams here.
 pub struct Session {
     id: SessionId,
+    /// The session ID as sent in stream headers (the CONNECT stream's ID).
+    raw_id: u64,
     conn: Mutex<H3Connection>,
 }
 
@@ -50,6 +55,8 @@ pub struct ConnectStream {
 pub enum Accepted {
     /// A WebTransport bidirectional stream of this session.
     Stream(SendHalf, RecvHalf),
+    /// A WebTransport unidirectional stream of this session.
+    UniStream(RecvHalf),
     /// A plain HTTP/3 request sent on the same connection.
     Request(Request<()>, RequestStream),
 }
@@ -63,9 +70,10 @@ pub async fn accept(mut stream: RequestStream, conn: H3Connection) -> Result<(Se
         .body(())
         .expect("static response");
     stream.send_response(resp).await?;
+    let raw_id = stream.send_id().into_inner();
     let id = SessionId::from(stream.send_id());
     let (send, recv) = stream.split();
-    Ok((Session { id, conn: Mutex::new(conn) }, ConnectStream { recv, send }))
+    Ok((Session { id, raw_id, conn: Mutex::new(conn) }, ConnectStream { recv, send }))
 }
 
 impl Session {
@@ -77,10 +85,10 @@ impl Session {
         // A loop, not recursion: a client may send any number of foreign
         // streams, and each nested await would deepen the worker's stack.
         loop {
-            let stream = std::future::poll_fn(|cx| self.conn.lock().expect("h3 connection").poll_accept_request_stream(cx)).await;
-            let stream = match stream {
-                Ok(Some(s)) => h3::frame::FrameStream::new(BufRecvStream::new(s)),
-                Ok(None) => return Ok(None),
+            let stream = match std::future::poll_fn(|cx| self.poll_accept(cx)).await {
+                Ok(Incoming::Bidi(s)) => h3::frame::FrameStream::new(BufRecvStream::new(s)),
+                Ok(Incoming::Uni(recv)) => return Ok(Some(Accepted::UniStream(RecvHalf { stream: Recv::Uni(recv), chunk: Bytes::new() }))),
+                Ok(Incoming::End) => return Ok(None),
                 Err(e) => return Err(h3::error::StreamError::ConnectionError(e)),
             };
             let mut resolver = self.conn.lock().expect("h3 connection").create_resolver(stream);
@@ -95,7 +103,7 @@ impl Session {
             match first {
                 Ok(Some(h3::proto::frame::Frame::WebTransportStream(session))) if session == self.id => {
                     let (send, recv) = resolver.frame_stream.into_inner().split();
-                    return Ok(Some(Accepted::Stream(SendHalf(send), RecvHalf { stream: recv, chunk: Bytes::new() })));
+                    return Ok(Some(Accepted::Stream(SendHalf(send), RecvHalf { stream: Recv::Bidi(recv), chunk: Bytes::new() })));
                 }
                 Ok(Some(h3::proto::frame::Frame::WebTransportStream(_))) => {
                     // A stream for a session this connection does not have: refuse it.
@@ -109,6 +117,46 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// A new bidirectional stream, or a unidirectional one h3 has typed
+    /// (h3 reads unidirectional stream headers itself, while it polls for
+    /// requests, and keeps WebTransport ones aside).
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<Result<Incoming, h3::error::ConnectionError>> {
+        let mut conn = self.conn.lock().expect("h3 connection");
+        if let Poll::Ready(bidi) = conn.poll_accept_request_stream(cx) {
+            return Poll::Ready(bidi.map(|s| s.map_or(Incoming::End, Incoming::Bidi)));
+        }
+        let uni = &mut conn.inner.accepted_streams_mut().wt_uni_streams;
+        while let Some((session, mut recv)) = uni.pop() {
+            if session == self.id {
+                return Poll::Ready(Ok(Incoming::Uni(recv)));
+            }
+            recv.stop_sending(WT_BUFFERED_STREAM_REJECTED);
+        }
+        Poll::Pending
+    }
+
+    /// Opens a stream to the client, bidirectional or not, and writes its
+    /// header. Waits while the client grants no stream credit.
+    pub async fn open(&self, bidi: bool) -> Result<(SendHalf, Option<RecvHalf>), StreamErrorIncoming> {
+        let mut opener = <QuicConn as h3::quic::Connection<Bytes>>::opener(&self.conn.lock().expect("h3 connection").inner.conn);
+        let (send, recv, kind) = if bidi {
+            let stream = std::future::poll_fn(|cx| opener.poll_open_bidi(cx)).await?;
+            let (send, recv) = BufRecvStream::new(stream).split();
+            (send, Some(RecvHalf { stream: Recv::Bidi(recv), chunk: Bytes::new() }), WT_BIDI_STREAM)
+        } else {
+            (BufRecvStream::new(std::future::poll_fn(|cx| opener.poll_open_send(cx)).await?), None, WT_UNI_STREAM)
+        };
+        let mut header = Vec::with_capacity(16);
+        put_varint(&mut header, kind);
+        put_varint(&mut header, self.raw_id);
+        let mut send = SendHalf(send);
+        let mut rest = &header[..];
+        while !rest.is_empty() {
+            std::future::poll_fn(|cx| send.0.poll_send(cx, &mut rest)).await?;
+        }
+        Ok((send, recv))
     }
 
     pub fn datagram_reader(&self) -> DatagramReader<h3_quinn::datagram::RecvDatagramHandler> {
@@ -126,6 +174,60 @@ const FIRST_FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 /// `WT_BUFFERED_STREAM_REJECTED` (draft-ietf-webtrans-http3).
 const WT_BUFFERED_STREAM_REJECTED: u64 = 0x3994bd84;
+/// Stream types that start a WebTransport stream (draft-ietf-webtrans-http3).
+const WT_BIDI_STREAM: u64 = 0x41;
+const WT_UNI_STREAM: u64 = 0x54;
+
+/// What [`Session::poll_accept`] found.
+enum Incoming {
+    Bidi(h3_quinn::BidiStream<Bytes>),
+    Uni(BufRecvStream<UniRecv, Bytes>),
+    End,
+}
+
+/// How a stream side failed: the client stopped or reset it (with its
+/// WebTransport code), or the connection went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamFailure {
+    ByPeer(u32),
+    Connection,
+}
+
+impl StreamFailure {
+    fn of(e: &StreamErrorIncoming) -> StreamFailure {
+        match e {
+            StreamErrorIncoming::StreamTerminated { error_code } => StreamFailure::ByPeer(wt_code(*error_code)),
+            _ => StreamFailure::Connection,
+        }
+    }
+
+    /// The failure behind an I/O error from [`SendHalf`] or [`RecvHalf`].
+    pub fn of_io(e: &io::Error) -> StreamFailure {
+        e.get_ref().and_then(|inner| inner.downcast_ref::<StreamErrorIncoming>()).map_or(StreamFailure::Connection, StreamFailure::of)
+    }
+}
+
+/// The first HTTP/3 code of the WebTransport range (draft-ietf-webtrans-http3):
+/// application code `n` travels as `FIRST + n + n / 0x1e`, skipping the
+/// reserved codes of the form `0x1f * k + 0x21`.
+const WT_CODE_FIRST: u64 = 0x52e4_a40f_a8db;
+const WT_CODE_LAST: u64 = 0x52e5_ac98_3162;
+
+/// The WebTransport application code a stream error code carries. Codes
+/// outside the WebTransport range (clients that send raw codes) pass
+/// through, capped to 32 bits.
+pub fn wt_code(h3: u64) -> u32 {
+    if !(WT_CODE_FIRST..=WT_CODE_LAST).contains(&h3) || (h3 - 0x21).is_multiple_of(0x1f) {
+        return u32::try_from(h3).unwrap_or(u32::MAX);
+    }
+    let shifted = h3 - WT_CODE_FIRST;
+    (shifted - shifted / 0x1f) as u32
+}
+
+/// The HTTP/3 code a WebTransport application code travels as.
+pub fn h3_code(wt: u32) -> u64 {
+    WT_CODE_FIRST + u64::from(wt) + u64::from(wt) / 0x1e
+}
 
 /// The sending half of a session stream, as a tokio `AsyncWrite`.
 pub struct SendHalf(BufRecvStream<h3_quinn::SendStream<Bytes>, Bytes>);
@@ -147,8 +249,23 @@ impl tokio::io::AsyncWrite for SendHalf {
 
 /// The receiving half of a session stream, as a tokio `AsyncRead`.
 pub struct RecvHalf {
-    stream: BufRecvStream<h3_quinn::RecvStream, Bytes>,
+    stream: Recv,
     chunk: Bytes,
+}
+
+/// The receiving side of a bidirectional or a unidirectional stream.
+enum Recv {
+    Bidi(BufRecvStream<h3_quinn::RecvStream, Bytes>),
+    Uni(BufRecvStream<UniRecv, Bytes>),
+}
+
+impl Recv {
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
+        match self {
+            Recv::Bidi(s) => s.poll_data(cx),
+            Recv::Uni(s) => s.poll_data(cx),
+        }
+    }
 }
 
 impl RecvHalf {
@@ -300,6 +417,22 @@ mod tests {
             let closes: Vec<_> = got.into_iter().filter(|c| matches!(c, Capsule::Close { .. })).collect();
             assert_eq!(closes, [Capsule::Close { code: 4001, reason: "bye now".into() }], "split at {split}");
         }
+    }
+
+    #[test]
+    fn webtransport_stream_codes_map_both_ways_around_the_reserved_ones() {
+        assert_eq!(h3_code(0), WT_CODE_FIRST);
+        assert_eq!(h3_code(u32::MAX), WT_CODE_LAST);
+        for wt in [0, 1, 0x1d, 0x1e, 0x1f, 0x3c, 255, 4000, 1 << 20, u32::MAX - 1, u32::MAX] {
+            let h3 = h3_code(wt);
+            assert_ne!((h3 - 0x21) % 0x1f, 0, "{wt} maps onto a reserved code");
+            assert_eq!(wt_code(h3), wt);
+        }
+        // Reserved codes inside the range, and raw codes outside it, are not mapped.
+        let reserved = (WT_CODE_FIRST..).find(|h| (h - 0x21) % 0x1f == 0).unwrap();
+        assert_eq!(wt_code(reserved), u32::MAX);
+        assert_eq!(wt_code(7), 7);
+        assert_eq!(wt_code(WT_CODE_FIRST - 1), u32::MAX);
     }
 
     #[test]

@@ -2,22 +2,23 @@
 //! backpressure, and how it ends (the tasks and queue are described in
 //! [the module doc](super)).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::{Request, Response, StatusCode};
-use toil_abi::stream::{close_code, framing, FrameKind};
+use toil_abi::stream::{close_code, framing, Direction, FrameKind, StreamEnd, StreamId};
 use toil_channels::{Deliveries, Delivery};
-use toil_runtime::outbox::OutFrame;
+use toil_runtime::outbox::{Out, To};
 use toil_runtime::stream::{StreamApp, StreamBox};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::ending::{classify, closing, too_slow, End, Step};
-use super::primary::Primary;
-use super::protocol::{self, Accepted, Capsule, ConnectStream, RecvHalf, SendHalf, Session};
+use super::primary::Held;
+use super::protocol::{self, Accepted, Capsule, ConnectStream, RecvHalf, SendHalf, Session, StreamFailure};
 use crate::domains::Domain;
 use crate::http3::{self, H3Connection, RequestStream};
 use crate::metrics::{DomainSessionMetrics, Ending};
@@ -29,14 +30,24 @@ const CAPSULE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// What the session driver learns from the tasks around it.
 enum Inbound {
-    Frame(FrameKind, Vec<u8>),
-    /// A client bidirectional stream's sending half (ours to write). Boxed:
-    /// every slot of the inbound queue is as large as the largest variant.
-    Stream(Box<SendHalf>),
+    /// A frame that came on a stream (`None`: a datagram).
+    Frame(Option<StreamId>, Vec<u8>),
+    /// A stream the client opened. Boxed: every slot of the inbound queue
+    /// is as large as the largest variant.
+    Stream(Box<ClientStream>),
+    /// The client finished or reset its side of a stream.
+    StreamEnd(StreamId, StreamEnd),
     /// The client broke the framing; close the session with this code.
     Violation(u32, String),
     /// The client closed the session (a close capsule, or the CONNECT stream ended).
     PeerClose(u32, String),
+}
+
+/// A stream the client opened: bidirectional (with its sending half, ours
+/// to write) or unidirectional.
+struct ClientStream {
+    send: Option<SendHalf>,
+    recv: RecvHalf,
 }
 
 /// Serves a WebTransport CONNECT received on QUIC worker `worker`. A
@@ -67,8 +78,9 @@ pub async fn serve_session(
     };
     let name = path.trim_start_matches('/').to_string();
     let Admitted { domain, app, permit } = admitted;
-    let primary = Primary::new(app.limits().max_outbound_bytes_per_event);
-    let driver = Driver { metrics: permit.metrics.clone(), edge, domain, app, quic, permit, primary, session };
+    let held = Held::new(app.limits().max_outbound_bytes_per_event);
+    let driver =
+        Driver { metrics: permit.metrics.clone(), edge, domain, app, quic, permit, held, writers: Vec::new(), stopped: VecDeque::new(), session };
     driver.run(connect, &name, &path, &query).await;
     Ok(())
 }
@@ -120,7 +132,13 @@ struct Driver {
     session: Arc<Session>,
     permit: SessionPermit,
     metrics: Arc<DomainSessionMetrics>,
-    primary: Primary<Box<SendHalf>>,
+    /// Frames for the primary stream before the client opened it.
+    held: Held,
+    /// The sending halves of the session's streams that are ours to write.
+    writers: Vec<(StreamId, SendHalf)>,
+    /// Streams the client stopped reading, found while writing: the box
+    /// hears of them before the next inbound event.
+    stopped: VecDeque<(StreamId, StreamEnd)>,
 }
 
 /// What the driver takes next.
@@ -153,9 +171,9 @@ impl Driver {
         let ConnectStream { recv: connect_recv, send: mut connect_send } = connect;
         let max_frame = self.app.limits().max_frame_bytes;
         let readers = Readers([
-            tokio::spawn(accept_streams(self.session.clone(), tx.clone(), max_frame, self.edge.clone())),
+            tokio::spawn(accept_streams(self.session.clone(), tx.clone(), self.edge.clone())),
             tokio::spawn(read_datagrams(self.session.clone(), tx.clone(), max_frame)),
-            tokio::spawn(read_capsules(connect_recv, tx)),
+            tokio::spawn(read_capsules(connect_recv, tx.clone())),
         ]);
         let id = self.permit.id;
         let mut boxed = match self.app.open(name, id, path, query).await {
@@ -167,7 +185,7 @@ impl Driver {
             }
         };
         tracing::debug!(domain = %self.app.domain(), stream = name, session = id, peer = %self.quic.remote_address(), "session opened");
-        let end = self.serve_events(&mut boxed, rx).await;
+        let end = self.serve_events(&mut boxed, rx, &tx).await;
         drop(readers);
         if let End::Close { code, reason, by_host: true } = &end {
             tracing::info!(domain = %self.app.domain(), stream = name, session = id, code, "closing session: {reason}");
@@ -197,10 +215,10 @@ impl Driver {
 
     /// Delivers events to the box, in order, and writes what it sends,
     /// until the session must end.
-    async fn serve_events(&mut self, boxed: &mut StreamBox, mut rx: mpsc::Receiver<Inbound>) -> End {
+    async fn serve_events(&mut self, boxed: &mut StreamBox, mut rx: mpsc::Receiver<Inbound>, tx: &mpsc::Sender<Inbound>) -> End {
         let mut shutdown = self.edge.shutdown.subscribe();
         let mut deliveries = boxed.take_deliveries();
-        if let Some(end) = self.flush(boxed).await {
+        if let Some(end) = self.flush(boxed, tx).await {
             return end;
         }
         loop {
@@ -208,27 +226,39 @@ impl Driver {
             // Shutdown and retirement come first: a client that keeps the
             // queue full must not keep an old version alive. Frames and
             // channel deliveries take turns.
-            let next = tokio::select! {
-                biased;
-                _ = shutdown.wait_for(|s| *s) => return End::Close { code: close_code::SHUTDOWN, reason: "node shutting down".into(), by_host: true },
-                r = self.domain.retired() => return End::Close { code: r.code, reason: r.reason, by_host: true },
-                next = async {
-                    tokio::select! {
-                        inbound = rx.recv() => Next::Inbound(inbound),
-                        delivery = next_delivery(&mut deliveries) => Next::Channel(delivery),
-                        err = self.quic.closed() => Next::Closed(err),
-                    }
-                } => next,
+            let stopped = self.stopped.pop_front().map(|(id, end)| Next::Inbound(Some(Inbound::StreamEnd(id, end))));
+            let next = if let Some(next) = stopped {
+                next
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|s| *s) => return End::Close { code: close_code::SHUTDOWN, reason: "node shutting down".into(), by_host: true },
+                    r = self.domain.retired() => return End::Close { code: r.code, reason: r.reason, by_host: true },
+                    next = async {
+                        tokio::select! {
+                            inbound = rx.recv() => Next::Inbound(inbound),
+                            delivery = next_delivery(&mut deliveries) => Next::Channel(delivery),
+                            err = self.quic.closed() => Next::Closed(err),
+                        }
+                    } => next,
+                }
             };
             let delivered = match next {
-                Next::Inbound(Some(Inbound::Frame(kind, bytes))) => {
+                Next::Inbound(Some(Inbound::Frame(stream, bytes))) => {
+                    let kind = if stream.is_some() { FrameKind::Stream } else { FrameKind::Datagram };
                     self.metrics.frames[0][kind as usize].inc();
-                    boxed.message(kind, &bytes).await
+                    boxed.message(stream, &bytes).await
                 }
-                Next::Inbound(Some(Inbound::Stream(send))) => match self.adopt_stream(send).await {
+                Next::Inbound(Some(Inbound::Stream(stream))) => match self.adopt_stream(boxed, *stream, tx).await {
                     Some(end) => return end,
                     None => Ok(()),
                 },
+                Next::Inbound(Some(Inbound::StreamEnd(id, end))) => {
+                    if matches!(end, StreamEnd::Stopped(_)) {
+                        self.writers.retain(|(s, _)| *s != id);
+                    }
+                    boxed.stream_end(id, end).await
+                }
                 Next::Inbound(Some(Inbound::Violation(code, reason))) => return End::Close { code, reason, by_host: true },
                 Next::Inbound(Some(Inbound::PeerClose(code, reason))) => return End::PeerClosed(code, reason),
                 Next::Inbound(None) => return classify(self.quic.closed().await),
@@ -242,7 +272,7 @@ impl Driver {
                 }
             };
             let end = match delivered {
-                Ok(()) => self.flush(boxed).await,
+                Ok(()) => self.flush(boxed, tx).await,
                 Err(fault) => Some(End::Fault(fault.to_string())),
             };
             if let Some(end) = end {
@@ -251,49 +281,111 @@ impl Driver {
         }
     }
 
-    /// Writes what the box queued; returns why the session must end, if it must.
-    async fn flush(&mut self, boxed: &mut StreamBox) -> Option<End> {
+    /// Carries out what the box queued (frames, opens, finishes), in
+    /// order; returns why the session must end, if it must.
+    async fn flush(&mut self, boxed: &mut StreamBox, tx: &mpsc::Sender<Inbound>) -> Option<End> {
         let stall = self.edge.sessions.limits().send_stall_timeout;
-        for OutFrame { kind, bytes } in boxed.take_frames() {
-            match kind {
-                FrameKind::Datagram => match self.session.datagram_sender().send_datagram(Bytes::from(bytes)) {
-                    Ok(()) => self.metrics.frames[1][1].inc(),
-                    Err(_) => self.metrics.dropped.inc(),
-                },
-                FrameKind::Stream => {
-                    let Some(send) = self.primary.stream() else {
-                        if !self.primary.hold(bytes) {
-                            self.metrics.dropped.inc();
-                        }
-                        continue;
-                    };
-                    match tokio::time::timeout(stall, write_frame(send, &bytes)).await {
-                        Ok(Ok(())) => self.metrics.frames[1][0].inc(),
-                        Ok(Err(e)) => return Some(End::Lost(format!("stream write failed: {e}"))),
-                        Err(_) => return Some(too_slow(stall)),
+        for out in boxed.take_out() {
+            let done = match out {
+                Out::Frame { to: To::Datagram, bytes } => {
+                    match self.session.datagram_sender().send_datagram(Bytes::from(bytes)) {
+                        Ok(()) => self.metrics.frames[1][1].inc(),
+                        Err(_) => self.metrics.dropped.inc(),
                     }
+                    Ok(())
                 }
+                Out::Frame { to: To::Primary, bytes } => {
+                    if !self.held.hold(bytes) {
+                        self.metrics.dropped.inc();
+                    }
+                    Ok(())
+                }
+                Out::Frame { to: To::Stream(id), bytes } => self.write(id, &bytes, stall).await,
+                Out::Finish(id) => self.finish(id, stall).await,
+                Out::Open { stream, direction } => match tokio::time::timeout(stall, self.session.open(direction == Direction::Bidi)).await {
+                    Ok(Ok((send, recv))) => {
+                        self.writers.push((stream, send));
+                        if let Some(recv) = recv {
+                            tokio::spawn(read_frames(recv, stream, tx.clone(), self.app.limits().max_frame_bytes));
+                        }
+                        Ok(())
+                    }
+                    Ok(Err(_)) => Err(End::Lost("opening a stream failed: the connection is gone".into())),
+                    // A client that grants no stream credit is as stuck as one that does not read.
+                    Err(_) => Err(too_slow(stall)),
+                },
+            };
+            if let Err(end) = done {
+                return Some(end);
             }
         }
         boxed.close_requested().map(|(code, reason)| End::Close { code, reason, by_host: false })
     }
 
-    /// The first client stream becomes the primary one and receives the
-    /// frames held for it; later streams are input only.
-    async fn adopt_stream(&mut self, mut send: Box<SendHalf>) -> Option<End> {
-        let stall = self.edge.sessions.limits().send_stall_timeout;
-        let Some(held) = self.primary.claim() else {
-            let _ = tokio::time::timeout(stall, send.shutdown()).await;
-            return None;
+    /// Writes one frame to stream `id`. A stream the client stopped
+    /// reading is forgotten here and reported to the box; frames for it,
+    /// before the box hears, are dropped.
+    async fn write(&mut self, id: StreamId, bytes: &[u8], stall: Duration) -> Result<(), End> {
+        let Some(at) = self.writers.iter().position(|(s, _)| *s == id) else {
+            self.metrics.dropped.inc();
+            return Ok(());
         };
-        for bytes in held {
-            match tokio::time::timeout(stall, write_frame(&mut send, &bytes)).await {
-                Ok(Ok(())) => self.metrics.frames[1][0].inc(),
-                Ok(Err(_)) => return None,
-                Err(_) => return Some(too_slow(stall)),
+        match tokio::time::timeout(stall, write_frame(&mut self.writers[at].1, bytes)).await {
+            Ok(Ok(())) => {
+                self.metrics.frames[1][0].inc();
+                Ok(())
+            }
+            Ok(Err(e)) => match StreamFailure::of_io(&e) {
+                StreamFailure::ByPeer(code) => {
+                    self.writers.swap_remove(at);
+                    self.stopped.push_back((id, StreamEnd::Stopped(code)));
+                    self.metrics.dropped.inc();
+                    Ok(())
+                }
+                StreamFailure::Connection => Err(End::Lost(format!("stream write failed: {e}"))),
+            },
+            Err(_) => Err(too_slow(stall)),
+        }
+    }
+
+    /// Finishes the box's side of stream `id` (after what was written to it).
+    async fn finish(&mut self, id: StreamId, stall: Duration) -> Result<(), End> {
+        let Some(at) = self.writers.iter().position(|(s, _)| *s == id) else {
+            return Ok(());
+        };
+        let (_, mut send) = self.writers.swap_remove(at);
+        match tokio::time::timeout(stall, send.shutdown()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => match StreamFailure::of_io(&e) {
+                StreamFailure::ByPeer(code) => {
+                    self.stopped.push_back((id, StreamEnd::Stopped(code)));
+                    Ok(())
+                }
+                StreamFailure::Connection => Err(End::Lost(format!("finishing a stream failed: {e}"))),
+            },
+            Err(_) => Err(too_slow(stall)),
+        }
+    }
+
+    /// A stream the client opened: the box learns its id, a reader cuts it
+    /// into frames, and a bidirectional one becomes writable. The first
+    /// bidirectional one is the primary stream and first receives the
+    /// frames held for it.
+    async fn adopt_stream(&mut self, boxed: &mut StreamBox, stream: ClientStream, tx: &mpsc::Sender<Inbound>) -> Option<End> {
+        let direction = if stream.send.is_some() { Direction::Bidi } else { Direction::Uni };
+        let Some(id) = boxed.client_opened(direction) else {
+            let reason = "the session has used every stream id".to_string();
+            return Some(End::Close { code: close_code::MALFORMED_FRAME, reason, by_host: true });
+        };
+        tokio::spawn(read_frames(stream.recv, id, tx.clone(), self.app.limits().max_frame_bytes));
+        let send = stream.send?;
+        self.writers.push((id, send));
+        let stall = self.edge.sessions.limits().send_stall_timeout;
+        for bytes in self.held.claim().unwrap_or_default() {
+            if let Err(end) = self.write(id, &bytes, stall).await {
+                return Some(end);
             }
         }
-        self.primary.open(send);
         None
     }
 
@@ -335,46 +427,56 @@ async fn write_frame(send: &mut SendHalf, bytes: &[u8]) -> std::io::Result<()> {
     send.write_all(bytes).await
 }
 
-/// Takes the client's bidirectional streams (and HTTP/3 requests sent on
-/// the session's connection) until the connection ends.
-async fn accept_streams(session: Arc<Session>, tx: mpsc::Sender<Inbound>, max_frame: usize, edge: Arc<Edge>) {
+/// Takes the client's streams (and HTTP/3 requests sent on the session's
+/// connection) until the connection ends. The driver names each stream
+/// and starts its reader.
+async fn accept_streams(session: Arc<Session>, tx: mpsc::Sender<Inbound>, edge: Arc<Edge>) {
     loop {
-        match session.accept().await {
-            Ok(Some(Accepted::Stream(send, recv))) => {
-                if tx.send(Inbound::Stream(Box::new(send))).await.is_err() {
-                    return;
-                }
-                tokio::spawn(read_frames(recv, tx.clone(), max_frame));
-            }
+        let stream = match session.accept().await {
+            Ok(Some(Accepted::Stream(send, recv))) => ClientStream { send: Some(send), recv },
+            Ok(Some(Accepted::UniStream(recv))) => ClientStream { send: None, recv },
             Ok(Some(Accepted::Request(req, stream))) => {
                 let edge = edge.clone();
                 tokio::spawn(async move { http3::serve_request(&edge, req, stream).await });
+                continue;
             }
             Ok(None) | Err(_) => return,
+        };
+        if tx.send(Inbound::Stream(Box::new(stream))).await.is_err() {
+            return;
         }
     }
 }
 
-/// Cuts one client stream into frames. It reads quinn's chunks as they
-/// are, so an idle stream holds no read buffer of ours.
-async fn read_frames(mut recv: RecvHalf, tx: mpsc::Sender<Inbound>, max_frame: usize) {
+/// Cuts one client stream into frames, then reports how the client ended
+/// it. It reads quinn's chunks as they are, so an idle stream holds no
+/// read buffer of ours.
+async fn read_frames(mut recv: RecvHalf, id: StreamId, tx: mpsc::Sender<Inbound>, max_frame: usize) {
     let mut decoder = framing::FrameDecoder::new(max_frame);
     loop {
         let chunk = match recv.chunk().await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => {
-                if let Err(e) = decoder.finish() {
-                    let _ = tx.send(Inbound::Violation(close_code::MALFORMED_FRAME, e.to_string())).await;
+                let end = match decoder.finish() {
+                    Ok(()) => Inbound::StreamEnd(id, StreamEnd::Finished),
+                    Err(e) => Inbound::Violation(close_code::MALFORMED_FRAME, e.to_string()),
+                };
+                let _ = tx.send(end).await;
+                return;
+            }
+            Err(e) => {
+                // A reset drops the partial frame; a lost connection the driver sees itself.
+                if let StreamFailure::ByPeer(code) = StreamFailure::of_io(&e) {
+                    let _ = tx.send(Inbound::StreamEnd(id, StreamEnd::Reset(code))).await;
                 }
                 return;
             }
-            Err(_) => return, // the connection went; the driver sees why
         };
         let mut input = &chunk[..];
         loop {
             match decoder.decode(&mut input) {
                 Ok(Some(frame)) => {
-                    if tx.send(Inbound::Frame(FrameKind::Stream, frame)).await.is_err() {
+                    if tx.send(Inbound::Frame(Some(id), frame)).await.is_err() {
                         return;
                     }
                 }
@@ -399,7 +501,7 @@ async fn read_datagrams(session: Arc<Session>, tx: mpsc::Sender<Inbound>, max_fr
         let inbound = if bytes.len() > max_frame {
             Inbound::Violation(close_code::FRAME_TOO_LARGE, format!("datagram of {} bytes exceeds the {max_frame}-byte limit", bytes.len()))
         } else {
-            Inbound::Frame(FrameKind::Datagram, bytes.to_vec())
+            Inbound::Frame(None, bytes.to_vec())
         };
         if tx.send(inbound).await.is_err() {
             return;

@@ -77,10 +77,32 @@ impl Misbehave {
 /// A stream box that misbehaves on command. Each text frame is a command:
 /// `trap`, `loop`, `bomb`, `close <code> <reason>`, `burst <n> <bytes>`
 /// (sends n frames of that size), `datagram` (replies by datagram), `big`
-/// (one frame over the frame cap); anything else is echoed with a count.
+/// (one frame over the frame cap); anything else is echoed with a count,
+/// on the stream it came on.
+///
+/// Stream commands, answered on the stream they came on:
+/// - `rpc <text>`: replies `re:<text>` and finishes the stream;
+/// - `push <n> <text>`: opens `n` unidirectional streams, writes
+///   `<text> <i>` on each and finishes it; answers `pushed <ids>` or the
+///   error it stopped at;
+/// - `open-bidi`: opens a bidirectional stream and writes `hello <id>` on
+///   it; answers `opened <id>`;
+/// - `hoard`: opens unidirectional streams until refused and keeps them
+///   open; answers `hoarded <n>: <error>`; `release` finishes them;
+/// - `write <id> <text>` / `finish <id>`: answers `ok` or the error;
+/// - `reply-finish-write`: replies `done` and finishes, then writes once
+///   more to the same stream; the error goes to the primary stream;
+/// - `watch`: from now on every `stream_end` is reported on the primary
+///   stream as `end <id> <how>`.
 #[derive(Default)]
 struct Chaos {
     frames: u32,
+    hoard: Vec<StreamId>,
+    watch: bool,
+}
+
+fn outcome(r: Result<(), SendError>) -> String {
+    r.map_or_else(|e| format!("{e:?}"), |()| "ok".into())
 }
 
 #[toil::stream("chaos")]
@@ -125,7 +147,7 @@ impl Chaos {
                         Err(SendError::QueueFull) => 1,
                         Err(SendError::TooLarge) => 2,
                         Err(SendError::Closed) => 3,
-                        Err(SendError::BadKind) => 4,
+                        Err(_) => 4,
                     };
                     results[slot] += 1;
                 }
@@ -139,7 +161,76 @@ impl Chaos {
             "datagram" => {
                 cx.send_datagram(format!("datagram {}", self.frames).as_bytes()).unwrap();
             }
-            _ => cx.reply(&frame, format!("{}:{text}", self.frames).as_bytes()).unwrap(),
+            "rpc" => cx.reply_and_finish(&frame, format!("re:{}", words.collect::<Vec<_>>().join(" ")).as_bytes()).unwrap(),
+            "push" => {
+                let n: usize = words.next().and_then(|c| c.parse().ok()).unwrap_or(1);
+                let text = words.collect::<Vec<_>>().join(" ");
+                let mut ids = Vec::new();
+                let mut answer = None;
+                for i in 0..n {
+                    let pushed = cx.open_stream(Direction::Uni).and_then(|id| {
+                        ids.push(id.0.to_string());
+                        cx.write(id, format!("{text} {i}").as_bytes())?;
+                        cx.finish(id)
+                    });
+                    if let Err(e) = pushed {
+                        answer = Some(format!("push failed after {i}: {e:?}"));
+                        break;
+                    }
+                }
+                let answer = answer.unwrap_or_else(|| format!("pushed {}", ids.join(",")));
+                cx.reply(&frame, answer.as_bytes()).unwrap();
+            }
+            "open-bidi" => {
+                let id = cx.open_stream(Direction::Bidi).unwrap();
+                cx.write(id, format!("hello {}", id.0).as_bytes()).unwrap();
+                cx.reply(&frame, format!("opened {}", id.0).as_bytes()).unwrap();
+            }
+            "hoard" => {
+                let error = loop {
+                    match cx.open_stream(Direction::Uni) {
+                        Ok(id) => self.hoard.push(id),
+                        Err(e) => break e,
+                    }
+                };
+                cx.reply(&frame, format!("hoarded {}: {error:?}", self.hoard.len()).as_bytes()).unwrap();
+            }
+            "release" => {
+                for id in std::mem::take(&mut self.hoard) {
+                    cx.finish(id).unwrap();
+                }
+                cx.reply(&frame, b"released").unwrap();
+            }
+            "write" | "finish" => {
+                let id = StreamId(words.next().and_then(|c| c.parse().ok()).unwrap_or(0));
+                let result = match text.starts_with("write") {
+                    true => cx.write(id, words.collect::<Vec<_>>().join(" ").as_bytes()),
+                    false => cx.finish(id),
+                };
+                cx.reply(&frame, outcome(result).as_bytes()).unwrap();
+            }
+            "reply-finish-write" => {
+                cx.reply_and_finish(&frame, b"done").unwrap();
+                let late = cx.reply(&frame, b"late");
+                cx.send(format!("late write: {}", outcome(late)).as_bytes()).unwrap();
+            }
+            "watch" => {
+                self.watch = true;
+                cx.reply(&frame, b"watching").unwrap();
+            }
+            _ => {
+                if let Err(e) = cx.reply(&frame, format!("{}:{text}", self.frames).as_bytes()) {
+                    cx.send(format!("reply failed: {e:?}").as_bytes()).unwrap();
+                }
+            }
+        }
+    }
+
+    #[stream_end]
+    fn stream_end(&mut self, cx: &mut Session, stream: StreamId, end: StreamEnd) {
+        if self.watch {
+            // The primary stream itself may be the one that ended.
+            let _ = cx.send(format!("end {} {end:?}", stream.0).as_bytes());
         }
     }
 
