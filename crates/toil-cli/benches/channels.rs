@@ -36,7 +36,7 @@ use common::relay::RelayClient;
 use common::*;
 use futures_util::StreamExt;
 use toil_abi::stream::framing;
-use toil_edge::webtransport::protocol::{Accepted, ConnectStream, Session};
+use toil_edge::webtransport::protocol::{Accepted, ConnectStream, Connection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -394,8 +394,8 @@ impl NativeRoom {
     }
 }
 
-async fn native_session(session: Session, _connect: ConnectStream, room: Arc<NativeRoom>) {
-    let Ok(Some(Accepted::Stream(mut send, mut recv))) = session.accept().await else {
+async fn native_session(conn: Arc<Connection>, _connect: ConnectStream, room: Arc<NativeRoom>) {
+    let Ok(Some(Accepted::Stream(_, mut send, mut recv))) = conn.accept().await else {
         return;
     };
     // One writer per session: command replies and forwarded messages.

@@ -7,7 +7,12 @@
 //!    the echo written in Rust, no wasm, no box — in alternating rounds of
 //!    the same run, as a ratio;
 //! 2. sessions per second: open a session, one frame round trip, close;
-//! 3. server RSS per idle resident box with 10 000 concurrent sessions.
+//! 3. requests per second on a stream each (RPC style: open a stream, one
+//!    frame, finish, read the answer to the stream's end), 16 in flight on
+//!    one session, against the native echo;
+//! 4. server RSS per idle resident box with 10 000 concurrent sessions, and
+//!    how much of it is the wasm instance pool (linear memories, tables,
+//!    stacks) and how much the host (QUIC, TLS, HTTP/3, the session).
 //!
 //! Client and native server share this process; `toil dev` is its own
 //! process, so its RSS is the boxes'. Machines are noisy: medians of rounds.
@@ -23,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use toil_abi::stream::framing;
-use toil_edge::webtransport::protocol::{Accepted, ConnectStream, Session};
+use toil_edge::webtransport::protocol::{Accepted, ConnectStream, Connection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PAYLOAD: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -66,16 +71,27 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64) {
     let native_sps = sessions_per_second(server, native, Duration::from_secs(seconds)).await;
     eprintln!("sessions/s: toil {toil_sps:.0}, native {native_sps:.0}");
 
-    // 3. Idle boxes.
+    // 3. A request per stream.
+    let (mut toil_rps, mut native_rps) = (vec![], vec![]);
+    for round in 1..=rounds {
+        let t = calls_per_second(server, server.http, Duration::from_secs(seconds)).await;
+        let n = calls_per_second(server, native, Duration::from_secs(seconds)).await;
+        eprintln!("round {round}: calls/s toil {t:.0}, native {n:.0}");
+        toil_rps.push(t);
+        native_rps.push(n);
+    }
+
+    // 4. Idle boxes.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = server.rss_kib();
+    let (before, pool_before) = (server.rss_kib(), wasm_pool_rss_kib(server.pid));
     let (held, elapsed) = open_idle(server, idle).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = server.rss_kib();
+    let (after, pool_after) = (server.rss_kib(), wasm_pool_rss_kib(server.pid));
 
     let boxes = metric_sum(server, "toil_stream_live_boxes{").await;
     eprintln!("{} sessions open in {:.1} s; live boxes {boxes}; RSS {before} KiB -> {after} KiB", held.len(), elapsed.as_secs_f64());
     let per_box = (after as f64 - before as f64) / held.len() as f64;
+    let wasm_per_box = (pool_after as f64 - pool_before as f64) / held.len() as f64;
     drop(held);
 
     let (tp50, tp99, np50, np99) = (median(&mut toil_p50), median(&mut toil_p99), median(&mut native_p50), median(&mut native_p99));
@@ -88,8 +104,65 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64) {
     );
     println!("| echo round trip p99, toil / native | {tp99:.1} µs / {np99:.1} µs = {:.2}× |", tp99 / np99);
     println!("| sessions per second (open + 1 round trip + close, 8 clients), toil / native | {toil_sps:.0} / {native_sps:.0} |");
+    let (trps, nrps) = (median(&mut toil_rps), median(&mut native_rps));
+    println!("| requests on a stream each per second (16 in flight, one session), toil / native | {trps:.0} / {nrps:.0} = {:.2}× |", trps / nrps);
     println!("| server RSS per idle resident box ({idle} concurrent sessions, {boxes} live boxes) | {per_box:.1} KiB |");
+    println!(
+        "| of which the wasm instance pool (touched linear memory, table, stack) / the host | {wasm_per_box:.1} KiB / {:.1} KiB |",
+        per_box - wasm_per_box
+    );
     println!("| server RSS before / with the idle sessions | {} MiB / {} MiB |", before >> 10, after >> 10);
+}
+
+/// Resident KiB of the process's wasm instance pool: its reservations are
+/// the only anonymous mappings of 256 MiB or more (linear memories, tables
+/// and fiber stacks for every pool slot).
+fn wasm_pool_rss_kib(pid: u32) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let (mut total, mut in_pool) = (0, false);
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((start, end)) = first.split_once('-').filter(|(s, _)| s.chars().all(|c| c.is_ascii_hexdigit())) {
+            let size = u64::from_str_radix(end, 16).unwrap_or(0).saturating_sub(u64::from_str_radix(start, 16).unwrap_or(0));
+            let anonymous = line.split_whitespace().nth(5).is_none();
+            in_pool = anonymous && size >= 256 << 20;
+        } else if let (true, Some(kib)) = (in_pool, line.strip_prefix("Rss:")) {
+            total += kib.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// Requests per second, each on a stream of its own (one frame, finish,
+/// the answer to the stream's end), 16 in flight on one session.
+async fn calls_per_second(server: &Server, addr: SocketAddr, dur: Duration) -> f64 {
+    let conn = wt_endpoint_for(server, addr).connect(echo_url(addr)).await.expect("session");
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let callers: Vec<_> = (0..16)
+        .map(|_| {
+            let (conn, done) = (conn.clone(), done.clone());
+            tokio::spawn(async move {
+                while start.elapsed() < dur {
+                    let (mut send, mut recv) = conn.open_bi().await.unwrap().await.unwrap();
+                    send.write_all(&framing::header(PAYLOAD.len() as u32)).await.unwrap();
+                    send.write_all(PAYLOAD).await.unwrap();
+                    send.finish().await.unwrap();
+                    let mut buf = [0u8; 128];
+                    let mut got = 0;
+                    while let Ok(Some(n)) = recv.read(&mut buf[got..]).await {
+                        got += n;
+                    }
+                    assert!(got > framing::HEADER_LEN + PAYLOAD.len(), "an answer, then the stream's end");
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for c in callers {
+        c.await.unwrap();
+    }
+    done.load(std::sync::atomic::Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
 async fn metric_sum(server: &Server, prefix: &str) -> f64 {
@@ -184,26 +257,33 @@ async fn native_server(server: &Server) -> SocketAddr {
     native::start(server, 1, native_session)
 }
 
-async fn native_session(session: Session, _connect: ConnectStream) {
-    let mut count = 0u64;
-    while let Ok(Some(Accepted::Stream(mut send, mut recv))) = session.accept().await {
-        let mut decoder = framing::FrameDecoder::new(64 << 10);
-        let mut buf = vec![0u8; 16 << 10];
-        while let Ok(n) = recv.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            let mut input = &buf[..n];
-            while let Ok(Some(frame)) = decoder.decode(&mut input) {
-                count += 1;
-                let mut reply = format!("{count}:").into_bytes();
-                reply.extend_from_slice(&frame);
-                let mut out = framing::header(reply.len() as u32).to_vec();
-                out.extend_from_slice(&reply);
-                if send.write_all(&out).await.is_err() {
+/// The native echo session: like the echo box, a count across the
+/// session, each answer on its frame's stream, and a stream the client
+/// finished is finished back. Each stream is served on its own task.
+async fn native_session(conn: Arc<Connection>, _connect: ConnectStream) {
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    while let Ok(Some(Accepted::Stream(_, mut send, mut recv))) = conn.accept().await {
+        let count = count.clone();
+        tokio::spawn(async move {
+            let mut decoder = framing::FrameDecoder::new(64 << 10);
+            let mut buf = vec![0u8; 16 << 10];
+            while let Ok(n) = recv.read(&mut buf).await {
+                if n == 0 {
+                    let _ = send.shutdown().await; // the client finished: so do we
                     return;
                 }
+                let mut input = &buf[..n];
+                while let Ok(Some(frame)) = decoder.decode(&mut input) {
+                    let n = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    let mut reply = format!("{n}:").into_bytes();
+                    reply.extend_from_slice(&frame);
+                    let mut out = framing::header(reply.len() as u32).to_vec();
+                    out.extend_from_slice(&reply);
+                    if send.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
             }
-        }
+        });
     }
 }

@@ -98,7 +98,10 @@ async fn a_flood_of_unread_streams_stays_within_the_session_bound() {
     let baseline = s.rss_kib();
     let mut attackers = Vec::new();
     for _ in 0..4 {
-        let conn = wt_endpoint_pinned(&cert, to).connect(format!("https://{CHAOS}:{}/chaos", to.port())).await.unwrap();
+        // The box answers each frame on its stream, and the attacker never
+        // reads: once its receive window is full the box's writes stall,
+        // and with them the session's intake.
+        let conn = wt_endpoint_with_window(&cert, to, Some(256 << 10)).connect(format!("https://{CHAOS}:{}/chaos", to.port())).await.unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let mut writers = Vec::new();
         for _ in 0..100 {

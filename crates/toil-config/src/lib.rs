@@ -101,6 +101,8 @@ pub struct LimitsConfig {
     /// Open stream sessions (resident boxes) per node and per domain.
     pub max_sessions: usize,
     pub max_sessions_per_domain: usize,
+    /// WebTransport sessions one connection may carry (pooling).
+    pub max_sessions_per_connection: usize,
     pub max_frame_bytes: usize,
     pub max_outbound_bytes_per_event: usize,
     /// Streams a stream box may have open that it opened itself.
@@ -162,6 +164,7 @@ impl Default for LimitsConfig {
             max_instances: 1000,
             max_sessions: 500,
             max_sessions_per_domain: 500,
+            max_sessions_per_connection: 8,
             max_frame_bytes: 64 << 10,
             max_outbound_bytes_per_event: 1 << 20,
             max_box_streams: 32,
@@ -649,6 +652,7 @@ fn limits_of(root: &Obj) -> Result<LimitsConfig, ConfigError> {
         "maxInstances",
         "maxSessions",
         "maxSessionsPerDomain",
+        "maxSessionsPerConnection",
         "maxFrameBytes",
         "maxOutboundBytesPerEvent",
         "maxBoxStreams",
@@ -719,6 +723,9 @@ fn box_limits(l: &Obj, limits: &mut LimitsConfig) -> Result<(), ConfigError> {
                 limits.max_sessions, limits.max_instances
             ),
         ));
+    }
+    if let Some(v) = l.positive_at_most("maxSessionsPerConnection", 256, "256-session ceiling")? {
+        limits.max_sessions_per_connection = v as usize;
     }
     if let Some(v) = l.positive_at_most("maxFrameBytes", 16 << 20, "16 MiB frame ceiling")? {
         limits.max_frame_bytes = v as usize;

@@ -68,6 +68,7 @@ impl LimitsConfig {
         SessionLimits {
             max_sessions: self.max_sessions,
             max_sessions_per_domain: self.max_sessions_per_domain,
+            max_sessions_per_connection: self.max_sessions_per_connection,
             inbound_queue_frames: INBOUND_QUEUE_FRAMES,
             send_stall_timeout: self.send_stall_timeout,
         }

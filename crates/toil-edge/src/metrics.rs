@@ -88,6 +88,8 @@ impl Ending {
 /// Session and frame counters of one domain.
 pub struct DomainSessionMetrics {
     pub opened: Arc<Counter>,
+    /// Sessions opened on a connection that already carried another (pooling).
+    pub pooled: Arc<Counter>,
     pub refused: Arc<Counter>,
     ended: [Arc<Counter>; 3],
     pub open: Arc<Gauge>,
@@ -111,6 +113,7 @@ impl DomainSessionMetrics {
         };
         DomainSessionMetrics {
             opened: r.counter("toil_stream_sessions_opened_total", "Stream sessions opened (box created).", &d),
+            pooled: r.counter("toil_stream_sessions_pooled_total", "Stream sessions opened on a connection that carried another session.", &d),
             refused: r.counter("toil_stream_sessions_refused_total", "Stream sessions refused at a session limit.", &d),
             ended: Ending::ALL.map(|e| {
                 r.counter(

@@ -86,7 +86,7 @@ async fn connection(incoming: quinn::Incoming, edge: Arc<Edge>, worker: Option<u
             return quic.close(H3_EXCESSIVE_LOAD.into(), b"too many connections");
         }
     };
-    let mut h3 = match h3_builder().build(crate::h3_conn::QuicConn::new(quic.clone())).await {
+    let mut h3 = match h3_builder(edge.sessions.limits().max_sessions_per_connection).build(crate::h3_conn::QuicConn::new(quic.clone())).await {
         Ok(h) => h,
         Err(e) => return tracing::debug!("HTTP/3 setup failed: {e}"),
     };
@@ -120,7 +120,7 @@ async fn connection(incoming: quinn::Incoming, edge: Arc<Edge>, worker: Option<u
             }
         };
         if webtransport::is_connect(&req) {
-            match webtransport::serve_session(edge.clone(), worker, req, stream, h3, quic.clone()).await {
+            match webtransport::serve_sessions(edge.clone(), worker, req, stream, h3, quic.clone()).await {
                 Ok(()) => return,
                 Err(refused) => h3 = refused, // answered 404 or 503; the connection goes on
             }
@@ -135,9 +135,9 @@ async fn connection(incoming: quinn::Incoming, edge: Arc<Edge>, worker: Option<u
 }
 
 /// The HTTP/3 settings of a node: requests, and WebTransport (extended
-/// CONNECT, datagrams) with one session per connection.
-pub fn h3_builder() -> h3::server::Builder {
+/// CONNECT, datagrams) with up to `max_sessions` sessions per connection.
+pub fn h3_builder(max_sessions: usize) -> h3::server::Builder {
     let mut b = h3::server::builder();
-    b.enable_extended_connect(true).enable_webtransport(true).enable_datagram(true).max_webtransport_sessions(1).send_grease(true);
+    b.enable_extended_connect(true).enable_webtransport(true).enable_datagram(true).max_webtransport_sessions(max_sessions as u64).send_grease(true);
     b
 }

@@ -18,6 +18,9 @@ pub struct SessionLimits {
     pub max_sessions: usize,
     /// Open sessions of any one domain.
     pub max_sessions_per_domain: usize,
+    /// Sessions one QUIC connection may carry at once (WebTransport
+    /// pooling); announced to clients as `SETTINGS_WEBTRANSPORT_MAX_SESSIONS`.
+    pub max_sessions_per_connection: usize,
     /// Inbound frames read ahead of the box; a full queue stops reading, and
     /// QUIC flow control then slows the client.
     pub inbound_queue_frames: usize,
@@ -150,8 +153,13 @@ mod tests {
 
     #[test]
     fn caps_are_enforced_and_released() {
-        let limits =
-            SessionLimits { max_sessions: 3, max_sessions_per_domain: 2, inbound_queue_frames: 32, send_stall_timeout: Duration::from_secs(10) };
+        let limits = SessionLimits {
+            max_sessions: 3,
+            max_sessions_per_domain: 2,
+            max_sessions_per_connection: 1,
+            inbound_queue_frames: 32,
+            send_stall_timeout: Duration::from_secs(10),
+        };
         let table = SessionTable::new(limits, Registry::new());
         let a1 = table.admit("a", Some(0)).unwrap();
         let _a2 = table.admit("a", Some(1)).unwrap();

@@ -8,16 +8,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use toil_edge::webtransport::protocol::{self as wt, ConnectStream, Session};
+use toil_edge::webtransport::protocol::{self as wt, ConnectStream};
 
 use crate::common::Server;
 
 /// Starts the native server on its own runtime of `threads` threads; every
-/// WebTransport session it accepts goes to `serve` (with its CONNECT
-/// stream, which must live as long as the session).
+/// WebTransport session it accepts goes to `serve`: its connection (one
+/// session each), whose streams it accepts, and its CONNECT stream, which
+/// must live as long as the session.
 pub fn start<F, Fut>(server: &Server, threads: usize, serve: F) -> SocketAddr
 where
-    F: Fn(Session, ConnectStream) -> Fut + Send + Sync + 'static,
+    F: Fn(Arc<wt::Connection>, ConnectStream) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let cert = toil_edge::tls::DevCert::load_or_create(&server.dir.join("cert")).unwrap();
@@ -42,8 +43,8 @@ where
             while let Some(incoming) = endpoint.accept().await {
                 let serve = serve.clone();
                 tokio::spawn(async move {
-                    if let Some((session, connect)) = accept(incoming).await {
-                        serve(session, connect).await;
+                    if let Some((conn, connect)) = accept(incoming).await {
+                        serve(conn, connect).await;
                     }
                 });
             }
@@ -53,12 +54,14 @@ where
 }
 
 /// The connection's first request, if it is a WebTransport CONNECT.
-async fn accept(incoming: quinn::Incoming) -> Option<(Session, ConnectStream)> {
+async fn accept(incoming: quinn::Incoming) -> Option<(Arc<wt::Connection>, ConnectStream)> {
     let quic = incoming.await.ok()?;
-    let mut h3 = toil_edge::quic::h3_builder().build(h3_quinn::Connection::new(quic)).await.ok()?;
+    let mut h3 = toil_edge::quic::h3_builder(1).build(toil_edge::h3_conn::QuicConn::new(quic.clone())).await.ok()?;
     let (req, stream) = h3.accept().await.ok()??.resolve_request().await.ok()?;
     if !wt::is_connect(&req) {
         return None;
     }
-    wt::accept(stream, h3).await.ok()
+    let conn = Arc::new(wt::Connection::new(h3, quic));
+    let (_session, connect) = wt::accept(stream, &conn).await.ok()?;
+    Some((conn, connect))
 }

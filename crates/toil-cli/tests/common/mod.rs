@@ -587,6 +587,7 @@ impl UdpRelay {
 }
 pub mod cluster;
 pub mod nats;
+pub mod pooled;
 pub mod relay;
 
 // ------------------------------------------------------------ Deploys

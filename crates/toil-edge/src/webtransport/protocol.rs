@@ -19,14 +19,14 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
 use h3::quic::{BidiStream as _, OpenStreams as _, RecvStream as _, SendStream as _, SendStreamUnframed as _, StreamErrorIncoming};
 use h3::stream::BufRecvStream;
 use h3::webtransport::SessionId;
-use h3_datagram::datagram_handler::{DatagramReader, DatagramSender, HandleDatagramsExt};
+use h3_datagram::datagram_handler::{DatagramReader, HandleDatagramsExt};
 use http::{Request, Response, StatusCode};
 
 use crate::h3_conn::{QuicConn, UniRecv};
@@ -37,12 +37,24 @@ pub fn is_connect(req: &Request<()>) -> bool {
     req.method() == http::Method::CONNECT && req.extensions().get::<h3::ext::Protocol>() == Some(&h3::ext::Protocol::WEB_TRANSPORT)
 }
 
-/// An accepted session: accept its streams and datagrams here.
+/// A QUIC connection carrying WebTransport sessions: accept what the
+/// client opens there, for any of its sessions.
+pub struct Connection {
+    h3: Mutex<H3Connection>,
+    quic: quinn::Connection,
+}
+
+/// One accepted session of a [`Connection`]: open streams and send
+/// datagrams for it.
+///
+/// A session's ID is its CONNECT stream's ID, as stream headers and
+/// datagrams carry it. (h3 0.0.8's `SessionId` is not one value: decoded
+/// from a stream header it holds that ID, converted from the CONNECT
+/// stream's `StreamId` it holds a quarter of it. So this module speaks
+/// plain `u64` IDs.)
 pub struct Session {
-    id: SessionId,
-    /// The session ID as sent in stream headers (the CONNECT stream's ID).
-    raw_id: u64,
-    conn: Mutex<H3Connection>,
+    id: u64,
+    conn: Arc<Connection>,
 }
 
 /// The session's CONNECT stream, split: capsules in, capsules out.
@@ -51,18 +63,18 @@ pub struct ConnectStream {
     pub send: h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
 }
 
-/// What a client opened on the session's connection.
+/// What a client opened on a WebTransport connection.
 pub enum Accepted {
-    /// A WebTransport bidirectional stream of this session.
-    Stream(SendHalf, RecvHalf),
-    /// A WebTransport unidirectional stream of this session.
-    UniStream(RecvHalf),
-    /// A plain HTTP/3 request sent on the same connection.
+    /// A WebTransport bidirectional stream of the session named.
+    Stream(u64, SendHalf, RecvHalf),
+    /// A WebTransport unidirectional stream of the session named.
+    UniStream(u64, RecvHalf),
+    /// An HTTP/3 request (a WebTransport CONNECT among them).
     Request(Request<()>, RequestStream),
 }
 
-/// Accepts a CONNECT: answers 200 and keeps its stream.
-pub async fn accept(mut stream: RequestStream, conn: H3Connection) -> Result<(Session, ConnectStream), h3::error::StreamError> {
+/// Accepts a CONNECT on `conn`: answers 200 and keeps its stream.
+pub async fn accept(mut stream: RequestStream, conn: &Arc<Connection>) -> Result<(Session, ConnectStream), h3::error::StreamError> {
     let resp = Response::builder()
         .status(StatusCode::OK)
         // Chromium checks this header to pick the draft.
@@ -70,28 +82,33 @@ pub async fn accept(mut stream: RequestStream, conn: H3Connection) -> Result<(Se
         .body(())
         .expect("static response");
     stream.send_response(resp).await?;
-    let raw_id = stream.send_id().into_inner();
-    let id = SessionId::from(stream.send_id());
+    let id = stream.send_id().into_inner();
     let (send, recv) = stream.split();
-    Ok((Session { id, raw_id, conn: Mutex::new(conn) }, ConnectStream { recv, send }))
+    Ok((Session { id, conn: conn.clone() }, ConnectStream { recv, send }))
 }
 
-impl Session {
+impl Connection {
+    pub fn new(h3: H3Connection, quic: quinn::Connection) -> Self {
+        Connection { h3: Mutex::new(h3), quic }
+    }
+
     /// The next stream or request the client opens; `None` when the
-    /// connection ends. Streams naming another session are refused (reset
-    /// and stopped, so their credit returns) and skipped, as are streams
-    /// whose first frame does not arrive within [`FIRST_FRAME_TIMEOUT`].
+    /// connection ends. Streams whose first frame does not arrive within
+    /// `FIRST_FRAME_TIMEOUT` are refused (reset and stopped, so their
+    /// credit returns) and skipped.
     pub async fn accept(&self) -> Result<Option<Accepted>, h3::error::StreamError> {
         // A loop, not recursion: a client may send any number of foreign
         // streams, and each nested await would deepen the worker's stack.
         loop {
             let stream = match std::future::poll_fn(|cx| self.poll_accept(cx)).await {
                 Ok(Incoming::Bidi(s)) => h3::frame::FrameStream::new(BufRecvStream::new(s)),
-                Ok(Incoming::Uni(recv)) => return Ok(Some(Accepted::UniStream(RecvHalf { stream: Recv::Uni(recv), chunk: Bytes::new() }))),
+                Ok(Incoming::Uni(session, recv)) => {
+                    return Ok(Some(Accepted::UniStream(wire_id(session), RecvHalf { stream: Recv::Uni(recv), chunk: Bytes::new() })))
+                }
                 Ok(Incoming::End) => return Ok(None),
                 Err(e) => return Err(h3::error::StreamError::ConnectionError(e)),
             };
-            let mut resolver = self.conn.lock().expect("h3 connection").create_resolver(stream);
+            let mut resolver = self.h3.lock().expect("h3 connection").create_resolver(stream);
             // The first frame tells a WebTransport stream from a request.
             let first = std::future::poll_fn(|cx| resolver.frame_stream.poll_next(cx));
             let Ok(first) = tokio::time::timeout(FIRST_FRAME_TIMEOUT, first).await else {
@@ -101,15 +118,9 @@ impl Session {
                 continue;
             };
             match first {
-                Ok(Some(h3::proto::frame::Frame::WebTransportStream(session))) if session == self.id => {
+                Ok(Some(h3::proto::frame::Frame::WebTransportStream(session))) => {
                     let (send, recv) = resolver.frame_stream.into_inner().split();
-                    return Ok(Some(Accepted::Stream(SendHalf(send), RecvHalf { stream: Recv::Bidi(recv), chunk: Bytes::new() })));
-                }
-                Ok(Some(h3::proto::frame::Frame::WebTransportStream(_))) => {
-                    // A stream for a session this connection does not have: refuse it.
-                    let (mut send, mut recv) = resolver.frame_stream.into_inner().split();
-                    send.reset(WT_BUFFERED_STREAM_REJECTED);
-                    recv.stop_sending(WT_BUFFERED_STREAM_REJECTED);
+                    return Ok(Some(Accepted::Stream(wire_id(session), SendHalf(send), RecvHalf { stream: Recv::Bidi(recv), chunk: Bytes::new() })));
                 }
                 frame => {
                     let (req, stream) = resolver.accept_with_frame(frame)?.resolve().await?;
@@ -123,24 +134,36 @@ impl Session {
     /// (h3 reads unidirectional stream headers itself, while it polls for
     /// requests, and keeps WebTransport ones aside).
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<Result<Incoming, h3::error::ConnectionError>> {
-        let mut conn = self.conn.lock().expect("h3 connection");
+        let mut conn = self.h3.lock().expect("h3 connection");
         if let Poll::Ready(bidi) = conn.poll_accept_request_stream(cx) {
             return Poll::Ready(bidi.map(|s| s.map_or(Incoming::End, Incoming::Bidi)));
         }
-        let uni = &mut conn.inner.accepted_streams_mut().wt_uni_streams;
-        while let Some((session, mut recv)) = uni.pop() {
-            if session == self.id {
-                return Poll::Ready(Ok(Incoming::Uni(recv)));
-            }
-            recv.stop_sending(WT_BUFFERED_STREAM_REJECTED);
+        match conn.inner.accepted_streams_mut().wt_uni_streams.pop() {
+            Some((session, recv)) => Poll::Ready(Ok(Incoming::Uni(session, recv))),
+            None => Poll::Pending,
         }
-        Poll::Pending
+    }
+
+    pub fn datagram_reader(&self) -> DatagramReader<h3_quinn::datagram::RecvDatagramHandler> {
+        self.h3.lock().expect("h3 connection").get_datagram_reader()
+    }
+}
+
+/// The ID a stream header carried (h3 keeps it whole in this direction).
+fn wire_id(session: SessionId) -> u64 {
+    h3::quic::StreamId::from(session).into_inner()
+}
+
+impl Session {
+    /// The session's ID: its CONNECT stream's ID.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Opens a stream to the client, bidirectional or not, and writes its
     /// header. Waits while the client grants no stream credit.
     pub async fn open(&self, bidi: bool) -> Result<(SendHalf, Option<RecvHalf>), StreamErrorIncoming> {
-        let mut opener = <QuicConn as h3::quic::Connection<Bytes>>::opener(&self.conn.lock().expect("h3 connection").inner.conn);
+        let mut opener = <QuicConn as h3::quic::Connection<Bytes>>::opener(&self.conn.h3.lock().expect("h3 connection").inner.conn);
         let (send, recv, kind) = if bidi {
             let stream = std::future::poll_fn(|cx| opener.poll_open_bidi(cx)).await?;
             let (send, recv) = BufRecvStream::new(stream).split();
@@ -150,7 +173,7 @@ impl Session {
         };
         let mut header = Vec::with_capacity(16);
         put_varint(&mut header, kind);
-        put_varint(&mut header, self.raw_id);
+        put_varint(&mut header, self.id);
         let mut send = SendHalf(send);
         let mut rest = &header[..];
         while !rest.is_empty() {
@@ -159,12 +182,15 @@ impl Session {
         Ok((send, recv))
     }
 
-    pub fn datagram_reader(&self) -> DatagramReader<h3_quinn::datagram::RecvDatagramHandler> {
-        self.conn.lock().expect("h3 connection").get_datagram_reader()
-    }
-
-    pub fn datagram_sender(&self) -> DatagramSender<h3_quinn::datagram::SendDatagramHandler, Bytes> {
-        self.conn.lock().expect("h3 connection").get_datagram_sender(self.id.into())
+    /// Sends one datagram of this session: the quarter of its ID, then the
+    /// payload. (Written here: h3-datagram 0.0.2 encodes every outgoing
+    /// datagram with quarter stream ID 0, which is only right for a
+    /// connection's first session.)
+    pub fn send_datagram(&self, payload: &[u8]) -> Result<(), quinn::SendDatagramError> {
+        let mut datagram = Vec::with_capacity(8 + payload.len());
+        put_varint(&mut datagram, self.id / 4);
+        datagram.extend_from_slice(payload);
+        self.conn.quic.send_datagram(datagram.into())
     }
 }
 
@@ -174,6 +200,8 @@ const FIRST_FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 /// `WT_BUFFERED_STREAM_REJECTED` (draft-ietf-webtrans-http3).
 const WT_BUFFERED_STREAM_REJECTED: u64 = 0x3994bd84;
+/// `WT_SESSION_GONE`: the stream's session closed (draft-ietf-webtrans-http3).
+pub const WT_SESSION_GONE: u64 = 0x170d7b68;
 /// Stream types that start a WebTransport stream (draft-ietf-webtrans-http3).
 const WT_BIDI_STREAM: u64 = 0x41;
 const WT_UNI_STREAM: u64 = 0x54;
@@ -181,7 +209,7 @@ const WT_UNI_STREAM: u64 = 0x54;
 /// What [`Session::poll_accept`] found.
 enum Incoming {
     Bidi(h3_quinn::BidiStream<Bytes>),
-    Uni(BufRecvStream<UniRecv, Bytes>),
+    Uni(SessionId, BufRecvStream<UniRecv, Bytes>),
     End,
 }
 
@@ -232,6 +260,18 @@ pub fn h3_code(wt: u32) -> u64 {
 /// The sending half of a session stream, as a tokio `AsyncWrite`.
 pub struct SendHalf(BufRecvStream<h3_quinn::SendStream<Bytes>, Bytes>);
 
+impl SendHalf {
+    /// Resets the stream: it belongs to no session.
+    pub fn reject(mut self) {
+        self.0.reset(WT_BUFFERED_STREAM_REJECTED);
+    }
+
+    /// Resets the stream: its session is gone.
+    pub fn gone(mut self) {
+        self.0.reset(WT_SESSION_GONE);
+    }
+}
+
 impl tokio::io::AsyncWrite for SendHalf {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let mut data = buf;
@@ -269,6 +309,14 @@ impl Recv {
 }
 
 impl RecvHalf {
+    /// Stops the stream: it belongs to no session (any more).
+    pub fn reject(self) {
+        match self.stream {
+            Recv::Bidi(mut s) => s.stop_sending(WT_BUFFERED_STREAM_REJECTED),
+            Recv::Uni(mut s) => s.stop_sending(WT_BUFFERED_STREAM_REJECTED),
+        }
+    }
+
     /// The next chunk of the stream as quinn received it (no copy, no
     /// buffer of ours), or `None` at its end.
     pub async fn chunk(&mut self) -> io::Result<Option<Bytes>> {
