@@ -11,12 +11,17 @@
 //!    frame, finish, read the answer to the stream's end), 16 in flight on
 //!    one session, against the native echo;
 //! 4. server RSS per idle resident box with 10 000 concurrent sessions, and
-//!    how much of it is the wasm instance pool (linear memories, tables,
-//!    stacks) and how much the host (QUIC, TLS, HTTP/3, the session).
+//!    how much of it is the wasm instance pool's linear memories and tables,
+//!    its fiber stacks, and the host (QUIC, TLS, HTTP/3, the session, the
+//!    store); with the proportional set size (shared pages divided) and
+//!    the page tables, which RSS leaves out.
 //!
 //! Client and native server share this process; `toil dev` is its own
 //! process, so its RSS is the boxes'. Machines are noisy: medians of rounds.
-//! Flags: `--rounds N --samples N --idle N --seconds N` (after `--`).
+//! Flags: `--rounds N --samples N --idle N --seconds N` (after `--`), and
+//! `--hold N` to keep the idle sessions open N seconds more, so the
+//! server's memory can be looked at (`/proc/PID/smaps`, `heaptrack -p`);
+//! the client's QUIC idle timeout (30 s) ends them after that.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -39,11 +44,12 @@ fn main() {
         args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
     };
     let (rounds, samples, idle, seconds) = (arg("--rounds", 3), arg("--samples", 3000), arg("--idle", 10_000), arg("--seconds", 5));
+    let hold = Duration::from_secs(arg("--hold", 0) as u64);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(run(rounds, samples, idle, seconds as u64));
+    rt.block_on(run(rounds, samples, idle, seconds as u64, hold));
 }
 
-async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64) {
+async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64, hold: Duration) {
     let server: &'static Server = Box::leak(Box::new(start_server(
         "bench-stream",
         serde_json::json!({
@@ -83,15 +89,30 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64) {
 
     // 4. Idle boxes.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (before, pool_before) = (server.rss_kib(), wasm_pool_rss_kib(server.pid));
+    let before = Memory::of(server.pid);
     let (held, elapsed) = open_idle(server, idle).await;
+    // Read twice: 1 s after the last session opened, while glibc still
+    // holds what the handshakes freed, and once the node's heap trim (every
+    // 5 s) has handed that back: what idle sessions hold for as long as
+    // they stay. The live boxes are counted after, to show none ended.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (after, pool_after) = (server.rss_kib(), wasm_pool_rss_kib(server.pid));
-
+    let early = Memory::of(server.pid);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = Memory::of(server.pid);
     let boxes = metric_sum(server, "toil_stream_live_boxes{").await;
-    eprintln!("{} sessions open in {:.1} s; live boxes {boxes}; RSS {before} KiB -> {after} KiB", held.len(), elapsed.as_secs_f64());
-    let per_box = (after as f64 - before as f64) / held.len() as f64;
-    let wasm_per_box = (pool_after as f64 - pool_before as f64) / held.len() as f64;
+    eprintln!(
+        "{} sessions open in {:.1} s; live boxes {boxes}; RSS {} KiB -> {} KiB after 1 s, {} KiB after 7 s",
+        held.len(),
+        elapsed.as_secs_f64(),
+        before.rss,
+        early.rss,
+        after.rss
+    );
+    let (per_box, early_per_box) = (after.per(&before, held.len()), early.per(&before, held.len()));
+    if !hold.is_zero() {
+        eprintln!("holding {} sessions for {} s: server pid {}", held.len(), hold.as_secs(), server.pid);
+        tokio::time::sleep(hold).await;
+    }
     drop(held);
 
     let (tp50, tp99, np50, np99) = (median(&mut toil_p50), median(&mut toil_p99), median(&mut native_p50), median(&mut native_p99));
@@ -106,31 +127,104 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64) {
     println!("| sessions per second (open + 1 round trip + close, 8 clients), toil / native | {toil_sps:.0} / {native_sps:.0} |");
     let (trps, nrps) = (median(&mut toil_rps), median(&mut native_rps));
     println!("| requests on a stream each per second (16 in flight, one session), toil / native | {trps:.0} / {nrps:.0} = {:.2}× |", trps / nrps);
-    println!("| server RSS per idle resident box ({idle} concurrent sessions, {boxes} live boxes) | {per_box:.1} KiB |");
     println!(
-        "| of which the wasm instance pool (touched linear memory, table, stack) / the host | {wasm_per_box:.1} KiB / {:.1} KiB |",
-        per_box - wasm_per_box
+        "| server RSS per idle resident box ({idle} concurrent sessions, {boxes} live boxes), settled (7 s) / 1 s after the last opened | {:.1} KiB / {:.1} KiB |",
+        per_box.rss, early_per_box.rss
     );
-    println!("| server RSS before / with the idle sessions | {} MiB / {} MiB |", before >> 10, after >> 10);
+    println!(
+        "| of which wasm linear memory and table / wasm fiber stack / the host (QUIC, TLS, HTTP/3, session, store) | {:.1} KiB / {:.1} KiB / {:.1} KiB |",
+        per_box.wasm_memory,
+        per_box.wasm_stacks,
+        per_box.rss - per_box.wasm_memory - per_box.wasm_stacks
+    );
+    println!("| proportional (PSS: shared memory-image pages divided among instances) per box | {:.1} KiB |", per_box.pss);
+    println!("| page tables per box (not in RSS) | {:.1} KiB |", per_box.page_tables);
+    println!("| server RSS before / with the idle sessions | {:.0} MiB / {:.0} MiB |", before.rss / 1024.0, after.rss / 1024.0);
 }
 
-/// Resident KiB of the process's wasm instance pool: its reservations are
-/// the only anonymous mappings of 256 MiB or more (linear memories, tables
-/// and fiber stacks for every pool slot).
-fn wasm_pool_rss_kib(pid: u32) -> u64 {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-    let (mut total, mut in_pool) = (0, false);
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if let Some((start, end)) = first.split_once('-').filter(|(s, _)| s.chars().all(|c| c.is_ascii_hexdigit())) {
-            let size = u64::from_str_radix(end, 16).unwrap_or(0).saturating_sub(u64::from_str_radix(start, 16).unwrap_or(0));
-            let anonymous = line.split_whitespace().nth(5).is_none();
-            in_pool = anonymous && size >= 256 << 20;
-        } else if let (true, Some(kib)) = (in_pool, line.strip_prefix("Rss:")) {
-            total += kib.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap_or(0);
+/// Where a process's memory is, in KiB, from `/proc/PID/smaps` and
+/// `status`.
+#[derive(Clone, Copy, Default)]
+struct Memory {
+    /// Resident set, as `ps` shows it.
+    rss: f64,
+    /// Proportional set: shared pages (the wasm memory images that every
+    /// instance maps) divided among their mappers.
+    pss: f64,
+    /// Page tables: not in RSS, but real memory, and each instance's
+    /// reserved address space needs its own.
+    page_tables: f64,
+    /// Resident in the wasm instance pool's linear memories and tables.
+    wasm_memory: f64,
+    /// Resident in the pool's fiber stacks (a store keeps the stack of its
+    /// last call, so an idle box holds one).
+    wasm_stacks: f64,
+}
+
+impl Memory {
+    /// The pool reserves address space up front, which the kernel splits
+    /// into many mappings (guard pages, memory images mapped from a memfd):
+    /// a run of adjacent anonymous or memory-image mappings spanning 64 GiB
+    /// or more is the linear memories (a slot each of 4 GiB and guards),
+    /// and a run of 1 to 64 GiB made of many mappings is the fiber stacks (a
+    /// 2 MiB stack and a guard page each). Nothing else in the process
+    /// comes near either.
+    fn of(pid: u32) -> Memory {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+        // (start, end, pool-like, rss) per mapping, in address order.
+        let mut maps: Vec<(u64, u64, bool, f64)> = Vec::new();
+        let mut memory = Memory::default();
+        for line in smaps.lines() {
+            let mut words = line.split_whitespace();
+            let first = words.next().unwrap_or("");
+            let range = first.split_once('-').and_then(|(s, e)| Some((u64::from_str_radix(s, 16).ok()?, u64::from_str_radix(e, 16).ok()?)));
+            let kib = |rest: &str| rest.trim().trim_end_matches(" kB").trim().parse::<f64>().unwrap_or(0.0);
+            if let Some((start, end)) = range {
+                let name = words.nth(4).unwrap_or("");
+                maps.push((start, end, name.is_empty() || name.contains("wasm-memory-image"), 0.0));
+            } else if let (Some(last), Some(rest)) = (maps.last_mut(), line.strip_prefix("Rss:")) {
+                last.3 = kib(rest);
+                memory.rss += last.3;
+            } else if let Some(rest) = line.strip_prefix("Pss:") {
+                memory.pss += kib(rest);
+            }
+        }
+        // Runs of adjacent pool-like mappings: (start, end, mappings, rss).
+        let mut runs: Vec<(u64, u64, usize, f64)> = Vec::new();
+        for (start, end, pool_like, rss) in maps {
+            match runs.last_mut() {
+                Some(run) if pool_like && run.1 == start => *run = (run.0, end, run.2 + 1, run.3 + rss),
+                _ if pool_like => runs.push((start, end, 1, rss)),
+                _ => runs.push((start, start, 0, 0.0)), // breaks a run
+            }
+        }
+        for (start, end, count, rss) in runs {
+            match end - start {
+                size if size >= 64 << 30 => memory.wasm_memory += rss,
+                size if size >= 1 << 30 && count >= 100 => memory.wasm_stacks += rss,
+                _ => {}
+            }
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        memory.page_tables = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmPTE:"))
+            .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0.0))
+            .unwrap_or(0.0);
+        memory
+    }
+
+    /// Growth from `before` to `self`, per item.
+    fn per(&self, before: &Memory, items: usize) -> Memory {
+        let per = |a: f64, b: f64| (a - b) / items as f64;
+        Memory {
+            rss: per(self.rss, before.rss),
+            pss: per(self.pss, before.pss),
+            page_tables: per(self.page_tables, before.page_tables),
+            wasm_memory: per(self.wasm_memory, before.wasm_memory),
+            wasm_stacks: per(self.wasm_stacks, before.wasm_stacks),
         }
     }
-    total
 }
 
 /// Requests per second, each on a stream of its own (one frame, finish,

@@ -19,10 +19,17 @@ use bytes::Bytes;
 use common::*;
 use serde_json::{json, Value};
 
+/// One chromedriver and the browsers it starts. Tests take turns: a
+/// headless Chromium or two at a time is what a 2-core machine runs
+/// without stalling, and a stalled browser fails a test for nothing.
 struct Driver {
     addr: SocketAddr,
+    log: std::path::PathBuf,
     _child: KillOnDrop,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
+
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct KillOnDrop(Child);
 
@@ -35,6 +42,7 @@ impl Drop for KillOnDrop {
 
 /// One WebDriver command: its `value`, or what went wrong.
 async fn webdriver(addr: SocketAddr, method: &str, path: &str, body: Value) -> Result<Value, String> {
+    use http_body_util::BodyExt;
     let req = http::Request::builder()
         .method(method)
         .uri(path)
@@ -42,24 +50,41 @@ async fn webdriver(addr: SocketAddr, method: &str, path: &str, body: Value) -> R
         .header("content-type", "application/json")
         .body(http_body_util::Full::new(Bytes::from(body.to_string())))
         .unwrap();
-    let resp = http1(addr, req).await;
-    let v: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
-    if resp.status >= 300 {
-        return Err(format!("WebDriver {method} {path}: {} {v}", resp.status));
+    let failed = |e: &dyn std::fmt::Display| format!("WebDriver {method} {path}: {e}");
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| failed(&e))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.map_err(|e| failed(&e))?;
+    tokio::spawn(conn);
+    let resp = send.send_request(req).await.map_err(|e| failed(&e))?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.map_err(|e| failed(&e))?.to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if status.as_u16() >= 300 {
+        return Err(failed(&format!("{status} {v}")));
     }
     Ok(v["value"].clone())
 }
 
+/// The end of chromedriver's log, for a failure message.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!("chromedriver log ({}), last lines:\n{}", log.display(), lines[lines.len().saturating_sub(30)..].join("\n"))
+}
+
 impl Driver {
     async fn start() -> Driver {
+        let turn = TURN.lock().await;
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = repo_root().join(format!("target/e2e/chromedriver-{}-{port}.log", std::process::id()));
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .arg(format!("--log-path={}", log.display()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver (apt-get install chromium-driver)");
-        let driver = Driver { addr: format!("127.0.0.1:{port}").parse().unwrap(), _child: KillOnDrop(child) };
+        let driver = Driver { addr: format!("127.0.0.1:{port}").parse().unwrap(), log, _child: KillOnDrop(child), _turn: turn };
         for _ in 0..100 {
             if tokio::net::TcpStream::connect(driver.addr).await.is_ok() {
                 return driver;
@@ -70,7 +95,7 @@ impl Driver {
     }
 
     async fn call(&self, method: &str, path: &str, body: Value) -> Value {
-        webdriver(self.addr, method, path, body).await.unwrap_or_else(|e| panic!("{e}"))
+        webdriver(self.addr, method, path, body).await.unwrap_or_else(|e| panic!("{e}\n{}", log_tail(&self.log)))
     }
 
     /// A new headless Chromium (one WebDriver session) with its own
@@ -88,7 +113,7 @@ impl Driver {
             )
             .await;
         let id = session["sessionId"].as_str().expect("a WebDriver session").to_string();
-        Browser { driver: self.addr, id }
+        Browser { driver: self.addr, log: self.log.clone(), id }
     }
 }
 
@@ -96,12 +121,13 @@ impl Driver {
 /// Chromium, also when the test fails.
 struct Browser {
     driver: SocketAddr,
+    log: std::path::PathBuf,
     id: String,
 }
 
 impl Browser {
     async fn call(&self, method: &str, path: &str, body: Value) -> Value {
-        self.try_call(method, path, body).await.unwrap_or_else(|e| panic!("{e}"))
+        self.try_call(method, path, body).await.unwrap_or_else(|e| panic!("{e}\n{}", log_tail(&self.log)))
     }
 
     async fn try_call(&self, method: &str, path: &str, body: Value) -> Result<Value, String> {

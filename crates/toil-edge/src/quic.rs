@@ -70,8 +70,8 @@ pub async fn serve(endpoint: quinn::Endpoint, edge: Arc<Edge>, worker: Option<us
 }
 
 /// Serves one QUIC connection: HTTP/3 requests, each on its own task, until
-/// the client opens a WebTransport session; the session then owns the
-/// connection (see [`crate::webtransport`]).
+/// the client opens a WebTransport session; the connection's WebTransport
+/// task then takes it over (see [`crate::webtransport`]) and this one ends.
 async fn connection(incoming: quinn::Incoming, edge: Arc<Edge>, worker: Option<usize>) {
     let quic = match incoming.await {
         Ok(c) => c,
@@ -79,7 +79,7 @@ async fn connection(incoming: quinn::Incoming, edge: Arc<Edge>, worker: Option<u
     };
     // Counted once the handshake has validated the address, so a spoofed
     // Initial cannot use up another client's share.
-    let _admitted = match edge.quic_conns.admit(quic.remote_address().ip()) {
+    let mut admitted = match edge.quic_conns.admit(quic.remote_address().ip()) {
         Ok(guard) => guard,
         Err(why) => {
             tracing::debug!(peer = %quic.remote_address(), reason = why.kind(), "QUIC connection refused: over the connection cap");
@@ -87,7 +87,7 @@ async fn connection(incoming: quinn::Incoming, edge: Arc<Edge>, worker: Option<u
         }
     };
     let mut h3 = match h3_builder(edge.sessions.limits().max_sessions_per_connection).build(crate::h3_conn::QuicConn::new(quic.clone())).await {
-        Ok(h) => h,
+        Ok(h) => Box::new(h),
         Err(e) => return tracing::debug!("HTTP/3 setup failed: {e}"),
     };
     // A connection that serves no request for the idle timeout is closed,
@@ -120,9 +120,11 @@ async fn connection(incoming: quinn::Incoming, edge: Arc<Edge>, worker: Option<u
             }
         };
         if webtransport::is_connect(&req) {
-            match webtransport::serve_sessions(edge.clone(), worker, req, stream, h3, quic.clone()).await {
+            // An admitted session turns the connection over to its own
+            // (smaller) task, which keeps the connection's slot.
+            match webtransport::serve_sessions(edge.clone(), worker, req, stream, h3, quic.clone(), admitted).await {
                 Ok(()) => return,
-                Err(refused) => h3 = refused, // answered 404 or 503; the connection goes on
+                Err((refused, slot)) => (h3, admitted) = (refused, slot), // answered 404 or 503; the connection goes on
             }
             continue;
         }

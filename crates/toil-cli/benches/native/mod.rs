@@ -61,7 +61,7 @@ async fn accept(incoming: quinn::Incoming) -> Option<(Arc<wt::Connection>, Conne
     if !wt::is_connect(&req) {
         return None;
     }
-    let conn = Arc::new(wt::Connection::new(h3, quic));
+    let conn = Arc::new(wt::Connection::new(Box::new(h3), quic));
     let (_session, connect) = wt::accept(stream, &conn).await.ok()?;
     Some((conn, connect))
 }

@@ -47,30 +47,41 @@ const MAX_EARLY_STREAMS: usize = 8;
 /// and every session the client opens on the same connection after it. A
 /// refused first CONNECT (404 when the host's domain declares no stream
 /// named by the path, 503 at a session cap) is answered before anything is
-/// created, and the HTTP/3 connection is handed back to go on serving. An
-/// admitted one turns the connection into a WebTransport connection until
-/// it ends (requests sent on it are still served).
-pub async fn serve_sessions(
+/// created, and the HTTP/3 connection and its `slot` (whatever holds the
+/// connection's place at the node's caps) are handed back to go on
+/// serving. An admitted one turns the connection into a WebTransport
+/// connection: a task of its own takes over, holding `slot`, until the
+/// connection ends (requests sent on it are still served).
+pub async fn serve_sessions<Slot: Send + 'static>(
     edge: Arc<Edge>,
     worker: Option<usize>,
     req: Request<()>,
     mut stream: RequestStream,
-    h3: H3Connection,
+    h3: Box<H3Connection>,
     quic: quinn::Connection,
-) -> Result<(), H3Connection> {
+    slot: Slot,
+) -> Result<(), (Box<H3Connection>, Slot)> {
     let Some(admitted) = admit(&edge, worker, &req, &mut stream).await else {
-        return Err(h3);
+        return Err((h3, slot));
     };
     let max_frame = admitted.app.limits().max_frame_bytes;
     let conn = Arc::new(protocol::Connection::new(h3, quic.clone()));
-    let pool = Arc::new(Pool { quic, conn: conn.clone(), state: Mutex::default() });
-    pool.start(&edge, admitted, &req, stream).await;
+    let pool = Arc::new(Pool { quic, conn, state: Mutex::default() });
+    Box::pin(pool.start(&edge, admitted, &req, stream)).await;
+    tokio::spawn(accept_loop(edge, worker, pool, max_frame, slot));
+    Ok(())
+}
+
+/// The connection's loop: routes what the client opens to its session.
+/// It lives as long as the connection, so it is kept small: its rarer,
+/// larger steps are boxed.
+async fn accept_loop<Slot>(edge: Arc<Edge>, worker: Option<usize>, pool: Arc<Pool>, max_frame: usize, _slot: Slot) {
     let _datagrams = AbortOnDrop(tokio::spawn(route_datagrams(pool.clone(), max_frame)));
     let max_sessions = edge.sessions.limits().max_sessions_per_connection;
     loop {
-        let accepted = match conn.accept().await {
+        let accepted = match pool.conn.accept().await {
             Ok(Some(accepted)) => accepted,
-            Ok(None) | Err(_) => return Ok(()), // each driver sees the connection end
+            Ok(None) | Err(_) => return, // each driver sees the connection end
         };
         match accepted {
             Accepted::Stream(id, send, recv) => pool.route(id, ClientStream { send: Some(send), recv }).await,
@@ -78,11 +89,11 @@ pub async fn serve_sessions(
             Accepted::Request(req, mut stream) if protocol::is_connect(&req) => {
                 if let Err(why) = pool.room(max_sessions) {
                     tracing::debug!(peer = %pool.quic.remote_address(), "WebTransport session refused: {why}");
-                    refuse(&mut stream, StatusCode::TOO_MANY_REQUESTS).await;
+                    Box::pin(refuse(&mut stream, StatusCode::TOO_MANY_REQUESTS)).await;
                     continue;
                 }
-                if let Some(admitted) = admit(&edge, worker, &req, &mut stream).await {
-                    pool.start(&edge, admitted, &req, stream).await;
+                if let Some(admitted) = Box::pin(admit(&edge, worker, &req, &mut stream)).await {
+                    Box::pin(pool.start(&edge, admitted, &req, stream)).await;
                 }
             }
             Accepted::Request(req, stream) => {

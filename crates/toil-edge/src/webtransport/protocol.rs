@@ -40,7 +40,7 @@ pub fn is_connect(req: &Request<()>) -> bool {
 /// A QUIC connection carrying WebTransport sessions: accept what the
 /// client opens there, for any of its sessions.
 pub struct Connection {
-    h3: Mutex<H3Connection>,
+    h3: Mutex<Box<H3Connection>>,
     quic: quinn::Connection,
 }
 
@@ -88,7 +88,7 @@ pub async fn accept(mut stream: RequestStream, conn: &Arc<Connection>) -> Result
 }
 
 impl Connection {
-    pub fn new(h3: H3Connection, quic: quinn::Connection) -> Self {
+    pub fn new(h3: Box<H3Connection>, quic: quinn::Connection) -> Self {
         Connection { h3: Mutex::new(h3), quic }
     }
 
@@ -101,31 +101,41 @@ impl Connection {
         // streams, and each nested await would deepen the worker's stack.
         loop {
             let stream = match std::future::poll_fn(|cx| self.poll_accept(cx)).await {
-                Ok(Incoming::Bidi(s)) => h3::frame::FrameStream::new(BufRecvStream::new(s)),
+                Ok(Incoming::Bidi(s)) => s,
                 Ok(Incoming::Uni(session, recv)) => {
                     return Ok(Some(Accepted::UniStream(wire_id(session), RecvHalf { stream: Recv::Uni(recv), chunk: Bytes::new() })))
                 }
                 Ok(Incoming::End) => return Ok(None),
                 Err(e) => return Err(h3::error::StreamError::ConnectionError(e)),
             };
-            let mut resolver = self.h3.lock().expect("h3 connection").create_resolver(stream);
-            // The first frame tells a WebTransport stream from a request.
-            let first = std::future::poll_fn(|cx| resolver.frame_stream.poll_next(cx));
-            let Ok(first) = tokio::time::timeout(FIRST_FRAME_TIMEOUT, first).await else {
-                let (mut send, mut recv) = resolver.frame_stream.into_inner().split();
-                send.reset(h3::error::Code::H3_REQUEST_REJECTED.value());
-                recv.stop_sending(h3::error::Code::H3_REQUEST_REJECTED.value());
-                continue;
-            };
-            match first {
-                Ok(Some(h3::proto::frame::Frame::WebTransportStream(session))) => {
-                    let (send, recv) = resolver.frame_stream.into_inner().split();
-                    return Ok(Some(Accepted::Stream(wire_id(session), SendHalf(send), RecvHalf { stream: Recv::Bidi(recv), chunk: Bytes::new() })));
-                }
-                frame => {
-                    let (req, stream) = resolver.accept_with_frame(frame)?.resolve().await?;
-                    return Ok(Some(Accepted::Request(req, stream)));
-                }
+            // Boxed: the connection's loop waits here for its whole life,
+            // and this step is most of its size.
+            if let Some(accepted) = Box::pin(self.resolve(stream)).await? {
+                return Ok(Some(accepted));
+            }
+        }
+    }
+
+    /// What a new bidirectional stream is, from its first frame: a
+    /// WebTransport stream or a request; `None` if it did not say in time.
+    async fn resolve(&self, stream: h3_quinn::BidiStream<Bytes>) -> Result<Option<Accepted>, h3::error::StreamError> {
+        let stream = h3::frame::FrameStream::new(BufRecvStream::new(stream));
+        let mut resolver = self.h3.lock().expect("h3 connection").create_resolver(stream);
+        let first = std::future::poll_fn(|cx| resolver.frame_stream.poll_next(cx));
+        let Ok(first) = tokio::time::timeout(FIRST_FRAME_TIMEOUT, first).await else {
+            let (mut send, mut recv) = resolver.frame_stream.into_inner().split();
+            send.reset(h3::error::Code::H3_REQUEST_REJECTED.value());
+            recv.stop_sending(h3::error::Code::H3_REQUEST_REJECTED.value());
+            return Ok(None);
+        };
+        match first {
+            Ok(Some(h3::proto::frame::Frame::WebTransportStream(session))) => {
+                let (send, recv) = resolver.frame_stream.into_inner().split();
+                Ok(Some(Accepted::Stream(wire_id(session), SendHalf(send), RecvHalf { stream: Recv::Bidi(recv), chunk: Bytes::new() })))
+            }
+            frame => {
+                let (req, stream) = resolver.accept_with_frame(frame)?.resolve().await?;
+                Ok(Some(Accepted::Request(req, stream)))
             }
         }
     }

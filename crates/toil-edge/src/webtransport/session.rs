@@ -149,12 +149,15 @@ impl Driver {
     async fn run(mut self, connect: ConnectStream, rx: mpsc::Receiver<Inbound>, name: &str, path: &str, query: &str) {
         let ConnectStream { recv: connect_recv, send: mut connect_send } = connect;
         let id = self.permit.id;
-        let mut boxed = match self.app.open(name, id, path, query).await {
+        // The box's start and the session's end are boxed: the driver's
+        // future lives as long as the session, and would otherwise be as
+        // large as its largest step.
+        let mut boxed = match Box::pin(self.app.open(name, id, path, query)).await {
             Ok(b) => b,
             Err(fault) => {
                 let reason = format!("stream box failed: {}", fault.kind());
                 let last = self.leave.take().is_none_or(|leave| leave());
-                self.close_session(&mut connect_send, close_code::GUEST_FAULT, &reason, last).await;
+                Box::pin(self.close_session(&mut connect_send, close_code::GUEST_FAULT, &reason, last)).await;
                 return self.metrics.ended(Ending::Aborted);
             }
         };
@@ -172,16 +175,16 @@ impl Driver {
             match step {
                 Step::CloseHook { code, reason } => {
                     if let Some(b) = boxed.take() {
-                        let _ = b.close(code, &reason).await;
+                        let _ = Box::pin(b.close(code, &reason)).await;
                     }
                 }
                 Step::DisconnectHook(reason) => {
                     if let Some(b) = boxed.take() {
-                        let _ = b.disconnect(&reason).await;
+                        let _ = Box::pin(b.disconnect(&reason)).await;
                     }
                 }
                 Step::DropBox => drop(boxed.take()),
-                Step::CloseSession { code, reason } => self.close_session(&mut connect_send, code, &reason, last).await,
+                Step::CloseSession { code, reason } => Box::pin(self.close_session(&mut connect_send, code, &reason, last)).await,
             }
         }
         self.metrics.ended(closing.how);
@@ -242,7 +245,7 @@ impl Driver {
                     self.metrics.frames[0][FrameKind::Datagram as usize].inc();
                     boxed.message(None, &bytes).await
                 }
-                Next::Inbound(Some(Inbound::Stream(stream))) => match self.adopt_stream(boxed, *stream).await {
+                Next::Inbound(Some(Inbound::Stream(stream))) => match Box::pin(self.adopt_stream(boxed, *stream)).await {
                     Some(end) => return end,
                     None => Ok(()),
                 },
