@@ -142,6 +142,17 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64, hold: Dur
     println!("| server RSS before / with the idle sessions | {:.0} MiB / {:.0} MiB |", before.rss / 1024.0, after.rss / 1024.0);
 }
 
+/// One line of `/proc/PID/smaps`, with its `Rss`.
+struct Mapping {
+    start: u64,
+    end: u64,
+    /// Anonymous, or a wasm memory image.
+    pool_like: bool,
+    /// No access (`---p`): a guard page.
+    guard: bool,
+    rss: f64,
+}
+
 /// Where a process's memory is, in KiB, from `/proc/PID/smaps` and
 /// `status`.
 #[derive(Clone, Copy, Default)]
@@ -165,14 +176,14 @@ impl Memory {
     /// The pool reserves address space up front, which the kernel splits
     /// into many mappings (guard pages, memory images mapped from a memfd):
     /// a run of adjacent anonymous or memory-image mappings spanning 64 GiB
-    /// or more is the linear memories (a slot each of 4 GiB and guards),
-    /// and a run of 1 to 64 GiB made of many mappings is the fiber stacks (a
-    /// 2 MiB stack and a guard page each). Nothing else in the process
-    /// comes near either.
+    /// or more is linear memories (a 4 GiB slot and guards per instance;
+    /// nothing else in the process comes near that size), and a run with a
+    /// hundred or more 2 MiB mappings each after a 4 KiB guard page is the
+    /// fiber stacks (those mappings) and the tables (the rest).
     fn of(pid: u32) -> Memory {
+        const STACK: u64 = 2 << 20; // wasmtime's default async stack size
         let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-        // (start, end, pool-like, rss) per mapping, in address order.
-        let mut maps: Vec<(u64, u64, bool, f64)> = Vec::new();
+        let mut maps: Vec<Mapping> = Vec::new();
         let mut memory = Memory::default();
         for line in smaps.lines() {
             let mut words = line.split_whitespace();
@@ -180,29 +191,37 @@ impl Memory {
             let range = first.split_once('-').and_then(|(s, e)| Some((u64::from_str_radix(s, 16).ok()?, u64::from_str_radix(e, 16).ok()?)));
             let kib = |rest: &str| rest.trim().trim_end_matches(" kB").trim().parse::<f64>().unwrap_or(0.0);
             if let Some((start, end)) = range {
-                let name = words.nth(4).unwrap_or("");
-                maps.push((start, end, name.is_empty() || name.contains("wasm-memory-image"), 0.0));
+                let guard = words.next() == Some("---p");
+                let name = words.nth(3).unwrap_or("");
+                let pool_like = name.is_empty() || name.contains("wasm-memory-image");
+                maps.push(Mapping { start, end, pool_like, guard, rss: 0.0 });
             } else if let (Some(last), Some(rest)) = (maps.last_mut(), line.strip_prefix("Rss:")) {
-                last.3 = kib(rest);
-                memory.rss += last.3;
+                last.rss = kib(rest);
+                memory.rss += last.rss;
             } else if let Some(rest) = line.strip_prefix("Pss:") {
                 memory.pss += kib(rest);
             }
         }
-        // Runs of adjacent pool-like mappings: (start, end, mappings, rss).
-        let mut runs: Vec<(u64, u64, usize, f64)> = Vec::new();
-        for (start, end, pool_like, rss) in maps {
+        // Runs of adjacent pool-like mappings, as index ranges.
+        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+        for (i, m) in maps.iter().enumerate() {
             match runs.last_mut() {
-                Some(run) if pool_like && run.1 == start => *run = (run.0, end, run.2 + 1, run.3 + rss),
-                _ if pool_like => runs.push((start, end, 1, rss)),
-                _ => runs.push((start, start, 0, 0.0)), // breaks a run
+                Some(run) if m.pool_like && run.end == i && maps[i - 1].end == m.start => run.end = i + 1,
+                _ if m.pool_like => runs.push(i..i + 1),
+                _ => {}
             }
         }
-        for (start, end, count, rss) in runs {
-            match end - start {
-                size if size >= 64 << 30 => memory.wasm_memory += rss,
-                size if size >= 1 << 30 && count >= 100 => memory.wasm_stacks += rss,
-                _ => {}
+        for run in runs.into_iter().map(|r| &maps[r]) {
+            let is_stack = |j: usize| j > 0 && run[j].end - run[j].start == STACK && run[j - 1].guard && run[j - 1].end - run[j - 1].start == 4096;
+            let stacks = (0..run.len()).filter(|&j| is_stack(j)).count();
+            if stacks < 100 && run[run.len() - 1].end - run[0].start < 64 << 30 {
+                continue; // not the pool
+            }
+            for (j, m) in run.iter().enumerate() {
+                match is_stack(j) {
+                    true => memory.wasm_stacks += m.rss,
+                    false => memory.wasm_memory += m.rss,
+                }
             }
         }
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -77,7 +77,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let edge = Arc::new(Edge::new(domains, limits.edge(), registry));
         let toil_listener = TcpListener::bind("127.0.0.1:0").await?;
         let toil_addr = toil_listener.local_addr()?;
-        tokio::spawn(tcp::serve(toil_listener, edge));
+        tokio::spawn(tcp::serve(toil_listener, edge, tcp::TcpSettings::cleartext_only()));
         let native_listener = TcpListener::bind("127.0.0.1:0").await?;
         let native_addr = native_listener.local_addr()?;
         tokio::spawn(native_hello(native_listener));

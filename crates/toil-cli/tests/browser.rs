@@ -3,8 +3,10 @@
 //! which opens the `/echo` WebTransport session trusting the dev
 //! certificate by hash (`serverCertificateHashes`) and shows the replies;
 //! the page's calls on streams of their own; streams a box opens, read by a
-//! page; and two Chromium windows chat through the chat example's page
-//! (channels), one of them leaving and coming back to resume where it was.
+//! page; two Chromium windows chat through the chat example's page
+//! (channels), one of them leaving and coming back to resume where it was;
+//! and a page over HTTPS with a CA's certificate follows `Alt-Svc` to
+//! HTTP/3 and opens WebTransport with no certificate hashes.
 //!
 //! Needs `chromium` and `chromium-driver` (the test command installs them).
 
@@ -101,16 +103,16 @@ impl Driver {
     /// A new headless Chromium (one WebDriver session) with its own
     /// profile, so its pages share no storage with another's.
     async fn open(&self, profile: &Path) -> Browser {
+        self.open_with(profile, &[]).await
+    }
+
+    /// [`Driver::open`] with more command-line switches.
+    async fn open_with(&self, profile: &Path, switches: &[String]) -> Browser {
+        let mut args: Vec<String> = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"].map(String::from).to_vec();
+        args.push(format!("--user-data-dir={}", profile.display()));
+        args.extend_from_slice(switches);
         let session = self
-            .call(
-                "POST",
-                "/session",
-                json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
-                    "binary": "/usr/bin/chromium",
-                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                             format!("--user-data-dir={}", profile.display())]
-                }}}}),
-            )
+            .call("POST", "/session", json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}}}}))
             .await;
         let id = session["sessionId"].as_str().expect("a WebDriver session").to_string();
         Browser { driver: self.addr, log: self.log.clone(), id }
@@ -236,6 +238,85 @@ async fn chromium_opens_the_echo_stream_from_the_dev_page() {
     let echo_lines: Vec<String> = s.log().lines().filter(|l| l.contains("echo closed") || l.contains("echo lost")).map(String::from).collect();
     assert!(closed, "close hook; server log:\n{}", echo_lines.join("\n"));
 }
+
+/// A page over HTTPS on TCP with a certificate from a CA (the test's own,
+/// which Chromium is told to trust by the leaf's key): the node's
+/// `Alt-Svc` moves the page's next requests to HTTP/3, and the page opens
+/// a WebTransport session with no `serverCertificateHashes`, as a page
+/// of a real site would. A root that is not one of Chromium's own is
+/// refused for QUIC unless its host is listed: `--origin-to-force-quic-on`
+/// with a port nothing uses lists the host without forcing QUIC on the
+/// page's origin (a certificate from a public CA needs none of this).
+#[tokio::test]
+async fn chromium_follows_alt_svc_to_http3_and_opens_webtransport_with_a_ca_certificate() {
+    let dir = repo_root().join(format!("target/e2e/browser-https-{}", std::process::id()));
+    let ca = common::tls::TestCa::new(&dir.join("ca"));
+    let (cert, key, _) = ca.write("echo", &["echo.test"]);
+    let pin = common::tls::spki_pin(&std::fs::read_to_string(&key).unwrap());
+    let s = start_server(
+        "browser-https",
+        json!({
+            "apps": [{"domain": "echo", "dir": repo_root().join("examples/echo"), "hosts": ["echo.test"]}],
+            "defaultDomain": "echo",
+            "tls": {"certificates": [{"hosts": ["echo.test"], "cert": cert, "key": key}], "selfSigned": false},
+            "limits": {},
+        }),
+    );
+    let driver = Driver::start().await;
+    let switches = [
+        "--host-resolver-rules=MAP echo.test 127.0.0.1".to_string(),
+        format!("--ignore-certificate-errors-spki-list={pin}"),
+        "--origin-to-force-quic-on=echo.test:1".to_string(),
+    ];
+    let browser = driver.open_with(&s.dir.join("chromium-profile-https"), &switches).await;
+    browser.goto(&format!("https://echo.test:{}/no-such-page", s.http.port())).await;
+    let got = browser.run_async(OVER_HTTPS_THEN_HTTP3, json!([])).await;
+    let log = format!("server log: {}", s.dir.join("dev.log").display());
+    assert!(matches!(got["page"].as_str(), Some("http/1.1" | "h2")), "the page comes over TCP: {got}\n{log}");
+    assert_eq!(got["next"], "h3", "Alt-Svc moves the next requests to HTTP/3: {got}\n{log}");
+    assert_eq!(got["echo"], "1:hello", "a WebTransport session without certificate hashes: {got}\n{log}");
+}
+
+/// Run in a page loaded over HTTPS: the protocol the page came over, the
+/// one its later requests use, and an echo through a WebTransport session
+/// opened the way a public site's page opens one.
+const OVER_HTTPS_THEN_HTTP3: &str = r#"
+const done = arguments[arguments.length - 1];
+const enc = new TextEncoder(), dec = new TextDecoder();
+(async () => {
+  const page = performance.getEntriesByType('navigation')[0].nextHopProtocol;
+  let next = '';
+  for (let i = 0; i < 60 && next !== 'h3'; i++) {
+    const url = `/no-such-page?n=${i}`;
+    // The timing entry is made once the body is read.
+    await (await fetch(url, { cache: 'no-store' })).text();
+    await new Promise((r) => setTimeout(r, 0));
+    const seen = performance.getEntriesByType('resource').filter((e) => e.name.endsWith(url));
+    next = seen.length ? seen[seen.length - 1].nextHopProtocol : '';
+    if (next !== 'h3') await new Promise((r) => setTimeout(r, 100));
+  }
+  const wt = new WebTransport(`https://${location.host}/echo`);
+  await wt.ready;
+  const stream = await wt.createBidirectionalStream();
+  const bytes = enc.encode('hello'), frame = new Uint8Array(4 + bytes.length);
+  new DataView(frame.buffer).setUint32(0, bytes.length);
+  frame.set(bytes, 4);
+  const writer = stream.writable.getWriter();
+  await writer.write(frame);
+  const reader = stream.readable.getReader();
+  let buf = new Uint8Array(0);
+  while (buf.length < 4 || buf.length < 4 + new DataView(buf.buffer).getUint32(0)) {
+    const { value, done: end } = await reader.read();
+    if (end) break;
+    const joined = new Uint8Array(buf.length + value.length);
+    joined.set(buf); joined.set(value, buf.length);
+    buf = joined;
+  }
+  const echo = buf.length >= 4 ? dec.decode(buf.slice(4, 4 + new DataView(buf.buffer).getUint32(0))) : '';
+  wt.close();
+  done({ page, next, echo });
+})().catch((e) => done({ error: String(e) }));
+"#;
 
 /// Ten calls at once from the echo page, each on a stream of its own:
 /// each answer comes on its call's stream, which the box then finishes.

@@ -90,6 +90,46 @@ pub struct DevConfig {
     pub cert_dir: PathBuf,
 }
 
+/// `tls`: the certificates HTTPS and HTTP/3 serve, and what cleartext
+/// HTTP gets. What is not set here depends on the command: `toil dev`
+/// serves cleartext and keeps its self-signed certificate for names no
+/// certificate covers; a node given certificates redirects cleartext to
+/// HTTPS and serves no certificate but those.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub certificates: Vec<CertificateConfig>,
+    /// `serve`, `redirect` (to HTTPS) or `refuse`.
+    pub cleartext: Option<Cleartext>,
+    /// A second, cleartext-only listener (production: port 80).
+    pub http_listen: Option<SocketAddr>,
+    /// Whether names no certificate covers (and clients that send no
+    /// name) get the self-signed certificate.
+    pub self_signed: Option<bool>,
+    /// How often certificate files are checked for a change.
+    pub watch_interval: Duration,
+}
+
+/// One certificate from files (`tls.certificates[i]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateConfig {
+    /// Host names, or `*.` and a suffix, this certificate serves.
+    pub hosts: Vec<String>,
+    /// PEM: the certificate chain, leaf first; and its private key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// What cleartext HTTP on a node's ports gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cleartext {
+    Serve,
+    Redirect,
+    Refuse,
+}
+
+/// Default of `tls.watchIntervalMs`.
+pub const TLS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Per-call and per-node limits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LimitsConfig {
@@ -200,6 +240,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub deploy: DeployConfig,
     pub channels: ChannelsConfig,
+    pub tls: TlsConfig,
     /// Shared target directory of guest builds.
     pub guest_target_dir: PathBuf,
 }
@@ -539,7 +580,7 @@ impl Config {
         let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
         let base = std::path::absolute(&base).unwrap_or(base);
         let root = Obj::new(file, String::new(), v)?;
-        root.only(&["$schema", "targets", "apps", "defaultDomain", "dev", "limits", "quic", "cluster", "deploy", "channels", "build"])?;
+        root.only(&["$schema", "targets", "apps", "defaultDomain", "dev", "limits", "quic", "cluster", "deploy", "channels", "tls", "build"])?;
         let apps = apps_of(&root, file, &base)?;
         let default_domain = default_domain_of(&root, &apps)?;
         Ok(Config {
@@ -552,6 +593,7 @@ impl Config {
             cluster: cluster_of(&root)?,
             deploy: deploy_of(&root)?,
             channels: channels_of(&root)?,
+            tls: tls_of(&root, &base)?,
             guest_target_dir: guest_target_dir_of(&root, &base)?,
         })
     }
@@ -638,6 +680,58 @@ fn dev_of(root: &Obj, base: &Path) -> Result<DevConfig, ConfigError> {
         }
     }
     Ok(dev)
+}
+
+/// `tls`: certificate files (relative to the config's directory), cleartext, watching.
+fn tls_of(root: &Obj, base: &Path) -> Result<TlsConfig, ConfigError> {
+    let mut tls = TlsConfig { watch_interval: TLS_WATCH_INTERVAL, ..TlsConfig::default() };
+    let Some(t) = root.obj("tls")? else { return Ok(tls) };
+    t.only(&["certificates", "cleartext", "httpListen", "selfSigned", "watchIntervalMs"])?;
+    match t.map.get("certificates") {
+        None => {}
+        Some(Value::Array(list)) => {
+            for (i, item) in list.iter().enumerate() {
+                let c = Obj::new(t.file, t.key(&format!("certificates[{i}]")), item)?;
+                c.only(&["hosts", "cert", "key"])?;
+                let hosts = match c.map.get("hosts") {
+                    Some(Value::Array(hs)) if !hs.is_empty() => hs
+                        .iter()
+                        .enumerate()
+                        .map(|(j, h)| match h {
+                            Value::String(s) => {
+                                let name = s.strip_prefix("*.").unwrap_or(s);
+                                validate_host(name).map(|()| s.to_ascii_lowercase()).map_err(|p| c.err(&format!("hosts[{j}]"), p))
+                            }
+                            other => Err(c.err(&format!("hosts[{j}]"), format!("expected a host name, found {other}"))),
+                        })
+                        .collect::<Result<_, _>>()?,
+                    Some(other) => return Err(c.err("hosts", format!("expected a non-empty array of host names, found {other}"))),
+                    None => return Err(c.err("hosts", "is required")),
+                };
+                let cert = base.join(c.str("cert")?.ok_or_else(|| c.err("cert", "is required (a PEM certificate chain)"))?);
+                let key = base.join(c.str("key")?.ok_or_else(|| c.err("key", "is required (a PEM private key)"))?);
+                tls.certificates.push(CertificateConfig { hosts, cert, key });
+            }
+        }
+        Some(other) => return Err(t.err("certificates", format!("expected an array, found {}", kind(other)))),
+    }
+    tls.cleartext = match t.str("cleartext")? {
+        None => None,
+        Some("serve") => Some(Cleartext::Serve),
+        Some("redirect") => Some(Cleartext::Redirect),
+        Some("refuse") => Some(Cleartext::Refuse),
+        Some(other) => return Err(t.err("cleartext", format!("expected \"serve\", \"redirect\" or \"refuse\", found {other:?}"))),
+    };
+    tls.http_listen = t.addr("httpListen")?;
+    tls.self_signed = match t.map.get("selfSigned") {
+        None => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(other) => return Err(t.err("selfSigned", format!("expected a boolean, found {}", kind(other)))),
+    };
+    if let Some(ms) = t.positive_at_most("watchIntervalMs", 3_600_000, "hour ceiling")? {
+        tls.watch_interval = Duration::from_millis(ms);
+    }
+    Ok(tls)
 }
 
 /// `limits`: what one box may use, how requests are admitted, what a connection may hold.

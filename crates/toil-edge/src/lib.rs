@@ -11,7 +11,8 @@
 //!   [`Edge::serve`](serve::Edge::serve), which turns a request of any HTTP
 //!   version into a guest call and the outcome into a response (404/405
 //!   from the manifest, 413 over the body cap, 500/503 on a guest fault);
-//! - [`tcp`]: HTTP/1.1 and HTTP/2 (cleartext, h2c prior knowledge) with hyper;
+//! - [`tcp`]: HTTP/1.1 and HTTP/2 with hyper, over TLS (HTTPS) or
+//!   cleartext on the same port;
 //! - [`h3_conn`]: the QUIC connection h3 runs on: h3-quinn's, with the
 //!   headers of incoming unidirectional streams cut so h3 reads them as
 //!   soon as they arrive;
@@ -20,6 +21,8 @@
 //!   driver that runs a session's resident box;
 //! - [`tls`]: the dev certificate (ECDSA P-256, < 14 days, as browsers
 //!   require for WebTransport `serverCertificateHashes`);
+//! - [`certs`]: certificates by host name (SNI) from files, checked,
+//!   watched and swapped; the resolver HTTPS and HTTP/3 share;
 //! - [`keys`]: the secrets all QUIC workers share (tokens, resets, CIDs);
 //! - [`steering`]: connection IDs that name their worker, and the BPF
 //!   program that steers packets by them (no I/O);
@@ -34,6 +37,7 @@
 //! yields every epoch tick, so a slow one cannot starve its neighbours.
 
 pub mod admin;
+pub mod certs;
 pub mod conns;
 pub mod domains;
 pub mod h3_conn;

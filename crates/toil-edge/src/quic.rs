@@ -3,11 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::server::ResolvesServerCert;
+
 use crate::conns::Activity;
 use crate::http3;
 use crate::keys::NodeKeys;
 use crate::serve::Edge;
-use crate::tls::DevCert;
 use crate::webtransport;
 
 /// What one QUIC connection may make the node hold. Every connection is
@@ -28,14 +29,15 @@ pub struct ConnectionLimits {
 }
 
 /// A quinn server config for HTTP/3 and WebTransport (ALPN `h3`, TLS 1.3)
-/// with `cert`, the node's token key and `limits`. One config is shared by
-/// all QUIC workers.
-pub fn server_config(cert: &DevCert, keys: &NodeKeys, limits: &ConnectionLimits) -> anyhow::Result<quinn::ServerConfig> {
+/// with the certificates `certs` picks by SNI (the same as HTTPS over
+/// TCP), the node's token key and `limits`. One config is shared by all
+/// QUIC workers.
+pub fn server_config(certs: Arc<dyn ResolvesServerCert>, keys: &NodeKeys, limits: &ConnectionLimits) -> anyhow::Result<quinn::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
-        .with_single_cert(vec![cert.cert_der.clone()], cert.key_der.clone_key())?;
+        .with_cert_resolver(certs);
     tls.alpn_protocols = vec![b"h3".to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::new(Arc::new(crypto), keys.token_key());

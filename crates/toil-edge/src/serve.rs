@@ -36,7 +36,7 @@ pub struct Edge {
     pub domains: Arc<DomainTable>,
     /// Request bodies above this are refused with 413.
     pub max_request_body: usize,
-    /// `Alt-Svc` advertised on TCP responses, pointing at HTTP/3.
+    /// `Alt-Svc` advertised on every response, pointing at HTTP/3.
     pub alt_svc: Option<HeaderValue>,
     /// Open WebTransport sessions and their caps.
     pub sessions: Arc<SessionTable>,
@@ -176,10 +176,9 @@ impl Edge {
         if head.method == Method::HEAD {
             *resp.body_mut() = Bytes::new();
         }
-        if proto != Protocol::Http3 {
-            if let Some(alt) = &self.alt_svc {
-                resp.headers_mut().insert(http::header::ALT_SVC, alt.clone());
-            }
+        // On every protocol: HTTP/3 responses renew the client's record.
+        if let Some(alt) = &self.alt_svc {
+            resp.headers_mut().insert(http::header::ALT_SVC, alt.clone());
         }
         self.record(domain.as_deref(), proto, &resp, started);
         resp

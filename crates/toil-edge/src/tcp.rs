@@ -1,4 +1,7 @@
-//! HTTP/1.1 and HTTP/2 over TCP (cleartext; HTTP/2 by prior knowledge), with hyper.
+//! HTTP/1.1 and HTTP/2 over TCP, with hyper: HTTPS (TLS with ALPN), and
+//! cleartext (HTTP/2 by prior knowledge) served, redirected to HTTPS, or
+//! refused, as [`TcpSettings`] say; both on the same port, told apart by
+//! the first byte.
 //!
 //! A connection is admitted by the node's [`ConnTable`](crate::conns) and
 //! closed when it stalls: HTTP/1.1 must deliver a request head within
@@ -28,37 +31,151 @@ use crate::conns::{accept_loop, Activity, ConnTable, InFlight};
 use crate::metrics::Protocol;
 use crate::serve::{Body, Edge};
 
+/// What the TCP port does with a connection, by its first byte: a TLS
+/// handshake (`0x16`) is HTTPS when the node has certificates; anything
+/// else is cleartext HTTP, served, redirected or refused.
+#[derive(Clone)]
+pub struct TcpSettings {
+    /// HTTPS: ALPN `h2` and `http/1.1`, certificates by SNI ([`https_config`]).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub cleartext: Cleartext,
+    /// Where HTTPS is, for redirects.
+    pub https_port: u16,
+}
+
+impl TcpSettings {
+    /// Cleartext HTTP only, served (benchmarks, tests).
+    pub fn cleartext_only() -> TcpSettings {
+        TcpSettings { tls: None, cleartext: Cleartext::Serve, https_port: 0 }
+    }
+}
+
+/// What cleartext HTTP gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cleartext {
+    /// Served like HTTPS (dev, or a node behind a TLS-terminating proxy).
+    Serve,
+    /// `308` to the same URL over HTTPS, except ACME HTTP-01 challenges
+    /// (`/.well-known/acme-challenge/`), which are served.
+    Redirect,
+    /// Closed unanswered: the port speaks TLS only.
+    Refuse,
+}
+
+/// The path ACME HTTP-01 challenges are fetched from (RFC 8555, section 8.3).
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// The rustls config of HTTPS over TCP: TLS 1.2 and 1.3, ALPN `h2` then
+/// `http/1.1`, the certificate chosen by `certs` from the client's SNI.
+pub fn https_config(certs: Arc<dyn rustls::server::ResolvesServerCert>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls =
+        rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?.with_no_client_auth().with_cert_resolver(certs);
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
 /// Accepts connections until the process ends; each runs on its own task.
-pub async fn serve(listener: TcpListener, edge: Arc<Edge>) {
+pub async fn serve(listener: TcpListener, edge: Arc<Edge>, settings: TcpSettings) {
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1().timer(TokioTimer::new()).header_read_timeout(edge.timeouts.header);
     // Each stream may buffer a request body: as many as a QUIC connection may.
     http.http2().timer(TokioTimer::new()).max_concurrent_streams(edge.max_streams_per_connection);
     let http = Arc::new(http);
     let table: Arc<ConnTable> = edge.conns.clone();
-    accept_loop(listener, table, "http", move |stream, _peer, admitted| {
-        let (edge, http) = (edge.clone(), http.clone());
+    let tls = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    accept_loop(listener, table, "http", move |stream, peer, admitted| {
+        let (edge, http, tls, settings) = (edge.clone(), http.clone(), tls.clone(), settings.clone());
         async move {
             let _ = stream.set_nodelay(true);
-            let activity = Activity::new();
-            let svc = {
-                let (edge, activity) = (edge.clone(), activity.clone());
-                service_fn(move |req| {
-                    let (edge, in_flight) = (edge.clone(), activity.request());
-                    // The request stays in flight until hyper has written
-                    // the whole response and drops its body.
-                    async move { Ok::<_, Infallible>(handle(&edge, req).await.map(|body| InFlightBody { body, _in_flight: in_flight })) }
-                })
+            // The first byte says TLS or not; a client that sends none
+            // within the header timeout is dropped, as one that sends no
+            // request head would be.
+            let mut first = [0u8; 1];
+            let is_tls = match tokio::time::timeout(edge.timeouts.header, stream.peek(&mut first)).await {
+                Ok(Ok(1)) => first[0] == TLS_HANDSHAKE_RECORD,
+                _ => return drop(admitted),
             };
-            let conn = http.serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                r = conn => if let Err(e) = r { tracing::debug!("connection ended: {e}") },
-                () = activity.idle_timeout(edge.timeouts.idle) => tracing::debug!("closing a connection idle for {:?}", edge.timeouts.idle),
+            match (is_tls, tls) {
+                (true, Some(tls)) => match tokio::time::timeout(edge.timeouts.header, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_http(TokioIo::new(stream), &edge, &http, Mode::Https).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
+                (true, None) => tracing::debug!(%peer, "TLS handshake on a cleartext-only port; closing"),
+                (false, _) => match settings.cleartext {
+                    Cleartext::Serve => serve_http(TokioIo::new(stream), &edge, &http, Mode::Cleartext).await,
+                    Cleartext::Redirect => serve_http(TokioIo::new(stream), &edge, &http, Mode::Redirect(settings.https_port)).await,
+                    Cleartext::Refuse => tracing::debug!(%peer, "cleartext HTTP on a TLS-only port; closing"),
+                },
             }
             drop(admitted);
         }
     })
     .await
+}
+
+/// A TLS record of type handshake: how every ClientHello starts.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// How a connection's requests are answered.
+#[derive(Clone, Copy)]
+enum Mode {
+    Https,
+    Cleartext,
+    /// Cleartext, redirected to HTTPS on this port.
+    Redirect(u16),
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on `io` until the client is done, or the
+/// connection has had no request in flight for the idle timeout.
+async fn serve_http<IO>(io: IO, edge: &Arc<Edge>, http: &auto::Builder<TokioExecutor>, mode: Mode)
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let activity = Activity::new();
+    let svc = {
+        let (edge, activity) = (edge.clone(), activity.clone());
+        service_fn(move |req| {
+            let (edge, in_flight) = (edge.clone(), activity.request());
+            // The request stays in flight until hyper has written
+            // the whole response and drops its body.
+            async move {
+                let resp = match mode {
+                    Mode::Redirect(port) if !req.uri().path().starts_with(ACME_CHALLENGE_PREFIX) => redirect(&req, port),
+                    _ => handle(&edge, req).await,
+                };
+                Ok::<_, Infallible>(resp.map(|body| InFlightBody { body, _in_flight: in_flight }))
+            }
+        })
+    };
+    let conn = http.serve_connection(io, svc);
+    tokio::select! {
+        r = conn => if let Err(e) = r { tracing::debug!("connection ended: {e}") },
+        () = activity.idle_timeout(edge.timeouts.idle) => tracing::debug!("closing a connection idle for {:?}", edge.timeouts.idle),
+    }
+}
+
+/// `308 Permanent Redirect` to the request's URL over HTTPS on `port`
+/// (which keeps the method and body, unlike 301).
+fn redirect(req: &Request<Incoming>, port: u16) -> Response<Full<Bytes>> {
+    let host = req.uri().host().or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("");
+    // The host without its port; an IPv6 literal keeps its brackets.
+    let name = match host.rsplit_once(':') {
+        Some((name, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => name,
+        _ => host,
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 { format!("https://{name}{path}") } else { format!("https://{name}:{port}{path}") };
+    let mut resp = Response::new(Full::new(Bytes::from(format!("308 Permanent Redirect: {location}\n"))));
+    *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    match http::HeaderValue::from_str(&location) {
+        Ok(v) => {
+            resp.headers_mut().insert(http::header::LOCATION, v);
+        }
+        Err(_) => *resp.status_mut() = http::StatusCode::BAD_REQUEST, // a host header no URL can carry
+    }
+    resp
 }
 
 /// A response body that keeps its request counted as in flight.

@@ -26,6 +26,12 @@ impl DevCert {
         Sha256::digest(self.cert_der.as_ref()).into()
     }
 
+    /// The pair as rustls serves it.
+    pub fn certified_key(&self) -> anyhow::Result<std::sync::Arc<rustls::sign::CertifiedKey>> {
+        let signer = rustls::crypto::ring::sign::any_supported_type(&self.key_der)?;
+        Ok(std::sync::Arc::new(rustls::sign::CertifiedKey::new(vec![self.cert_der.clone()], signer)))
+    }
+
     /// The hash as lower-case hex.
     pub fn sha256_hex(&self) -> String {
         self.sha256().iter().map(|b| format!("{b:02x}")).collect()

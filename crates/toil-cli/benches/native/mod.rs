@@ -24,7 +24,7 @@ where
     let cert = toil_edge::tls::DevCert::load_or_create(&server.dir.join("cert")).unwrap();
     let keys = toil_edge::keys::NodeKeys::load_or_create(&server.dir.join("native-keys")).unwrap();
     let config = toil_edge::quic::server_config(
-        &cert,
+        Arc::new(rustls::sign::SingleCertAndKey::from(cert.certified_key().unwrap())),
         &keys,
         &toil_edge::quic::ConnectionLimits { idle_timeout: Duration::from_secs(300), ..toil_config::LimitsConfig::default().quic_connection() },
     )

@@ -34,8 +34,10 @@ use toil_config::Config;
 use toil_daemon::{DaemonSettings, Daemons};
 use toil_deploy::{BlobFetch, BlobStore, DeploySettings, Deployer};
 use toil_edge::admin::AdminSecurity;
+use toil_edge::certs::{CertSource, Certificates};
 use toil_edge::conns::{self, ConnLimits};
 use toil_edge::keys::NodeKeys;
+use toil_edge::tcp::{Cleartext, TcpSettings};
 use toil_edge::workers::QuicWorkers;
 use toil_edge::{admin as edge_admin, quic, tcp, tls::DevCert, DomainTable, Edge};
 use toil_metrics::Registry;
@@ -82,8 +84,11 @@ struct Node {
     daemons: Arc<Daemons>,
     deployer: Arc<Deployer>,
     cert: DevCert,
+    certs: Arc<Certificates>,
     keys: NodeKeys,
     listeners: Listeners,
+    /// The cleartext-only listener (`tls.httpListen`), if any.
+    http_listener: Option<TcpListener>,
     listen: SocketAddr,
     admin_listener: TcpListener,
     admin_tls: Option<Arc<rustls::ServerConfig>>,
@@ -135,14 +140,35 @@ impl Node {
         tokio::spawn(deployer.clone().report_served());
 
         let cert = DevCert::load_or_create(&host.cert_dir)?;
+        let certs = Arc::new(certificates(config, host, &cert, &registry)?);
         let keys = NodeKeys::load_or_create(&host.cert_dir)?;
         let listeners = bind(host.listen, &config.quic)?;
         let listen = listeners.tcp[0].local_addr()?;
+        let http_listener = match config.tls.http_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding tls.httpListen {addr}"))?),
+            None => None,
+        };
         let admin_listener = TcpListener::bind(host.admin).await.with_context(|| format!("binding admin {}", host.admin))?;
         // The admin token must not cross a network in the clear.
         let admin_tls = if admin_listener.local_addr()?.ip().is_loopback() { None } else { Some(edge_admin::tls_config(&cert)?) };
         let edge = Arc::new(edge(config, domains.clone(), &registry, &cert, listen.port())?);
-        Ok(Node { registry, domains, log, daemons, deployer, cert, keys, listeners, listen, admin_listener, admin_tls, edge, channels })
+        Ok(Node {
+            registry,
+            domains,
+            log,
+            daemons,
+            deployer,
+            cert,
+            certs,
+            keys,
+            listeners,
+            http_listener,
+            listen,
+            admin_listener,
+            admin_tls,
+            edge,
+            channels,
+        })
     }
 
     /// What is served where, for the terminal (and the last line for tools that parse it).
@@ -151,7 +177,11 @@ impl Node {
         println!("toil {}: serving {} app(s) from {}", host.name, config.apps.len(), config.file.display());
         for app in &config.apps {
             let first_host = app.hosts.first().map(String::as_str).unwrap_or("localhost");
-            println!("  {:<8} http://{first_host}:{port}/  (HTTP/1.1, HTTP/2 cleartext)  https://{first_host}:{port}/  (HTTP/3)", app.domain);
+            println!(
+                "  {:<8} https://{first_host}:{port}/  (HTTP/1.1 and HTTP/2 over TLS, HTTP/3)  http://{first_host}:{port}/  (cleartext: {})",
+                app.domain,
+                cleartext_word(self.cleartext(config, host))
+            );
             let Some(domain) = self.domains.get(&app.domain) else {
                 println!("  {:<8} (the cluster's release is loading)", "");
                 continue;
@@ -178,6 +208,14 @@ impl Node {
         if host.watch.is_some() {
             println!("  reload   watching the apps' sources; an edit rebuilds and swaps the app (open sessions close with RELOADED)");
         }
+        for (hosts, not_after) in self.certs.serving() {
+            let state = match not_after.map(|t| t.duration_since(std::time::SystemTime::now()).map(|d| d.as_secs() / 86400)) {
+                Some(Ok(days)) => format!("valid {days} more days"),
+                Some(Err(_)) => "expired".to_string(),
+                None => "REFUSED (see the log); these hosts have no certificate".to_string(),
+            };
+            println!("  tls      {}: {state}", hosts.join(", "));
+        }
         let valid_days = self.cert.not_after.duration_since(std::time::SystemTime::now()).map(|d| d.as_secs() / 86400).unwrap_or(0);
         println!("  dev certificate SHA-256 (serverCertificateHashes): {}  (valid {valid_days} more days)", self.cert.sha256_hex());
         println!(
@@ -190,14 +228,23 @@ impl Node {
     /// Serves until Ctrl-C (or stdin closes, if asked); then open sessions
     /// close with `SHUTDOWN` and their boxes run `close`.
     async fn run_until_shutdown(self, config: Config, host: Host) -> anyhow::Result<()> {
-        let server_config = quic::server_config(&self.cert, &self.keys, &config.limits.quic_connection())?;
+        let server_config = quic::server_config(self.certs.clone(), &self.keys, &config.limits.quic_connection())?;
+        tokio::spawn(self.certs.clone().watch(config.tls.watch_interval));
+        let tcp_settings = TcpSettings {
+            tls: Some(tcp::https_config(self.certs.clone())?),
+            cleartext: self.cleartext(&config, &host),
+            https_port: self.listen.port(),
+        };
+        if let Some(l) = self.http_listener {
+            tokio::spawn(tcp::serve(l, self.edge.clone(), TcpSettings { tls: None, ..tcp_settings.clone() }));
+        }
         if let Some(tc) = host.watch.clone() {
             tokio::spawn(reload::reload_on_change(tc, config.clone(), self.deployer.clone()));
         }
         let node_admin = NodeAdmin { daemons: self.daemons, log: self.log, cluster: host.cluster.clone(), deployer: self.deployer };
         let quic_workers = QuicWorkers::start(self.listeners.udp, server_config, &self.keys, self.edge.clone())?;
         for l in self.listeners.tcp {
-            tokio::spawn(tcp::serve(TcpListener::from_std(l)?, self.edge.clone()));
+            tokio::spawn(tcp::serve(TcpListener::from_std(l)?, self.edge.clone(), tcp_settings.clone()));
         }
         let security = AdminSecurity { token: host.admin_token.clone(), tls: self.admin_tls };
         tokio::select! {
@@ -212,6 +259,44 @@ impl Node {
         tokio::task::spawn_blocking(move || quic_workers.shutdown(Duration::from_secs(3))).await?;
         Ok(())
     }
+}
+
+impl Node {
+    /// What cleartext HTTP gets: as configured; else served in dev and by
+    /// a node without certificates, redirected to HTTPS by one with them.
+    fn cleartext(&self, config: &Config, host: &Host) -> Cleartext {
+        config.tls.cleartext.map_or_else(
+            || if is_dev(host) || config.tls.certificates.is_empty() { Cleartext::Serve } else { Cleartext::Redirect },
+            |c| match c {
+                toil_config::Cleartext::Serve => Cleartext::Serve,
+                toil_config::Cleartext::Redirect => Cleartext::Redirect,
+                toil_config::Cleartext::Refuse => Cleartext::Refuse,
+            },
+        )
+    }
+}
+
+fn cleartext_word(c: Cleartext) -> &'static str {
+    match c {
+        Cleartext::Serve => "served",
+        Cleartext::Redirect => "redirected to HTTPS",
+        Cleartext::Refuse => "refused",
+    }
+}
+
+/// `toil dev` is the host without a cluster.
+fn is_dev(host: &Host) -> bool {
+    host.cluster.is_none()
+}
+
+/// The node's certificates (`tls.certificates`), with the self-signed one
+/// for names none covers where that is wanted: always in dev (its hash
+/// flow is unchanged), and on a node given no certificates.
+fn certificates(config: &Config, host: &Host, cert: &DevCert, registry: &Registry) -> anyhow::Result<Certificates> {
+    let sources = config.tls.certificates.iter().map(|c| CertSource { hosts: c.hosts.clone(), cert: c.cert.clone(), key: c.key.clone() }).collect();
+    let self_signed = config.tls.self_signed.unwrap_or(is_dev(host) || config.tls.certificates.is_empty());
+    let fallback = if self_signed { Some(cert.certified_key()?) } else { None };
+    Ok(Certificates::load(sources, fallback, registry))
 }
 
 fn start_deployer(

@@ -287,10 +287,16 @@ fn h3_endpoint_with(cert: &Path, transport: Option<quinn::TransportConfig>) -> q
 
 /// One request over a fresh HTTP/3 connection.
 pub async fn http3(addr: SocketAddr, cert: &Path, req: http::Request<Full<Bytes>>) -> Resp {
+    http3_as(addr, cert, "localhost", req).await
+}
+
+/// [`http3`] asking for the server name `name` (SNI), trusting the
+/// certificates in the PEM file `cert`.
+pub async fn http3_as(addr: SocketAddr, cert: &Path, name: &str, req: http::Request<Full<Bytes>>) -> Resp {
     let ep = h3_endpoint(cert);
     let (parts, body) = req.into_parts();
     let host = parts.headers.get("host").unwrap().to_str().unwrap().to_string();
-    let conn = ep.connect(addr, "localhost").unwrap().await.unwrap();
+    let conn = ep.connect(addr, name).unwrap().await.unwrap();
     let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn)).await.unwrap();
     tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
     let uri: http::Uri = format!("https://{host}{}", parts.uri).parse().unwrap();
@@ -589,6 +595,7 @@ pub mod cluster;
 pub mod nats;
 pub mod pooled;
 pub mod relay;
+pub mod tls;
 
 // ------------------------------------------------------------ Deploys
 
