@@ -1126,4 +1126,37 @@ mod tests {
         assert_eq!(key, "limits.memoryMb");
         assert!(problem.contains("4096"), "{problem}");
     }
+
+    #[test]
+    fn tls_certificates_cleartext_and_their_errors() {
+        let app = json!({"domain": "a", "dir": "app"});
+        let c = parse(json!({"apps": [app], "tls": {
+            "certificates": [{"hosts": ["App.Example.com", "*.example.com"], "cert": "certs/a.pem", "key": "certs/a.key"}],
+            "cleartext": "redirect", "httpListen": "0.0.0.0:80", "selfSigned": false, "watchIntervalMs": 500
+        }}))
+        .unwrap();
+        let cert = &c.tls.certificates[0];
+        assert_eq!(cert.hosts, ["app.example.com", "*.example.com"]);
+        assert!(cert.cert.ends_with("certs/a.pem") && cert.cert.is_absolute(), "{}", cert.cert.display());
+        assert_eq!(
+            (c.tls.cleartext, c.tls.http_listen, c.tls.self_signed, c.tls.watch_interval),
+            (Some(Cleartext::Redirect), Some("0.0.0.0:80".parse().unwrap()), Some(false), Duration::from_millis(500))
+        );
+        let defaults = parse(json!({"apps": [app]})).unwrap().tls;
+        assert_eq!(defaults, TlsConfig { watch_interval: TLS_WATCH_INTERVAL, ..TlsConfig::default() });
+
+        let bad = |tls: Value| key_error(json!({"apps": [app], "tls": tls}));
+        assert_eq!(bad(json!({"certificates": [{"cert": "a", "key": "b"}]})).0, "tls.certificates[0].hosts");
+        assert_eq!(bad(json!({"certificates": [{"hosts": [], "cert": "a", "key": "b"}]})).0, "tls.certificates[0].hosts");
+        assert_eq!(bad(json!({"certificates": [{"hosts": ["a b"], "cert": "a", "key": "b"}]})).0, "tls.certificates[0].hosts[0]");
+        assert_eq!(bad(json!({"certificates": [{"hosts": ["a.com"], "key": "b"}]})).0, "tls.certificates[0].cert");
+        assert_eq!(bad(json!({"certificates": [{"hosts": ["a.com"], "cert": "a"}]})).0, "tls.certificates[0].key");
+        assert_eq!(bad(json!({"certificates": {}})).0, "tls.certificates");
+        let (key, problem) = bad(json!({"cleartext": "sometimes"}));
+        assert_eq!(key, "tls.cleartext");
+        assert!(problem.contains("\"redirect\""), "{problem}");
+        assert_eq!(bad(json!({"httpListen": "port 80"})).0, "tls.httpListen");
+        assert_eq!(bad(json!({"selfSigned": "yes"})).0, "tls.selfSigned");
+        assert_eq!(bad(json!({"acme": {}})).0, "tls.acme");
+    }
 }

@@ -6,8 +6,9 @@
 //! a wildcard (`*.example.com` covers `app.example.com`, not
 //! `a.b.example.com` nor `example.com`). A name no certificate serves gets
 //! the self-signed dev certificate where the node has one (`toil dev`, or a
-//! node given no certificates), and otherwise a failed handshake: rustls
-//! sends `access_denied`, and other names are unaffected.
+//! node given no certificates), and otherwise a failed handshake (over
+//! TCP an `unrecognized_name` alert; over QUIC rustls's `access_denied`),
+//! and other names are unaffected.
 //!
 //! A pair is checked before it serves ([`load_pair`], no I/O, the time
 //! passed in): the chain and key parse, the key is the certificate's, the
@@ -249,6 +250,13 @@ impl Certificates {
     pub fn serving(&self) -> Vec<(Vec<String>, Option<SystemTime>)> {
         let slots = self.slots.read().expect("certificate slots");
         slots.iter().map(|s| (s.source.hosts.clone(), s.serving.as_ref().map(|p| p.not_after))).collect()
+    }
+}
+
+impl Certificates {
+    /// Whether a handshake asking for `server_name` gets a certificate.
+    pub fn serves(&self, server_name: Option<&str>) -> bool {
+        self.table.read().expect("certificate table").select(server_name).is_some()
     }
 }
 

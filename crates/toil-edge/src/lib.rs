@@ -11,6 +11,8 @@
 //!   [`Edge::serve`](serve::Edge::serve), which turns a request of any HTTP
 //!   version into a guest call and the outcome into a response (404/405
 //!   from the manifest, 413 over the body cap, 500/503 on a guest fault);
+//! - [`certs`]: certificates by host name (SNI) from files, checked,
+//!   watched and swapped; the resolver HTTPS and HTTP/3 share;
 //! - [`tcp`]: HTTP/1.1 and HTTP/2 with hyper, over TLS (HTTPS) or
 //!   cleartext on the same port;
 //! - [`h3_conn`]: the QUIC connection h3 runs on: h3-quinn's, with the
@@ -21,8 +23,6 @@
 //!   driver that runs a session's resident box;
 //! - [`tls`]: the dev certificate (ECDSA P-256, < 14 days, as browsers
 //!   require for WebTransport `serverCertificateHashes`);
-//! - [`certs`]: certificates by host name (SNI) from files, checked,
-//!   watched and swapped; the resolver HTTPS and HTTP/3 share;
 //! - [`keys`]: the secrets all QUIC workers share (tokens, resets, CIDs);
 //! - [`steering`]: connection IDs that name their worker, and the BPF
 //!   program that steers packets by them (no I/O);

@@ -14,6 +14,7 @@
 //! declared `Content-Length` over the cap is refused before it is read (`413`).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,8 +26,10 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
+use crate::certs::Certificates;
 use crate::conns::{accept_loop, Activity, ConnTable, InFlight};
 use crate::metrics::Protocol;
 use crate::serve::{Body, Edge};
@@ -36,8 +39,8 @@ use crate::serve::{Body, Edge};
 /// else is cleartext HTTP, served, redirected or refused.
 #[derive(Clone)]
 pub struct TcpSettings {
-    /// HTTPS: ALPN `h2` and `http/1.1`, certificates by SNI ([`https_config`]).
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// HTTPS: ALPN `h2` and `http/1.1`, certificates by SNI.
+    pub tls: Option<Https>,
     pub cleartext: Cleartext,
     /// Where HTTPS is, for redirects.
     pub https_port: u16,
@@ -65,15 +68,70 @@ pub enum Cleartext {
 /// The path ACME HTTP-01 challenges are fetched from (RFC 8555, section 8.3).
 pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
-/// The rustls config of HTTPS over TCP: TLS 1.2 and 1.3, ALPN `h2` then
-/// `http/1.1`, the certificate chosen by `certs` from the client's SNI.
-pub fn https_config(certs: Arc<dyn rustls::server::ResolvesServerCert>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls =
-        rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?.with_no_client_auth().with_cert_resolver(certs);
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(tls))
+/// HTTPS over TCP: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`, the
+/// certificate chosen from the client's SNI by the node's certificates.
+#[derive(Clone)]
+pub struct Https {
+    config: Arc<rustls::ServerConfig>,
+    certs: Arc<Certificates>,
 }
+
+impl Https {
+    pub fn new(certs: Arc<Certificates>) -> anyhow::Result<Https> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(certs.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Https { config: Arc::new(config), certs })
+    }
+
+    /// The TLS handshake, ClientHello first: a name no certificate serves
+    /// gets the `unrecognized_name` alert (RFC 6066, section 3) and the
+    /// connection ends; a malformed hello gets the alert rustls chose.
+    async fn handshake(&self, mut tcp: TcpStream, peer: SocketAddr) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let mut acceptor = rustls::server::Acceptor::default();
+        let mut buf = vec![0u8; 4096];
+        let accepted = loop {
+            let n = tcp.read(&mut buf).await.ok().filter(|&n| n > 0)?;
+            let mut read = &buf[..n];
+            while !read.is_empty() {
+                if acceptor.read_tls(&mut read).is_err() {
+                    break; // the buffer is full: accept() says why
+                }
+            }
+            match acceptor.accept() {
+                Ok(Some(accepted)) => break accepted,
+                Ok(None) => continue,
+                Err((e, mut alert)) => {
+                    let mut out = Vec::new();
+                    let _ = alert.write_all(&mut out);
+                    let _ = tcp.write_all(&out).await;
+                    tracing::debug!(%peer, "TLS handshake refused: {e}");
+                    return None;
+                }
+            }
+        };
+        let name = accepted.client_hello().server_name().map(str::to_owned);
+        if !self.certs.serves(name.as_deref()) {
+            let _ = tcp.write_all(&UNRECOGNIZED_NAME_ALERT).await;
+            tracing::debug!(%peer, server_name = ?name, "TLS handshake refused: no certificate serves the name");
+            return None;
+        }
+        match tokio_rustls::StartHandshake::from_parts(accepted, tcp).into_stream(self.config.clone()).await {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                tracing::debug!(%peer, "TLS handshake failed: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// A fatal `unrecognized_name` alert in a plaintext TLS record: type 21
+/// (alert), version 3.3, length 2, level 2 (fatal), description 112.
+const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 
 /// Accepts connections until the process ends; each runs on its own task.
 pub async fn serve(listener: TcpListener, edge: Arc<Edge>, settings: TcpSettings) {
@@ -83,9 +141,8 @@ pub async fn serve(listener: TcpListener, edge: Arc<Edge>, settings: TcpSettings
     http.http2().timer(TokioTimer::new()).max_concurrent_streams(edge.max_streams_per_connection);
     let http = Arc::new(http);
     let table: Arc<ConnTable> = edge.conns.clone();
-    let tls = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     accept_loop(listener, table, "http", move |stream, peer, admitted| {
-        let (edge, http, tls, settings) = (edge.clone(), http.clone(), tls.clone(), settings.clone());
+        let (edge, http, settings) = (edge.clone(), http.clone(), settings.clone());
         async move {
             let _ = stream.set_nodelay(true);
             // The first byte says TLS or not; a client that sends none
@@ -96,10 +153,10 @@ pub async fn serve(listener: TcpListener, edge: Arc<Edge>, settings: TcpSettings
                 Ok(Ok(1)) => first[0] == TLS_HANDSHAKE_RECORD,
                 _ => return drop(admitted),
             };
-            match (is_tls, tls) {
-                (true, Some(tls)) => match tokio::time::timeout(edge.timeouts.header, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_http(TokioIo::new(stream), &edge, &http, Mode::Https).await,
-                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+            match (is_tls, &settings.tls) {
+                (true, Some(https)) => match tokio::time::timeout(edge.timeouts.header, https.handshake(stream, peer)).await {
+                    Ok(Some(stream)) => serve_http(TokioIo::new(stream), &edge, &http, Mode::Https).await,
+                    Ok(None) => {}
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 },
                 (true, None) => tracing::debug!(%peer, "TLS handshake on a cleartext-only port; closing"),

@@ -231,7 +231,7 @@ impl Node {
         let server_config = quic::server_config(self.certs.clone(), &self.keys, &config.limits.quic_connection())?;
         tokio::spawn(self.certs.clone().watch(config.tls.watch_interval));
         let tcp_settings = TcpSettings {
-            tls: Some(tcp::https_config(self.certs.clone())?),
+            tls: Some(tcp::Https::new(self.certs.clone())?),
             cleartext: self.cleartext(&config, &host),
             https_port: self.listen.port(),
         };
