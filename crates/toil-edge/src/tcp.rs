@@ -97,13 +97,15 @@ impl Https {
             let n = tcp.read(&mut buf).await.ok().filter(|&n| n > 0)?;
             let mut read = &buf[..n];
             while !read.is_empty() {
-                if acceptor.read_tls(&mut read).is_err() {
-                    break; // the buffer is full: accept() says why
+                match acceptor.read_tls(&mut read) {
+                    Ok(0) | Err(_) => break, // its buffer is full: accept() says why
+                    Ok(_) => {}
                 }
             }
             match acceptor.accept() {
                 Ok(Some(accepted)) => break accepted,
-                Ok(None) => continue,
+                Ok(None) if read.is_empty() => continue,
+                Ok(None) => return None, // bytes it could not take, and no hello yet
                 Err((e, mut alert)) => {
                     let mut out = Vec::new();
                     let _ = alert.write_all(&mut out);
