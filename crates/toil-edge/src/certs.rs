@@ -191,10 +191,10 @@ impl Certificates {
                 Slot { source, serving: None, seen: None, days_left }
             })
             .collect();
-        let certs = Certificates { slots: RwLock::new(slots), table: RwLock::new(Arc::default()), fallback };
+        // Until a pair loads, only the fallback serves.
+        let table = RwLock::new(Arc::new(CertTable { fallback: fallback.clone(), ..CertTable::default() }));
+        let certs = Certificates { slots: RwLock::new(slots), table, fallback };
         certs.refresh(SystemTime::now());
-        let table = build_table(&certs.slots.read().expect("certificate slots"), certs.fallback.clone());
-        *certs.table.write().expect("certificate table") = Arc::new(table);
         certs
     }
 

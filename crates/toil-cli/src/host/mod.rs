@@ -180,7 +180,7 @@ impl Node {
             println!(
                 "  {:<8} https://{first_host}:{port}/  (HTTP/1.1 and HTTP/2 over TLS, HTTP/3)  http://{first_host}:{port}/  (cleartext: {})",
                 app.domain,
-                cleartext_word(self.cleartext(config, host))
+                cleartext_word(cleartext(config, host))
             );
             let Some(domain) = self.domains.get(&app.domain) else {
                 println!("  {:<8} (the cluster's release is loading)", "");
@@ -230,11 +230,8 @@ impl Node {
     async fn run_until_shutdown(self, config: Config, host: Host) -> anyhow::Result<()> {
         let server_config = quic::server_config(self.certs.clone(), &self.keys, &config.limits.quic_connection())?;
         tokio::spawn(self.certs.clone().watch(config.tls.watch_interval));
-        let tcp_settings = TcpSettings {
-            tls: Some(tcp::Https::new(self.certs.clone())?),
-            cleartext: self.cleartext(&config, &host),
-            https_port: self.listen.port(),
-        };
+        let tcp_settings =
+            TcpSettings { tls: Some(tcp::Https::new(self.certs.clone())?), cleartext: cleartext(&config, &host), https_port: self.listen.port() };
         if let Some(l) = self.http_listener {
             tokio::spawn(tcp::serve(l, self.edge.clone(), TcpSettings { tls: None, ..tcp_settings.clone() }));
         }
@@ -261,19 +258,17 @@ impl Node {
     }
 }
 
-impl Node {
-    /// What cleartext HTTP gets: as configured; else served in dev and by
-    /// a node without certificates, redirected to HTTPS by one with them.
-    fn cleartext(&self, config: &Config, host: &Host) -> Cleartext {
-        config.tls.cleartext.map_or_else(
-            || if is_dev(host) || config.tls.certificates.is_empty() { Cleartext::Serve } else { Cleartext::Redirect },
-            |c| match c {
-                toil_config::Cleartext::Serve => Cleartext::Serve,
-                toil_config::Cleartext::Redirect => Cleartext::Redirect,
-                toil_config::Cleartext::Refuse => Cleartext::Refuse,
-            },
-        )
-    }
+/// What cleartext HTTP gets: as configured; else served in dev and by a
+/// node without certificates, redirected to HTTPS by one with them.
+fn cleartext(config: &Config, host: &Host) -> Cleartext {
+    config.tls.cleartext.map_or_else(
+        || if is_dev(host) || config.tls.certificates.is_empty() { Cleartext::Serve } else { Cleartext::Redirect },
+        |c| match c {
+            toil_config::Cleartext::Serve => Cleartext::Serve,
+            toil_config::Cleartext::Redirect => Cleartext::Redirect,
+            toil_config::Cleartext::Refuse => Cleartext::Refuse,
+        },
+    )
 }
 
 fn cleartext_word(c: Cleartext) -> &'static str {
