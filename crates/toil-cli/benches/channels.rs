@@ -370,7 +370,7 @@ fn print_table(one: &OneNode, cluster: Option<&ClusterResult>) {
 /// threads, as many as `toil dev` has QUIC workers here (one per core).
 async fn native_server(server: &Server) -> SocketAddr {
     let room = Arc::new(NativeRoom::default());
-    native::start(server, 2, move |session, connect| native_session(session, connect, room.clone()))
+    native::start(&server.dir, 2, move |session, connect| native_session(session, connect, room.clone()))
 }
 
 /// Topics: a broadcast sender and a counter each.

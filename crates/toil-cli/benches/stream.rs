@@ -14,10 +14,13 @@
 //!    how much of it is the wasm instance pool's linear memories and tables,
 //!    its fiber stacks, and the host (QUIC, TLS, HTTP/3, the session, the
 //!    store); with the proportional set size (shared pages divided) and
-//!    the page tables, which RSS leaves out.
+//!    the page tables, which RSS leaves out;
+//! 5. the same idle sessions held by the native server started as a process
+//!    of its own: what the stack alone (QUIC, TLS, HTTP/3, the WebTransport
+//!    session) costs, so the difference is what the box costs.
 //!
-//! Client and native server share this process; `toil dev` is its own
-//! process, so its RSS is the boxes'. Machines are noisy: medians of rounds.
+//! Client and native server share this process for 1-3; `toil dev` is its
+//! own process, so its RSS is the boxes'. Machines are noisy: medians of rounds.
 //! Flags: `--rounds N --samples N --idle N --seconds N` (after `--`), and
 //! `--hold N` to keep the idle sessions open N seconds more, so the
 //! server's memory can be looked at (`/proc/PID/smaps`, `heaptrack -p`);
@@ -34,7 +37,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use toil_abi::stream::framing;
 use toil_edge::webtransport::protocol::{Accepted, ConnectStream, Connection};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const PAYLOAD: &[u8] = b"0123456789abcdef0123456789abcdef";
 
@@ -45,6 +48,9 @@ fn main() {
     };
     let (rounds, samples, idle, seconds) = (arg("--rounds", 3), arg("--samples", 3000), arg("--idle", 10_000), arg("--seconds", 5));
     let hold = Duration::from_secs(arg("--hold", 0) as u64);
+    if let Some(dir) = args.iter().position(|a| a == "--native-server").and_then(|i| args.get(i + 1)) {
+        return serve_native(std::path::Path::new(dir));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(run(rounds, samples, idle, seconds as u64, hold));
 }
@@ -90,7 +96,7 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64, hold: Dur
     // 4. Idle boxes.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = Memory::of(server.pid);
-    let (held, elapsed) = open_idle(server, idle).await;
+    let (held, elapsed) = open_idle(server, server.http, idle).await;
     // Read twice: 1 s after the last session opened, while glibc still
     // holds what the handshakes freed, and once the node's heap trim (every
     // 5 s) has handed that back: what idle sessions hold for as long as
@@ -114,6 +120,9 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64, hold: Dur
         tokio::time::sleep(hold).await;
     }
     drop(held);
+
+    // 5. The same, on the native server in a process of its own.
+    let native_per_session = native_idle(server, idle).await;
 
     let (tp50, tp99, np50, np99) = (median(&mut toil_p50), median(&mut toil_p99), median(&mut native_p50), median(&mut native_p99));
     println!();
@@ -140,6 +149,54 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64, hold: Dur
     println!("| proportional (PSS: shared memory-image pages divided among instances) per box | {:.1} KiB |", per_box.pss);
     println!("| page tables per box (not in RSS) | {:.1} KiB |", per_box.page_tables);
     println!("| server RSS before / with the idle sessions | {:.0} MiB / {:.0} MiB |", before.rss / 1024.0, after.rss / 1024.0);
+    println!(
+        "| native server RSS per idle session (the same stack with no box, its own process, {idle} sessions, settled 7 s); PSS; page tables | {:.1} KiB; {:.1} KiB; {:.1} KiB |",
+        native_per_session.rss, native_per_session.pss, native_per_session.page_tables
+    );
+    println!("| what the box adds to an idle session: toil − native RSS | {:.1} KiB |", per_box.rss - native_per_session.rss);
+}
+
+/// The child process of step 5: the native echo server on one thread,
+/// its address on stdout, living until its stdin closes. It hands free
+/// heap pages back every 5 s, as a node does.
+fn serve_native(dir: &std::path::Path) {
+    use std::io::Read;
+    let addr = native::start(dir, 1, native_session);
+    println!("{addr}");
+    std::thread::spawn(|| loop {
+        std::thread::sleep(Duration::from_secs(5));
+        // SAFETY: malloc_trim only hands free pages back to the kernel.
+        unsafe { libc::malloc_trim(0) };
+    });
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+}
+
+/// Memory per idle session of the native server, in a process of its own,
+/// holding `n` sessions opened as for the boxes of step 4.
+async fn native_idle(server: &'static Server, n: usize) -> Memory {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .arg("--native-server")
+        .arg(&server.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the native server process");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr: SocketAddr = line.trim().parse().expect("the native server's address");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = Memory::of(child.id());
+    let (held, elapsed) = open_idle(server, addr, n).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let after = Memory::of(child.id());
+    eprintln!("native: {} sessions open in {:.1} s; RSS {} KiB -> {} KiB after 7 s", held.len(), elapsed.as_secs_f64(), before.rss, after.rss);
+    let per_session = after.per(&before, held.len());
+    drop(held);
+    let _ = child.kill();
+    let _ = child.wait();
+    per_session
 }
 
 /// One line of `/proc/PID/smaps`, with its `Rss`.
@@ -333,10 +390,10 @@ async fn sessions_per_second(server: &'static Server, addr: SocketAddr, dur: Dur
     done.load(std::sync::atomic::Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Opens `n` sessions from one client endpoint, each with one round trip
-/// done, and keeps them open.
-async fn open_idle(server: &'static Server, n: usize) -> (Vec<(wtransport::Connection, wtransport::SendStream)>, Duration) {
-    let endpoint = Arc::new(wt_endpoint_for(server, server.http));
+/// Opens `n` sessions to `addr` from one client endpoint, each with one
+/// round trip done, and keeps them open.
+async fn open_idle(server: &'static Server, addr: SocketAddr, n: usize) -> (Vec<(wtransport::Connection, wtransport::SendStream)>, Duration) {
+    let endpoint = Arc::new(wt_endpoint_for(server, addr));
     let start = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
     let tasks: Vec<_> = (0..n)
@@ -344,7 +401,7 @@ async fn open_idle(server: &'static Server, n: usize) -> (Vec<(wtransport::Conne
             let (endpoint, sem) = (endpoint.clone(), sem.clone());
             tokio::spawn(async move {
                 let _permit = sem.acquire().await.unwrap();
-                let conn = endpoint.connect(echo_url(server.http)).await.expect("session");
+                let conn = endpoint.connect(echo_url(addr)).await.expect("session");
                 let (mut send, mut recv) = conn.open_bi().await.unwrap().await.unwrap();
                 send.write_all(&framing::header(PAYLOAD.len() as u32)).await.unwrap();
                 send.write_all(PAYLOAD).await.unwrap();
@@ -367,7 +424,7 @@ async fn open_idle(server: &'static Server, n: usize) -> (Vec<(wtransport::Conne
 /// The native baseline: the same WebTransport stack, the echo in Rust, on
 /// one thread like one toil QUIC worker.
 async fn native_server(server: &Server) -> SocketAddr {
-    native::start(server, 1, native_session)
+    native::start(&server.dir, 1, native_session)
 }
 
 /// The native echo session: like the echo box, a count across the
@@ -378,14 +435,15 @@ async fn native_session(conn: Arc<Connection>, _connect: ConnectStream) {
     while let Ok(Some(Accepted::Stream(_, mut send, mut recv))) = conn.accept().await {
         let count = count.clone();
         tokio::spawn(async move {
+            // Chunks as quinn hands them over, no buffer of our own: what
+            // the node's session does, so idle streams cost both the same.
             let mut decoder = framing::FrameDecoder::new(64 << 10);
-            let mut buf = vec![0u8; 16 << 10];
-            while let Ok(n) = recv.read(&mut buf).await {
-                if n == 0 {
+            while let Ok(chunk) = recv.chunk().await {
+                let Some(chunk) = chunk else {
                     let _ = send.shutdown().await; // the client finished: so do we
                     return;
-                }
-                let mut input = &buf[..n];
+                };
+                let mut input = &chunk[..];
                 while let Ok(Some(frame)) = decoder.decode(&mut input) {
                     let n = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                     let mut reply = format!("{n}:").into_bytes();

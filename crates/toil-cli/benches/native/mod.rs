@@ -5,24 +5,25 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use toil_edge::webtransport::protocol::{self as wt, ConnectStream};
 
-use crate::common::Server;
-
-/// Starts the native server on its own runtime of `threads` threads; every
+/// Starts the native server on its own runtime of `threads` threads, with
+/// the dev certificate kept in `dir` (the test server's, so clients trust
+/// both alike); every
 /// WebTransport session it accepts goes to `serve`: its connection (one
 /// session each), whose streams it accepts, and its CONNECT stream, which
 /// must live as long as the session.
-pub fn start<F, Fut>(server: &Server, threads: usize, serve: F) -> SocketAddr
+pub fn start<F, Fut>(dir: &Path, threads: usize, serve: F) -> SocketAddr
 where
     F: Fn(Arc<wt::Connection>, ConnectStream) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let cert = toil_edge::tls::DevCert::load_or_create(&server.dir.join("cert")).unwrap();
-    let keys = toil_edge::keys::NodeKeys::load_or_create(&server.dir.join("native-keys")).unwrap();
+    let cert = toil_edge::tls::DevCert::load_or_create(&dir.join("cert")).unwrap();
+    let keys = toil_edge::keys::NodeKeys::load_or_create(&dir.join("native-keys")).unwrap();
     let config = toil_edge::quic::server_config(
         Arc::new(rustls::sign::SingleCertAndKey::from(cert.certified_key().unwrap())),
         &keys,
