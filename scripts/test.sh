@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 
 scripts/guest-toolchain.sh
 # The browser test drives Debian's Chromium through chromedriver; the channel
-# cluster test starts its own nats-server (JetStream).
-scripts/apt-install.sh chromium chromium-driver nats-server
+# cluster test starts its own nats-server (JetStream); the ACME tests start
+# their own pebble (a real ACME CA) and pebble-challtestsrv (its DNS).
+scripts/apt-install.sh chromium chromium-driver nats-server pebble
 command -v cargo >/dev/null || { echo "test.sh: cargo (rustup stable) not found" >&2; exit 1; }
 
 # One target dir for the host workspace and the guest SDK's native tests; the

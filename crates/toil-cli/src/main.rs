@@ -27,6 +27,7 @@ mod new;
 mod node;
 mod status;
 mod tick;
+mod tls;
 
 use std::path::PathBuf;
 
@@ -104,6 +105,9 @@ enum Command {
     /// Operate on a cluster: remove a node, make a secret.
     #[command(subcommand)]
     Cluster(node::ClusterCommand),
+    /// The cluster's ACME certificates: status, and renewal on demand.
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
     /// Show a node's view of its cluster: members, leader, deployed versions, daemon owners, ticks.
     Status {
         /// Print the status as JSON.
@@ -140,6 +144,7 @@ fn main() -> std::process::ExitCode {
         Command::Rollback(args) => deploy::rollback(args),
         Command::Node(args) => node::run(args),
         Command::Cluster(command) => node::cluster(command),
+        Command::Tls(command) => tls::run(command),
         Command::Status { json, admin } => status::run(&admin, json),
         Command::Bench(args) => bench::run(args),
     };

@@ -26,6 +26,9 @@
 //!   history. [`Command::Deploy`] adds a version, [`Command::Activate`]
 //!   rolls back or forward, and each node reports what it serves with
 //!   [`Command::Served`].
+//! - [`tls`]: the certificates of the hosts the cluster serves (ACME): one
+//!   order per host at a time, back-off after failures, the issued
+//!   certificate (its key sealed) for every node to serve.
 //! - [`log`]: the log itself as a node's tiers use it ([`ClaimLog`]:
 //!   propose, read the applied state, hear of changes), and the one-node
 //!   [`LocalLog`] of `toil dev`.
@@ -42,9 +45,11 @@ use toil_schedule::Schedule;
 pub mod lease;
 pub mod log;
 pub mod releases;
+pub mod tls;
 pub use lease::{may_fire, FireCheck, LeaseTiming};
 pub use log::{ClaimLog, LocalLog, LogError};
 pub use releases::{BlobRef, DomainReleases, Release, ReleaseSpec};
+pub use tls::{Backoff, Challenge, HostCert, IssuedCert, TlsState};
 
 /// A node's id in the cluster.
 pub type NodeId = u64;
@@ -86,21 +91,81 @@ pub enum Command {
     /// `skipped` is how many earlier ticks the owner skipped to get here.
     /// Claims are kept by task name, so a redeploy that reorders a daemon's
     /// tasks keeps each task's last claim.
-    ClaimTick { domain: String, task: String, fire_time: i64, fencing: u64, skipped: u64 },
+    ClaimTick {
+        domain: String,
+        task: String,
+        fire_time: i64,
+        fencing: u64,
+        skipped: u64,
+    },
     /// Deploys a new version of `domain` and serves it. With `only_if_new`
     /// it applies only to a domain with no release yet (nodes offering their
     /// configured apps at start). A release with the same content as the
     /// one served changes nothing.
-    Deploy { domain: String, release: ReleaseSpec, only_if_new: bool },
+    Deploy {
+        domain: String,
+        release: ReleaseSpec,
+        only_if_new: bool,
+    },
     /// Serves an earlier (or later) version of `domain` from its history;
     /// with `from`, only if `from` is the version served (a rollback to
     /// "the previous one" must not act on a state that moved on).
-    Activate { domain: String, version: u64, from: Option<u64> },
+    Activate {
+        domain: String,
+        version: u64,
+        from: Option<u64>,
+    },
     /// `node` now serves `version` of `domain` (0: the node stopped serving it).
-    Served { node: NodeId, domain: String, version: u64 },
+    Served {
+        node: NodeId,
+        domain: String,
+        version: u64,
+    },
     /// The owner reports what became of a claimed tick, after the fact (a
     /// report, not a permission: the claim alone decided whether it ran).
-    TickDone { domain: String, task: String, fire_time: i64, outcome: TickOutcome },
+    TickDone {
+        domain: String,
+        task: String,
+        fire_time: i64,
+        outcome: TickOutcome,
+    },
+    /// `node` asks to order `host`'s certificate ([`tls`]).
+    CertOrder {
+        host: String,
+        node: NodeId,
+        now_ms: i64,
+        renew_before_ms: i64,
+    },
+    /// The order `cert.order` for `host` succeeded.
+    CertIssued {
+        host: String,
+        cert: IssuedCert,
+    },
+    /// The order `order` for `host` failed with `error`.
+    CertFailed {
+        host: String,
+        order: u64,
+        error: String,
+        now_ms: i64,
+        backoff: Backoff,
+    },
+    /// Order `host`'s certificate again at the next check.
+    CertRenew {
+        host: String,
+    },
+    /// Every node answers the CA's challenge `token`.
+    AcmeChallenge {
+        token: String,
+        challenge: Challenge,
+    },
+    AcmeChallengeDone {
+        tokens: Vec<String>,
+    },
+    /// The cluster's ACME account at `directory`, sealed.
+    AcmeAccount {
+        directory: String,
+        sealed: String,
+    },
 }
 
 /// What became of a claimed tick.
@@ -135,6 +200,13 @@ impl std::fmt::Display for Command {
             Command::Activate { domain, version, .. } => write!(f, "activate {domain} version {version}"),
             Command::Served { node, domain, version } => write!(f, "node {node} serves {domain} version {version}"),
             Command::TickDone { domain, task, fire_time, outcome } => write!(f, "{domain} task {task} tick {fire_time}: {outcome:?}"),
+            Command::CertOrder { host, node, .. } => write!(f, "node {node} orders a certificate for {host}"),
+            Command::CertIssued { host, cert } => write!(f, "certificate for {host} issued (order {})", cert.order),
+            Command::CertFailed { host, order, error, .. } => write!(f, "certificate order {order} for {host} failed: {error}"),
+            Command::CertRenew { host } => write!(f, "renew the certificate for {host}"),
+            Command::AcmeChallenge { token, challenge } => write!(f, "ACME challenge {token} for {}", challenge.host),
+            Command::AcmeChallengeDone { tokens } => write!(f, "ACME challenges done: {}", tokens.join(", ")),
+            Command::AcmeAccount { directory, .. } => write!(f, "ACME account at {directory}"),
         }
     }
 }
@@ -153,6 +225,10 @@ pub enum Applied {
     },
     /// A report or other bookkeeping was recorded.
     Recorded,
+    /// The node that proposed [`Command::CertOrder`] orders; `order` names the claim.
+    OrderClaimed {
+        order: u64,
+    },
     Refused(Refused),
 }
 
@@ -169,6 +245,14 @@ pub enum Refused {
     HostTaken { host: String, domain: String },
     /// The served version is not the one the command was made against.
     ActiveChanged { active: u64 },
+    /// Another order for the host is under way, by `node`.
+    OrderUnderWay { node: NodeId },
+    /// The host's certificate is not due for renewal.
+    NotDue,
+    /// The host's last failures hold new orders back until then (Unix ms).
+    BackingOff { until_ms: i64 },
+    /// The order named is not the host's current claim (it timed out and another took over).
+    StaleOrder,
 }
 
 /// Per task: the last claimed fire time and counters.
@@ -204,6 +288,9 @@ pub struct ClusterState {
     /// What each node reported serving: node → domain → version.
     #[serde(default)]
     served: BTreeMap<NodeId, BTreeMap<String, u64>>,
+    /// The hosts' certificates (ACME).
+    #[serde(default)]
+    tls: TlsState,
 }
 
 impl ClusterState {
@@ -270,6 +357,13 @@ impl ClusterState {
                 } += 1;
                 Applied::Recorded
             }
+            Command::CertOrder { host, node, now_ms, renew_before_ms } => self.tls.order(host, *node, *now_ms, *renew_before_ms),
+            Command::CertIssued { host, cert } => self.tls.issued(host, cert),
+            Command::CertFailed { host, order, error, now_ms, backoff } => self.tls.failed(host, *order, error, *now_ms, *backoff),
+            Command::CertRenew { host } => self.tls.renew(host),
+            Command::AcmeChallenge { token, challenge } => self.tls.add_challenge(token, challenge),
+            Command::AcmeChallengeDone { tokens } => self.tls.remove_challenges(tokens),
+            Command::AcmeAccount { directory, sealed } => self.tls.set_account(directory, sealed),
             Command::Served { node, domain, version } => {
                 let by_domain = self.served.entry(*node).or_default();
                 if *version == 0 {
@@ -308,6 +402,16 @@ impl ClusterState {
     /// What each node reported serving: node → domain → version.
     pub fn served(&self) -> &BTreeMap<NodeId, BTreeMap<String, u64>> {
         &self.served
+    }
+
+    /// The hosts' certificates, orders and challenges.
+    pub fn tls(&self) -> &TlsState {
+        &self.tls
+    }
+
+    /// Every host name the served releases name.
+    pub fn served_hosts(&self) -> impl Iterator<Item = &str> {
+        self.releases.values().filter_map(DomainReleases::active).flat_map(|r| r.spec.hosts.iter().map(String::as_str))
     }
 
     pub fn owner(&self, domain: &str) -> Option<Owner> {

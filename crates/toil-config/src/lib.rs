@@ -107,7 +107,41 @@ pub struct TlsConfig {
     pub self_signed: Option<bool>,
     /// How often certificate files are checked for a change.
     pub watch_interval: Duration,
+    /// Certificates from an ACME CA for the deployed hosts no file covers.
+    pub acme: Option<AcmeConfig>,
 }
+
+/// `tls.acme`: certificates ordered from an ACME (RFC 8555) CA, one per
+/// deployed host name, shared by the cluster's nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// The CA's directory URL (`https://…/directory`).
+    pub directory: String,
+    /// The account's contact, if any.
+    pub email: Option<String>,
+    pub challenge: AcmeChallengeKind,
+    /// Order again when the certificate has less than this left.
+    pub renew_before: Duration,
+    /// A root to trust for the CA's own HTTPS (a private CA), PEM.
+    pub ca_certificate: Option<PathBuf>,
+    /// The first wait after a failed order; it doubles with each failure,
+    /// up to [`ACME_RETRY_MAX`].
+    pub retry_min: Duration,
+    /// How often the leader looks for hosts that need a certificate.
+    pub check_interval: Duration,
+}
+
+/// How the CA checks that the cluster serves a host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcmeChallengeKind {
+    /// A token fetched over cleartext HTTP on port 80.
+    Http01,
+    /// A special certificate on the TLS port (443), ALPN `acme-tls/1`.
+    TlsAlpn01,
+}
+
+/// The longest back-off between failed ACME orders.
+pub const ACME_RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
 
 /// One certificate from files (`tls.certificates[i]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -686,7 +720,7 @@ fn dev_of(root: &Obj, base: &Path) -> Result<DevConfig, ConfigError> {
 fn tls_of(root: &Obj, base: &Path) -> Result<TlsConfig, ConfigError> {
     let mut tls = TlsConfig { watch_interval: TLS_WATCH_INTERVAL, ..TlsConfig::default() };
     let Some(t) = root.obj("tls")? else { return Ok(tls) };
-    t.only(&["certificates", "cleartext", "httpListen", "selfSigned", "watchIntervalMs"])?;
+    t.only(&["certificates", "cleartext", "httpListen", "selfSigned", "watchIntervalMs", "acme"])?;
     match t.map.get("certificates") {
         None => {}
         Some(Value::Array(list)) => {
@@ -731,7 +765,37 @@ fn tls_of(root: &Obj, base: &Path) -> Result<TlsConfig, ConfigError> {
     if let Some(ms) = t.positive_at_most("watchIntervalMs", 3_600_000, "hour ceiling")? {
         tls.watch_interval = Duration::from_millis(ms);
     }
+    tls.acme = t.obj("acme")?.map(|a| acme_of(&a, base)).transpose()?;
     Ok(tls)
+}
+
+fn acme_of(a: &Obj, base: &Path) -> Result<AcmeConfig, ConfigError> {
+    a.only(&["directory", "email", "challenge", "renewBeforeDays", "caCertificate", "retryMs", "checkIntervalMs"])?;
+    let directory = a.str("directory")?.ok_or_else(|| a.err("directory", "is required (the ACME CA's directory URL)"))?;
+    if !directory.starts_with("https://") || directory.len() <= "https://".len() || directory.contains(char::is_whitespace) {
+        return Err(a.err("directory", format!("expected an https:// URL (RFC 8555 requires HTTPS), found {directory:?}")));
+    }
+    let email = a.str("email")?.map(String::from);
+    if let Some(e) = email.as_deref().filter(|e| !e.contains('@') || e.contains(char::is_whitespace)) {
+        return Err(a.err("email", format!("expected an email address, found {e:?}")));
+    }
+    let challenge = match a.str("challenge")? {
+        None | Some("http-01") => AcmeChallengeKind::Http01,
+        Some("tls-alpn-01") => AcmeChallengeKind::TlsAlpn01,
+        Some(other) => return Err(a.err("challenge", format!("expected \"http-01\" or \"tls-alpn-01\", found {other:?}"))),
+    };
+    let days = a.positive_at_most("renewBeforeDays", 60, "60-day ceiling (certificates from public CAs last 90 days or less)")?.unwrap_or(30);
+    let retry_ms = a.positive_at_most("retryMs", ACME_RETRY_MAX.as_millis() as u64, "6-hour ceiling")?.unwrap_or(60_000);
+    let check_ms = a.positive_at_most("checkIntervalMs", 3_600_000, "hour ceiling")?.unwrap_or(60_000);
+    Ok(AcmeConfig {
+        directory: directory.to_string(),
+        email,
+        challenge,
+        renew_before: Duration::from_secs(days * 86_400),
+        ca_certificate: a.str("caCertificate")?.map(|p| base.join(p)),
+        retry_min: Duration::from_millis(retry_ms),
+        check_interval: Duration::from_millis(check_ms),
+    })
 }
 
 /// `limits`: what one box may use, how requests are admitted, what a connection may hold.
@@ -1157,6 +1221,24 @@ mod tests {
         assert!(problem.contains("\"redirect\""), "{problem}");
         assert_eq!(bad(json!({"httpListen": "port 80"})).0, "tls.httpListen");
         assert_eq!(bad(json!({"selfSigned": "yes"})).0, "tls.selfSigned");
-        assert_eq!(bad(json!({"acme": {}})).0, "tls.acme");
+        assert_eq!(bad(json!({"acme": {}})).0, "tls.acme.directory");
+        assert_eq!(bad(json!({"acme": {"directory": "http://ca/dir"}})).0, "tls.acme.directory");
+        assert_eq!(bad(json!({"acme": {"directory": "https://ca/dir", "email": "me"}})).0, "tls.acme.email");
+        assert_eq!(bad(json!({"acme": {"directory": "https://ca/dir", "challenge": "dns-01"}})).0, "tls.acme.challenge");
+        assert_eq!(bad(json!({"acme": {"directory": "https://ca/dir", "renewBeforeDays": 90}})).0, "tls.acme.renewBeforeDays");
+        assert_eq!(bad(json!({"acme": {"directory": "https://ca/dir", "retryMs": 0}})).0, "tls.acme.retryMs");
+        assert_eq!(bad(json!({"acme": {"directory": "https://ca/dir", "agree": true}})).0, "tls.acme.agree");
+        let acme = parse(
+            json!({"apps": [app], "tls": {"acme": {"directory": "https://ca.test/dir", "challenge": "tls-alpn-01", "caCertificate": "ca.pem"}}}),
+        )
+        .unwrap()
+        .tls
+        .acme
+        .unwrap();
+        assert_eq!(
+            (acme.challenge, acme.renew_before, acme.retry_min),
+            (AcmeChallengeKind::TlsAlpn01, Duration::from_secs(30 * 86_400), Duration::from_secs(60))
+        );
+        assert!(acme.ca_certificate.unwrap().is_absolute());
     }
 }

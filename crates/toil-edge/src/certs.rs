@@ -17,6 +17,10 @@
 //! passes is swapped in for new handshakes (connections already open keep
 //! theirs); one that fails is refused with a log line naming the hosts and
 //! the cause, and the previous pair goes on serving.
+//!
+//! Certificates the cluster ordered from an ACME CA ([`crate::acme`]) are
+//! *managed*: [`Certificates::set_managed`] swaps one in per host. A file
+//! that covers a host wins over a managed certificate for it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -171,8 +175,11 @@ struct Slot {
 #[derive(Debug)]
 pub struct Certificates {
     slots: RwLock<Vec<Slot>>,
+    /// Host → the managed (ACME) certificate serving it, and its gauge.
+    managed: RwLock<HashMap<String, (CertPair, Arc<Gauge>)>>,
     table: RwLock<Arc<CertTable>>,
     fallback: Option<Arc<CertifiedKey>>,
+    registry: Registry,
 }
 
 impl Certificates {
@@ -193,9 +200,36 @@ impl Certificates {
             .collect();
         // Until a pair loads, only the fallback serves.
         let table = RwLock::new(Arc::new(CertTable { fallback: fallback.clone(), ..CertTable::default() }));
-        let certs = Certificates { slots: RwLock::new(slots), table, fallback };
+        let certs = Certificates { slots: RwLock::new(slots), managed: RwLock::default(), table, fallback, registry: registry.clone() };
         certs.refresh(SystemTime::now());
         certs
+    }
+
+    /// Whether a configured file covers `host` (then it needs no managed certificate).
+    pub fn from_files(&self, host: &str) -> bool {
+        self.slots.read().expect("certificate slots").iter().any(|s| s.source.hosts.iter().any(|h| covers(h, host)))
+    }
+
+    /// Serves `pair` for `host` in new handshakes, in place of the managed
+    /// certificate it had.
+    pub fn set_managed(&self, host: &str, pair: CertPair, now: SystemTime) {
+        let host = normalize(host);
+        // Slots before managed, as in `refresh`.
+        let slots = self.slots.read().expect("certificate slots");
+        let mut managed = self.managed.write().expect("managed certificates");
+        let gauge = match managed.remove(&host) {
+            Some((_, gauge)) => gauge,
+            None => self.registry.gauge("toil_tls_certificate_days_left", "Days until the certificate serving a host expires.", &[("host", &host)]),
+        };
+        gauge.set(days_between(now, pair.not_after));
+        managed.insert(host, (pair, gauge));
+        let table = build_table(&slots, &managed, self.fallback.clone());
+        *self.table.write().expect("certificate table") = Arc::new(table);
+    }
+
+    /// The managed certificate serving `host`, if any.
+    pub fn managed(&self, host: &str) -> Option<CertPair> {
+        self.managed.read().expect("managed certificates").get(&normalize(host)).map(|(p, _)| p.clone())
     }
 
     /// Re-reads the sources whose files changed since they were last read,
@@ -228,8 +262,12 @@ impl Certificates {
             let days = slot.serving.as_ref().map_or(-1, |p| days_between(now, p.not_after));
             slot.days_left.iter().for_each(|g| g.set(days));
         }
+        let managed = self.managed.read().expect("managed certificates");
+        for (pair, gauge) in managed.values() {
+            gauge.set(days_between(now, pair.not_after));
+        }
         if changed > 0 {
-            let table = build_table(&slots, self.fallback.clone());
+            let table = build_table(&slots, &managed, self.fallback.clone());
             *self.table.write().expect("certificate table") = Arc::new(table);
         }
         changed
@@ -276,7 +314,8 @@ fn read_pair(source: &CertSource, now: SystemTime) -> Result<CertPair, CertError
     load_pair(&read(&source.cert)?, &read(&source.key)?, &source.hosts, now)
 }
 
-fn build_table(slots: &[Slot], fallback: Option<Arc<CertifiedKey>>) -> CertTable {
+/// Files first: a host a file covers keeps that file's certificate.
+fn build_table(slots: &[Slot], managed: &HashMap<String, (CertPair, Arc<Gauge>)>, fallback: Option<Arc<CertifiedKey>>) -> CertTable {
     let mut table = CertTable { fallback, ..CertTable::default() };
     for slot in slots {
         let Some(pair) = &slot.serving else { continue };
@@ -286,6 +325,12 @@ fn build_table(slots: &[Slot], fallback: Option<Arc<CertifiedKey>>) -> CertTable
                 Some(suffix) => table.wildcard.entry(suffix.to_string()).or_insert_with(|| pair.key.clone()),
                 None => table.exact.entry(host).or_insert_with(|| pair.key.clone()),
             };
+        }
+    }
+    for (host, (pair, _)) in managed {
+        let wildcard_file = host.split_once('.').is_some_and(|(_, suffix)| table.wildcard.contains_key(suffix));
+        if !wildcard_file {
+            table.exact.entry(host.clone()).or_insert_with(|| pair.key.clone());
         }
     }
     table
@@ -401,16 +446,25 @@ mod tests {
         };
         let slots = [slot(&["*.example.com"], &wild), slot(&["app.example.com"], &exact)];
         let same = |a: Option<Arc<CertifiedKey>>, b: &Arc<CertifiedKey>| a.is_some_and(|a| Arc::ptr_eq(&a, b));
-        let table = build_table(&slots, None);
+        let table = build_table(&slots, &HashMap::new(), None);
         assert!(same(table.select(Some("app.example.com")), &exact));
         assert!(same(table.select(Some("APP.Example.com")), &exact));
         assert!(same(table.select(Some("api.example.com")), &wild));
         assert!(table.select(Some("a.b.example.com")).is_none());
         assert!(table.select(Some("example.org")).is_none());
         assert!(table.select(None).is_none());
-        let table = build_table(&slots, Some(fallback.clone()));
+        let table = build_table(&slots, &HashMap::new(), Some(fallback.clone()));
         assert!(same(table.select(Some("example.org")), &fallback));
         assert!(same(table.select(None), &fallback));
+
+        // Managed (ACME) certificates serve their hosts, unless a file covers them.
+        let acme = key(&["shop.example.org"]);
+        let pair = |key: &Arc<CertifiedKey>| (CertPair { key: key.clone(), names: Vec::new(), not_after: now() }, Arc::new(Gauge::default()));
+        let managed: HashMap<String, _> = ["shop.example.org", "app.example.com", "api.example.com"].iter().map(|h| (h.to_string(), pair(&acme))).collect();
+        let table = build_table(&slots, &managed, Some(fallback.clone()));
+        assert!(same(table.select(Some("shop.example.org")), &acme));
+        assert!(same(table.select(Some("app.example.com")), &exact), "the exact file wins");
+        assert!(same(table.select(Some("api.example.com")), &wild), "a wildcard file wins");
     }
 
     #[test]

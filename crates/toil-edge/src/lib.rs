@@ -36,6 +36,7 @@
 //! Guest calls run on the tokio worker that owns the connection; a guest
 //! yields every epoch tick, so a slow one cannot starve its neighbours.
 
+pub mod acme;
 pub mod admin;
 pub mod certs;
 pub mod conns;

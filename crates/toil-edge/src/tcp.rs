@@ -29,6 +29,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::acme::{Challenges, ACME_TLS_ALPN, CHALLENGE_WAIT};
 use crate::certs::Certificates;
 use crate::conns::{accept_loop, Activity, ConnTable, InFlight};
 use crate::metrics::Protocol;
@@ -44,12 +45,15 @@ pub struct TcpSettings {
     pub cleartext: Cleartext,
     /// Where HTTPS is, for redirects.
     pub https_port: u16,
+    /// The ACME HTTP-01 answers cleartext requests get, if the node orders
+    /// certificates.
+    pub challenges: Option<Arc<Challenges>>,
 }
 
 impl TcpSettings {
     /// Cleartext HTTP only, served (benchmarks, tests).
     pub fn cleartext_only() -> TcpSettings {
-        TcpSettings { tls: None, cleartext: Cleartext::Serve, https_port: 0 }
+        TcpSettings { tls: None, cleartext: Cleartext::Serve, https_port: 0, challenges: None }
     }
 }
 
@@ -59,7 +63,7 @@ pub enum Cleartext {
     /// Served like HTTPS (dev, or a node behind a TLS-terminating proxy).
     Serve,
     /// `308` to the same URL over HTTPS, except ACME HTTP-01 challenges
-    /// (`/.well-known/acme-challenge/`), which are served.
+    /// (`/.well-known/acme-challenge/`), which are answered.
     Redirect,
     /// Closed unanswered: the port speaks TLS only.
     Refuse,
@@ -74,17 +78,48 @@ pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 pub struct Https {
     config: Arc<rustls::ServerConfig>,
     certs: Arc<Certificates>,
+    /// ACME TLS-ALPN-01 answers, if the node orders certificates.
+    challenges: Option<Arc<Challenges>>,
 }
 
 impl Https {
     pub fn new(certs: Arc<Certificates>) -> anyhow::Result<Https> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_cert_resolver(certs.clone());
+        let mut config = tls_config(certs.clone())?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Https { config: Arc::new(config), certs })
+        Ok(Https { config: Arc::new(config), certs, challenges: None })
+    }
+
+    /// Also answers ACME TLS-ALPN-01 validation handshakes from `challenges`.
+    pub fn answering(self, challenges: Arc<Challenges>) -> Https {
+        Https { challenges: Some(challenges), ..self }
+    }
+
+    /// RFC 8737: a handshake offering only `acme-tls/1` gets the host's
+    /// validation certificate, and the connection ends after it.
+    async fn validation_handshake(&self, accepted: rustls::server::Accepted, tcp: TcpStream, peer: SocketAddr) {
+        let name = accepted.client_hello().server_name().map(str::to_owned);
+        let found = match (&self.challenges, &name) {
+            (Some(c), Some(name)) => c.tls_alpn01(name, CHALLENGE_WAIT).await,
+            _ => None,
+        };
+        let Some(cert) = found else {
+            tracing::info!(%peer, server_name = ?name, "ACME TLS-ALPN-01 handshake for a host with no challenge under way; refused");
+            return;
+        };
+        let config = match tls_config(Arc::new(rustls::sign::SingleCertAndKey::from(cert))) {
+            Ok(mut config) => {
+                config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+                Arc::new(config)
+            }
+            Err(e) => return tracing::error!("ACME TLS-ALPN-01 config: {e}"),
+        };
+        match tokio_rustls::StartHandshake::from_parts(accepted, tcp).into_stream(config).await {
+            Ok(mut stream) => {
+                tracing::info!(%peer, server_name = ?name, "ACME TLS-ALPN-01 validation handshake answered");
+                let _ = stream.shutdown().await;
+            }
+            Err(e) => tracing::info!(%peer, "ACME TLS-ALPN-01 handshake failed: {e}"),
+        }
     }
 
     /// The TLS handshake, ClientHello first: a name no certificate serves
@@ -115,6 +150,11 @@ impl Https {
                 }
             }
         };
+        let is_validation = accepted.client_hello().alpn().is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        if is_validation {
+            self.validation_handshake(accepted, tcp, peer).await;
+            return None;
+        }
         let name = accepted.client_hello().server_name().map(str::to_owned);
         if !self.certs.serves(name.as_deref()) {
             let _ = tcp.write_all(&UNRECOGNIZED_NAME_ALERT).await;
@@ -129,6 +169,15 @@ impl Https {
             }
         }
     }
+}
+
+/// TLS 1.2 and 1.3 with ring, certificates from `resolver`.
+fn tls_config(resolver: Arc<dyn rustls::server::ResolvesServerCert>) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver))
 }
 
 /// A fatal `unrecognized_name` alert in a plaintext TLS record: type 21
@@ -163,8 +212,10 @@ pub async fn serve(listener: TcpListener, edge: Arc<Edge>, settings: TcpSettings
                 },
                 (true, None) => tracing::debug!(%peer, "TLS handshake on a cleartext-only port; closing"),
                 (false, _) => match settings.cleartext {
-                    Cleartext::Serve => serve_http(TokioIo::new(stream), &edge, &http, Mode::Cleartext).await,
-                    Cleartext::Redirect => serve_http(TokioIo::new(stream), &edge, &http, Mode::Redirect(settings.https_port)).await,
+                    Cleartext::Serve => serve_http(TokioIo::new(stream), &edge, &http, Mode::Cleartext(settings.challenges)).await,
+                    Cleartext::Redirect => {
+                        serve_http(TokioIo::new(stream), &edge, &http, Mode::Redirect(settings.https_port, settings.challenges)).await
+                    }
                     Cleartext::Refuse => tracing::debug!(%peer, "cleartext HTTP on a TLS-only port; closing"),
                 },
             }
@@ -178,12 +229,14 @@ pub async fn serve(listener: TcpListener, edge: Arc<Edge>, settings: TcpSettings
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// How a connection's requests are answered.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Mode {
     Https,
-    Cleartext,
-    /// Cleartext, redirected to HTTPS on this port.
-    Redirect(u16),
+    /// Cleartext, served; ACME HTTP-01 challenges answered first.
+    Cleartext(Option<Arc<Challenges>>),
+    /// Cleartext, redirected to HTTPS on this port but for ACME HTTP-01
+    /// challenges (answered, or else served by the app).
+    Redirect(u16, Option<Arc<Challenges>>),
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on `io` until the client is done, or the
@@ -196,12 +249,17 @@ where
     let svc = {
         let (edge, activity) = (edge.clone(), activity.clone());
         service_fn(move |req| {
-            let (edge, in_flight) = (edge.clone(), activity.request());
+            let (edge, in_flight, mode) = (edge.clone(), activity.request(), mode.clone());
             // The request stays in flight until hyper has written
             // the whole response and drops its body.
             async move {
-                let resp = match mode {
-                    Mode::Redirect(port) if !req.uri().path().starts_with(ACME_CHALLENGE_PREFIX) => redirect(&req, port),
+                let token = req.uri().path().strip_prefix(ACME_CHALLENGE_PREFIX);
+                let resp = match (mode, token) {
+                    (Mode::Cleartext(Some(c)) | Mode::Redirect(_, Some(c)), Some(token)) => match c.http01(token, CHALLENGE_WAIT).await {
+                        Some(key_authorization) => challenge_answer(key_authorization),
+                        None => handle(&edge, req).await,
+                    },
+                    (Mode::Redirect(port, _), None) => redirect(&req, port),
                     _ => handle(&edge, req).await,
                 };
                 Ok::<_, Infallible>(resp.map(|body| InFlightBody { body, _in_flight: in_flight }))
@@ -213,6 +271,13 @@ where
         r = conn => if let Err(e) = r { tracing::debug!("connection ended: {e}") },
         () = activity.idle_timeout(edge.timeouts.idle) => tracing::debug!("closing a connection idle for {:?}", edge.timeouts.idle),
     }
+}
+
+/// The HTTP-01 answer: the key authorization, as `application/octet-stream` (RFC 8555, section 8.3).
+fn challenge_answer(key_authorization: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(key_authorization)));
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
+    resp
 }
 
 /// `308 Permanent Redirect` to the request's URL over HTTPS on `port`

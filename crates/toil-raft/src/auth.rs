@@ -114,6 +114,8 @@ pub enum AuthError {
     Replayed { from: NodeId, epoch: u64, seq: u64 },
     #[error("recording epoch {epoch} of node {from}: {reason}")]
     Persist { from: NodeId, epoch: u64, reason: String },
+    #[error("cannot open the sealed {0}: sealed under another cluster secret, or damaged")]
+    Unsealable(String),
 }
 
 impl ClusterSecret {
@@ -139,6 +141,46 @@ impl ClusterSecret {
         let mut bytes = [0u8; 32];
         ring::rand::SystemRandom::new().fill(&mut bytes).expect("system randomness");
         hex(&bytes)
+    }
+
+    /// Encrypts `plaintext` (a private key, ACME credentials) for the
+    /// replicated state, where every member, and every backup of a data
+    /// dir, can read it: AES-256-GCM under a key derived from the cluster
+    /// secret, with a random nonce, bound to `context` (say, the host name
+    /// a key belongs to), so a sealed value moved to another place does
+    /// not open. Hex.
+    pub fn seal(&self, context: &str, plaintext: &[u8]) -> String {
+        use ring::aead::{Aad, LessSafeKey, Nonce, NONCE_LEN};
+        use ring::rand::SecureRandom;
+        let mut nonce = [0u8; NONCE_LEN];
+        ring::rand::SystemRandom::new().fill(&mut nonce).expect("system randomness");
+        let mut out = plaintext.to_vec();
+        LessSafeKey::new(self.sealing_key())
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context.as_bytes()), &mut out)
+            .expect("AES-GCM seals any length the state holds");
+        let mut sealed = nonce.to_vec();
+        sealed.extend_from_slice(&out);
+        hex(&sealed)
+    }
+
+    /// The plaintext [`seal`](Self::seal) sealed under `context`.
+    pub fn open(&self, context: &str, sealed: &str) -> Result<Vec<u8>, AuthError> {
+        use ring::aead::{Aad, LessSafeKey, Nonce, NONCE_LEN};
+        let refused = || AuthError::Unsealable(context.to_string());
+        let bytes = unhex(sealed).filter(|b| b.len() >= NONCE_LEN).ok_or_else(refused)?;
+        let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| refused())?;
+        let mut buf = ciphertext.to_vec();
+        let plain = LessSafeKey::new(self.sealing_key()).open_in_place(nonce, Aad::from(context.as_bytes()), &mut buf).map_err(|_| refused())?;
+        Ok(plain.to_vec())
+    }
+
+    /// The sealing key: HKDF-Expand (RFC 5869) of the secret's HMAC key
+    /// for one block, under a label of its own, so it is unrelated to the
+    /// signing of RPCs.
+    fn sealing_key(&self) -> ring::aead::UnboundKey {
+        let okm = hmac::sign(&self.key, b"toil-cluster-seal/1\x01");
+        ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, okm.as_ref()).expect("32 bytes")
     }
 
     /// What is signed: the stamp, the time, the request line and the body.
@@ -339,6 +381,24 @@ mod tests {
 
     fn stamp(from: NodeId, to: NodeId, epoch: u64, seq: u64) -> Stamp {
         Stamp { from, to, epoch, seq }
+    }
+
+    #[test]
+    fn sealed_values_open_only_with_the_same_secret_and_context() {
+        let secret = ClusterSecret::new(&[7u8; 32]).unwrap();
+        let sealed = secret.seal("tls-key:app.example.com", b"-----BEGIN PRIVATE KEY-----");
+        assert!(!sealed.contains("PRIVATE"), "the key is not in the clear");
+        assert_eq!(secret.open("tls-key:app.example.com", &sealed).unwrap(), b"-----BEGIN PRIVATE KEY-----");
+        assert_ne!(sealed, secret.seal("tls-key:app.example.com", b"-----BEGIN PRIVATE KEY-----"), "a fresh nonce each time");
+        let refused = Err(AuthError::Unsealable("tls-key:other.example.com".into()));
+        assert_eq!(secret.open("tls-key:other.example.com", &sealed), refused, "moved to another host");
+        let other = ClusterSecret::new(&[8u8; 32]).unwrap();
+        assert!(other.open("tls-key:app.example.com", &sealed).is_err(), "another cluster's secret");
+        let mut damaged = sealed.clone();
+        damaged.replace_range(40..42, if &sealed[40..42] == "00" { "01" } else { "00" });
+        assert!(secret.open("tls-key:app.example.com", &damaged).is_err());
+        assert!(secret.open("tls-key:app.example.com", "zz").is_err());
+        assert!(secret.open("tls-key:app.example.com", "").is_err());
     }
 
     fn verify(s: &ClusterSecret, header: Option<&str>, now: i64, path: &str, body: &[u8]) -> Result<Stamp, AuthError> {

@@ -12,12 +12,15 @@ use toil_raft::{ClusterNode, ClusterStatus};
 /// The node's admin endpoints beyond metrics:
 /// - `GET /cluster/status` (`toil status`, JSON);
 /// - `POST /daemon/tick?domain=D&task=T` (`toil tick`);
-/// - `POST /deploy/blob`, `/deploy/release`, `/deploy/rollback` (`toil deploy`, `toil rollback`).
+/// - `POST /deploy/blob`, `/deploy/release`, `/deploy/rollback` (`toil deploy`, `toil rollback`);
+/// - `GET /tls/status` and `POST /tls/renew?host=H` (`toil tls`).
 pub struct NodeAdmin {
     pub daemons: Arc<Daemons>,
     pub log: Arc<dyn ClaimLog>,
     pub cluster: Option<Arc<ClusterNode>>,
     pub deployer: Arc<Deployer>,
+    /// Whether the node orders certificates (`tls.acme`).
+    pub acme: bool,
 }
 
 impl NodeAdmin {
@@ -27,6 +30,25 @@ impl NodeAdmin {
             None => ClusterStatus::single_node(&self.log.state()),
         }
     }
+}
+
+/// Each host's certificate as the cluster keeps it, without the key.
+fn tls_status(state: &toil_cluster::ClusterState) -> serde_json::Value {
+    let hosts: serde_json::Map<String, serde_json::Value> = state
+        .tls()
+        .hosts()
+        .iter()
+        .map(|(host, h)| {
+            let issued = h.issued.as_ref().map(|c| serde_json::json!({"order": c.order, "issuedMs": c.issued_ms, "notAfterMs": c.not_after_ms}));
+            let ordering = h.claim.map(|c| serde_json::json!({"node": c.node, "order": c.order, "startedMs": c.started_ms}));
+            let entry = serde_json::json!({
+                "issued": issued, "ordering": ordering, "orders": h.orders, "failures": h.failures,
+                "retryAtMs": h.retry_at_ms, "lastError": h.last_error, "renewRequested": h.renew_requested,
+            });
+            (host.clone(), entry)
+        })
+        .collect();
+    serde_json::json!({ "hosts": hosts })
 }
 
 fn reply_json<T: serde::Serialize>(result: Result<T, DeployError>) -> (http::StatusCode, String) {
@@ -49,7 +71,11 @@ impl admin::AdminRoutes for NodeAdmin {
                 let status = serde_json::to_string_pretty(&self.status()).unwrap_or_default();
                 Ok(Box::pin(async move { (StatusCode::OK, status) }))
             }
-            "/daemon/tick" | BLOB_PATH | RELEASE_PATH | ROLLBACK_PATH if post_only(&req) => {
+            "/tls/status" => {
+                let status = serde_json::to_string_pretty(&tls_status(&self.log.state())).unwrap_or_default();
+                Ok(Box::pin(async move { (StatusCode::OK, status) }))
+            }
+            "/daemon/tick" | "/tls/renew" | BLOB_PATH | RELEASE_PATH | ROLLBACK_PATH if post_only(&req) => {
                 Ok(Box::pin(async move { (StatusCode::METHOD_NOT_ALLOWED, "use POST\n".to_string()) }))
             }
             "/daemon/tick" => {
@@ -62,6 +88,21 @@ impl admin::AdminRoutes for NodeAdmin {
                         Ok(fire_time) => (StatusCode::OK, format!("fired {domain} {task} (fire_time_ms {fire_time})\n")),
                         Err(e @ (TickError::NoDomain(_) | TickError::NoTask { .. })) => (StatusCode::NOT_FOUND, format!("{e}\n")),
                         Err(e) => (StatusCode::CONFLICT, format!("{e}\n")),
+                    }
+                }))
+            }
+            "/tls/renew" => {
+                let (log, acme) = (self.log.clone(), self.acme);
+                Ok(Box::pin(async move {
+                    let Some(host) = req.param("host") else {
+                        return (StatusCode::BAD_REQUEST, "expected ?host=H\n".to_string());
+                    };
+                    if !acme {
+                        return (StatusCode::CONFLICT, "this node orders no certificates (tls.acme is not configured)\n".to_string());
+                    }
+                    match super::acme::AcmeCerts::renew(log.as_ref(), host).await {
+                        Ok(()) => (StatusCode::OK, format!("{host}: a new certificate will be ordered at the next check\n")),
+                        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")),
                     }
                 }))
             }

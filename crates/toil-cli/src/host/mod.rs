@@ -11,9 +11,11 @@
 //! - `apps`: the configured apps, offered as releases;
 //! - `channels`: in process, or through NATS in a cluster;
 //! - `listeners`: the public port, TCP and the QUIC workers' UDP sockets;
-//! - `admin`: the admin routes beyond metrics (status, tick, deploy);
+//! - `admin`: the admin routes beyond metrics (status, tick, deploy, tls);
+//! - `acme`: certificates from an ACME CA, one per host for the cluster;
 //! - `reload`: `toil dev`'s rebuild-and-swap on a source change.
 
+mod acme;
 mod admin;
 mod apps;
 mod channels;
@@ -216,6 +218,13 @@ impl Node {
             };
             println!("  tls      {}: {state}", hosts.join(", "));
         }
+        if let (Some(acme), false) = (&config.tls.acme, is_dev(host)) {
+            let challenge = match acme.challenge {
+                toil_config::AcmeChallengeKind::Http01 => "http-01",
+                toil_config::AcmeChallengeKind::TlsAlpn01 => "tls-alpn-01",
+            };
+            println!("  tls      ACME {} ({challenge}): one certificate per deployed host for the cluster (toil tls status)", acme.directory);
+        }
         let valid_days = self.cert.not_after.duration_since(std::time::SystemTime::now()).map(|d| d.as_secs() / 86400).unwrap_or(0);
         println!("  dev certificate SHA-256 (serverCertificateHashes): {}  (valid {valid_days} more days)", self.cert.sha256_hex());
         println!(
@@ -230,15 +239,30 @@ impl Node {
     async fn run_until_shutdown(self, config: Config, host: Host) -> anyhow::Result<()> {
         let server_config = quic::server_config(self.certs.clone(), &self.keys, &config.limits.quic_connection())?;
         tokio::spawn(self.certs.clone().watch(config.tls.watch_interval));
+        let challenges = match (&config.tls.acme, &host.cluster) {
+            (Some(settings), Some(cluster)) => {
+                Some(acme::AcmeCerts::start(settings.clone(), cluster.clone(), self.log.clone(), self.certs.clone(), &self.registry))
+            }
+            (Some(_), None) => {
+                tracing::warn!("tls.acme is for toil node: toil dev keeps its self-signed certificate");
+                None
+            }
+            _ => None,
+        };
+        let mut https = tcp::Https::new(self.certs.clone())?;
+        if let Some(c) = &challenges {
+            https = https.answering(c.clone());
+        }
         let tcp_settings =
-            TcpSettings { tls: Some(tcp::Https::new(self.certs.clone())?), cleartext: cleartext(&config, &host), https_port: self.listen.port() };
+            TcpSettings { tls: Some(https), cleartext: cleartext(&config, &host), https_port: self.listen.port(), challenges: challenges.clone() };
         if let Some(l) = self.http_listener {
             tokio::spawn(tcp::serve(l, self.edge.clone(), TcpSettings { tls: None, ..tcp_settings.clone() }));
         }
         if let Some(tc) = host.watch.clone() {
             tokio::spawn(reload::reload_on_change(tc, config.clone(), self.deployer.clone()));
         }
-        let node_admin = NodeAdmin { daemons: self.daemons, log: self.log, cluster: host.cluster.clone(), deployer: self.deployer };
+        let node_admin =
+            NodeAdmin { daemons: self.daemons, log: self.log, cluster: host.cluster.clone(), deployer: self.deployer, acme: challenges.is_some() };
         let quic_workers = QuicWorkers::start(self.listeners.udp, server_config, &self.keys, self.edge.clone())?;
         for l in self.listeners.tcp {
             tokio::spawn(tcp::serve(TcpListener::from_std(l)?, self.edge.clone(), tcp_settings.clone()));
@@ -259,10 +283,11 @@ impl Node {
 }
 
 /// What cleartext HTTP gets: as configured; else served in dev and by a
-/// node without certificates, redirected to HTTPS by one with them.
+/// node without certificates, redirected to HTTPS by one with them (files
+/// or ACME).
 fn cleartext(config: &Config, host: &Host) -> Cleartext {
     config.tls.cleartext.map_or_else(
-        || if is_dev(host) || config.tls.certificates.is_empty() { Cleartext::Serve } else { Cleartext::Redirect },
+        || if is_dev(host) || !has_certificates(config) { Cleartext::Serve } else { Cleartext::Redirect },
         |c| match c {
             toil_config::Cleartext::Serve => Cleartext::Serve,
             toil_config::Cleartext::Redirect => Cleartext::Redirect,
@@ -279,6 +304,11 @@ fn cleartext_word(c: Cleartext) -> &'static str {
     }
 }
 
+/// Whether the config gives a node real certificates (files, or ACME).
+fn has_certificates(config: &Config) -> bool {
+    !config.tls.certificates.is_empty() || config.tls.acme.is_some()
+}
+
 /// `toil dev` is the host without a cluster.
 fn is_dev(host: &Host) -> bool {
     host.cluster.is_none()
@@ -289,7 +319,7 @@ fn is_dev(host: &Host) -> bool {
 /// flow is unchanged), and on a node given no certificates.
 fn certificates(config: &Config, host: &Host, cert: &DevCert, registry: &Registry) -> anyhow::Result<Certificates> {
     let sources = config.tls.certificates.iter().map(|c| CertSource { hosts: c.hosts.clone(), cert: c.cert.clone(), key: c.key.clone() }).collect();
-    let self_signed = config.tls.self_signed.unwrap_or(is_dev(host) || config.tls.certificates.is_empty());
+    let self_signed = config.tls.self_signed.unwrap_or(is_dev(host) || !has_certificates(config));
     let fallback = if self_signed { Some(cert.certified_key()?) } else { None };
     Ok(Certificates::load(sources, fallback, registry))
 }

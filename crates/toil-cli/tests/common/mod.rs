@@ -593,6 +593,7 @@ impl UdpRelay {
 }
 pub mod cluster;
 pub mod nats;
+pub mod pebble;
 pub mod pooled;
 pub mod relay;
 pub mod tls;

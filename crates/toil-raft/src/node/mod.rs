@@ -75,6 +75,7 @@ pub struct ClusterNode {
     overrides: Arc<BTreeMap<NodeId, String>>,
     timing: LeaseTiming,
     extension: Option<Arc<dyn RpcHandler>>,
+    secret: Arc<ClusterSecret>,
     /// When this node started: it cannot have heard anyone before, so no
     /// member is taken for dead until the owner timeout after it.
     started: Instant,
@@ -113,6 +114,7 @@ impl ClusterNode {
             overrides,
             timing: options.timing,
             extension: options.extension,
+            secret: options.secret.clone(),
             started,
         });
         let guard = Arc::new(ReplayGuard::open(options.id, &options.data_dir.join("rpc-epochs.json"))?);
@@ -122,6 +124,18 @@ impl ClusterNode {
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// The cluster secret, for sealing what the replicated state must
+    /// carry but not show ([`ClusterSecret::seal`]).
+    pub fn secret(&self) -> &ClusterSecret {
+        &self.secret
+    }
+
+    /// Whether this node leads now (it may learn otherwise at any moment:
+    /// what only one node may do is decided by the log, not by this).
+    pub fn is_leader(&self) -> bool {
+        self.metrics().state == openraft::ServerState::Leader
     }
 
     /// Makes this node a one-member cluster, unless it already belongs to one.
