@@ -185,7 +185,8 @@ pub fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ClusterCommand::Remove { id, node, secret_file } => {
-            let rpc = RpcClient::new(Arc::new(ClusterSecret::load(&secret_file)?), 0);
+            let secret = Arc::new(ClusterSecret::load(&secret_file)?);
+            let rpc = RpcClient::new(secret.clone(), &toil_raft::tls::ClusterTls::new(&secret, 0)?, 0);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(rpc.call::<_, ()>(&node, toil_raft::paths::REMOVE, &RemoveRequest { id }, Duration::from_secs(15)))?;
             println!("removed node {id}");

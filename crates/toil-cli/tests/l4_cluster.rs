@@ -136,20 +136,49 @@ fn raft_state_survives_a_full_restart() {
 fn unauthenticated_peers_are_refused_and_nodes_can_be_removed() {
     let mut c = Cluster::start("cluster-auth", 3, serde_json::json!({}));
     let port = c.nodes[1].cluster_port;
-    // No signature, then a wrong secret: 401 with the reason, nothing changes.
-    let plain = std::process::Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d", "{\"id\":2}"])
-        .arg(format!("http://127.0.0.1:{port}/cluster/remove"))
-        .output();
-    if let Ok(out) = plain {
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+    // Cleartext HTTP, and HTTPS with no client certificate: refused in the
+    // handshake, no HTTP answer at all.
+    for url in [format!("http://127.0.0.1:{port}/cluster/remove"), format!("https://127.0.0.1:{port}/cluster/remove")] {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d", "{\"id\":2}", &url])
+            .output()
+            .expect("curl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "000", "{url} answered");
     }
+    c.wait_for(Duration::from_secs(10), "the refusals in the log", |c| c.logs().contains("refused a cluster connection: TLS handshake"));
+    // Another cluster's secret: the operator's command fails the handshake.
     let wrong = c.dir.join("wrong.secret");
     std::fs::write(&wrong, "not the cluster's secret, but long enough").unwrap();
     let out = toil().args(["cluster", "remove", "2", "--node", &format!("127.0.0.1:{port}"), "--secret-file"]).arg(&wrong).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("401") && err.contains("wrong signature"), "{err}");
+    assert!(err.contains("another cluster secret"), "{err}");
+    // So does a node with that secret asking to join.
+    let stranger_log = c.dir.join("stranger.log");
+    let mut stranger = toil()
+        .args(["node", "--id=9", "--listen=127.0.0.1:0", "--admin=127.0.0.1:0", &format!("--join=127.0.0.1:{port}")])
+        .arg(format!("--cluster=127.0.0.1:{}", common::cluster::free_port()))
+        .arg("--data-dir")
+        .arg(c.dir.join("stranger"))
+        .arg("--secret-file")
+        .arg(&wrong)
+        .arg("--admin-token-file")
+        .arg(&c.token_file)
+        .arg("--config")
+        .arg(c.dir.join("toilconfig.json"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stranger_log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while stranger.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    let log = std::fs::read_to_string(&stranger_log).unwrap();
+    assert!(log.contains("another cluster secret"), "the stranger hears why: {log}");
+    assert!(c.status(1).unwrap()["members"].as_array().unwrap().iter().all(|m| m["id"] != 9), "the stranger is no member");
     assert_eq!(c.status(1).unwrap()["members"].as_array().unwrap().len(), 3);
     // With the secret: node 3 leaves; its daemon (if any) moves.
     let secret = c.dir.join("cluster.secret");

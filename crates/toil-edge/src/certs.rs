@@ -460,7 +460,8 @@ mod tests {
         // Managed (ACME) certificates serve their hosts, unless a file covers them.
         let acme = key(&["shop.example.org"]);
         let pair = |key: &Arc<CertifiedKey>| (CertPair { key: key.clone(), names: Vec::new(), not_after: now() }, Arc::new(Gauge::default()));
-        let managed: HashMap<String, _> = ["shop.example.org", "app.example.com", "api.example.com"].iter().map(|h| (h.to_string(), pair(&acme))).collect();
+        let managed: HashMap<String, _> =
+            ["shop.example.org", "app.example.com", "api.example.com"].iter().map(|h| (h.to_string(), pair(&acme))).collect();
         let table = build_table(&slots, &managed, Some(fallback.clone()));
         assert!(same(table.select(Some("shop.example.org")), &acme));
         assert!(same(table.select(Some("app.example.com")), &exact), "the exact file wins");

@@ -34,11 +34,10 @@
 //!
 //! Replies are signed too ([`REPLY_HEADER`]), over the request's stamp, the
 //! status, [`EXPECT_HEADER`] and the body: a sender acts only on a reply
-//! the receiver made for that very request. What this does not give is
-//! confidentiality (the cluster port carries owners, fencing tokens and
-//! tick times in clear), nor protection from a flood of unauthenticated
-//! bodies (every header field but the MAC can be made up; the MAC is over
-//! the body, so a body up to the RPC limit is read before it is refused).
+//! the receiver made for that very request. Confidentiality, and keeping
+//! out whoever lacks the secret before a body is read, are the cluster
+//! port's mutual TLS ([`crate::tls`]); this layer holds each member to its
+//! own identity and numbering within it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -114,6 +113,8 @@ pub enum AuthError {
     Replayed { from: NodeId, epoch: u64, seq: u64 },
     #[error("recording epoch {epoch} of node {from}: {reason}")]
     Persist { from: NodeId, epoch: u64, reason: String },
+    #[error("signed as node {signed_as} over a connection whose certificate is node {connected_as}'s")]
+    NotConnectedNode { signed_as: NodeId, connected_as: NodeId },
     #[error("cannot open the sealed {0}: sealed under another cluster secret, or damaged")]
     Unsealable(String),
 }
@@ -173,6 +174,13 @@ impl ClusterSecret {
         let mut buf = ciphertext.to_vec();
         let plain = LessSafeKey::new(self.sealing_key()).open_in_place(nonce, Aad::from(context.as_bytes()), &mut buf).map_err(|_| refused())?;
         Ok(plain.to_vec())
+    }
+
+    /// The seed of the cluster CA's Ed25519 key ([`crate::tls`]): like the
+    /// sealing key, an HKDF-Expand block under a label of its own.
+    pub(crate) fn ca_seed(&self) -> [u8; 32] {
+        let okm = hmac::sign(&self.key, b"toil-cluster-ca/1\x01");
+        okm.as_ref().try_into().expect("HMAC-SHA256 is 32 bytes")
     }
 
     /// The sealing key: HKDF-Expand (RFC 5869) of the secret's HMAC key

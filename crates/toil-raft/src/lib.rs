@@ -5,9 +5,12 @@
 //!
 //! - [`store`]: the raft log and the state machine in one redb file, so a
 //!   restarted node resumes its vote, log and applied state;
-//! - [`rpc`] and [`network`]: HTTP/1.1 between nodes, every request signed
-//!   with the cluster secret and numbered ([`auth`]); unsigned, wrongly
-//!   signed and replayed requests are refused with 401. [`paths`] names
+//! - [`rpc`] and [`network`]: HTTP/1.1 between nodes over mutual TLS
+//!   ([`tls`]: certificates from a CA derived from the cluster secret),
+//!   every request also signed with the cluster secret and numbered
+//!   ([`auth`]); unsigned, wrongly signed and replayed requests are refused
+//!   with 401, and a request signed as another node than the connection's
+//!   certificate names is refused too. [`paths`] names
 //!   every RPC, for the callers and the router alike;
 //! - [`node`]: a running node. It joins or forms a cluster, forwards
 //!   proposals to the leader from any node, adds and removes members, and,
@@ -21,6 +24,7 @@ pub mod node;
 pub mod paths;
 pub mod rpc;
 pub mod store;
+pub mod tls;
 
 pub use auth::ClusterSecret;
 pub use node::admin::{ClusterStatus, JoinRequest, RemoveRequest};

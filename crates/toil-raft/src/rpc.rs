@@ -1,6 +1,8 @@
-//! HTTP/1.1 between nodes: a pooled client and the cluster port's server.
-//! Bodies are JSON; every request is signed and numbered ([`crate::auth`])
-//! and the server refuses (401) what is not, or what it has seen.
+//! HTTP/1.1 between nodes: a pooled client and the cluster port's server,
+//! over mutual TLS ([`crate::tls`]). Bodies are JSON; every request is
+//! signed and numbered ([`crate::auth`]) and the server refuses (401) what
+//! is not, what it has seen, and what is signed as another node than the
+//! one the connection's certificate names.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -13,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{de::DeserializeOwned, Serialize};
@@ -20,6 +23,10 @@ use toil_cluster::{now_ms, NodeId};
 use tokio::net::TcpListener;
 
 use crate::auth::{AuthError, ClusterSecret, ReplayGuard, Stamp, EXPECT_HEADER, HEADER, REPLY_HEADER};
+use crate::tls::{node_of, ClusterTls, SERVER_NAME};
+
+/// How long a connection to the cluster port has for its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The largest RPC body accepted (a snapshot of the cluster state is the largest).
 pub const MAX_BODY: usize = 64 << 20;
@@ -42,7 +49,7 @@ pub enum CallError {
 /// Signs, numbers and sends requests to other nodes; connections are pooled.
 #[derive(Clone)]
 pub struct RpcClient {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     secret: Arc<ClusterSecret>,
     me: NodeId,
     numbering: Arc<Numbering>,
@@ -57,19 +64,28 @@ struct Numbering {
 }
 
 impl RpcClient {
-    /// A client signing as node `me` (0 for an operator's command line).
-    pub fn new(secret: Arc<ClusterSecret>, me: NodeId) -> Self {
+    /// A client signing as node `me` (0 for an operator's command line),
+    /// connecting with `tls`.
+    pub fn new(secret: Arc<ClusterSecret>, tls: &ClusterTls, me: NodeId) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
-        let http = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        connector.enforce_http(false);
+        let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).expect("a DNS name");
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls.client).clone())
+            .https_only()
+            .with_server_name_resolver(FixedServerNameResolver::new(name))
+            .enable_http1()
+            .wrap_connector(connector);
+        let http = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
         // Starting from the clock makes a restarted sender's epoch newer
         // than its last one; a receiver that remembers otherwise says so.
         let numbering = Numbering { epoch: AtomicU64::new(now_ms().max(1) as u64), seq: AtomicU64::new(1), ids: Mutex::default() };
         RpcClient { http, secret, me, numbering: Arc::new(numbering) }
     }
 
-    /// POSTs `request` as JSON to `http://addr/path` and decodes the JSON reply.
+    /// POSTs `request` as JSON to `https://addr/path` and decodes the JSON reply.
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         addr: &str,
@@ -82,7 +98,7 @@ impl RpcClient {
         serde_json::from_slice(&bytes).map_err(|e| CallError::BadReply { addr: addr.into(), reason: e.to_string() })
     }
 
-    /// POSTs `body` to `http://addr/path` and returns the reply's bytes
+    /// POSTs `body` to `https://addr/path` and returns the reply's bytes
     /// (artifacts travel this way, not as JSON).
     pub async fn call_raw(&self, addr: &str, path: &str, body: Vec<u8>, timeout: Duration) -> Result<Bytes, CallError> {
         let body = Bytes::from(body);
@@ -119,12 +135,12 @@ impl RpcClient {
         let to = n.ids.lock().expect("rpc ids").get(addr).copied().unwrap_or(0);
         let stamp = Stamp { from: self.me, to, epoch: n.epoch.load(Ordering::SeqCst), seq: n.seq.fetch_add(1, Ordering::SeqCst) };
         let auth = self.secret.sign(stamp, now_ms(), "POST", path, &body);
-        let req = http::Request::post(format!("http://{addr}{path}"))
+        let req = http::Request::post(format!("https://{addr}{path}"))
             .header(HEADER, auth)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .map_err(|e| CallError::Unreachable { addr: addr.into(), reason: e.to_string() })?;
-        let resp = self.http.request(req).await.map_err(|e| CallError::Unreachable { addr: addr.into(), reason: error_chain(&e) })?;
+        let resp = self.http.request(req).await.map_err(|e| CallError::Unreachable { addr: addr.into(), reason: unreachable_reason(&e) })?;
         let status = resp.status();
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let (expect, reply_mac) = (header(EXPECT_HEADER), header(REPLY_HEADER));
@@ -149,14 +165,20 @@ impl RpcClient {
     }
 }
 
-/// `e` and its sources, joined (hyper's top-level messages say little).
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// `e` and its sources, joined (hyper's top-level messages say little),
+/// with what a refused certificate means here.
+fn unreachable_reason(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
         out.push_str(": ");
         out.push_str(&s.to_string());
         source = s.source();
+    }
+    if out.contains("invalid peer certificate") {
+        out.push_str(" (the node's certificate is not from this cluster's CA: it has another cluster secret)");
+    } else if out.contains("alert") {
+        out.push_str(" (the node refused this client's certificate: another cluster secret?)");
     }
     out
 }
@@ -170,18 +192,29 @@ pub trait RpcHandler: Send + Sync + 'static {
     fn handle(self: Arc<Self>, from: NodeId, path: &str, body: Bytes) -> Reply;
 }
 
-/// Serves the cluster port.
-pub async fn serve(listener: TcpListener, secret: Arc<ClusterSecret>, guard: Arc<ReplayGuard>, handler: Arc<dyn RpcHandler>) {
+/// Serves the cluster port: a TLS handshake with a client certificate from
+/// the cluster's CA first, then HTTP/1.1.
+pub async fn serve(listener: TcpListener, tls: ClusterTls, secret: Arc<ClusterSecret>, guard: Arc<ReplayGuard>, handler: Arc<dyn RpcHandler>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server);
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (secret, guard, handler) = (secret.clone(), guard.clone(), handler.clone());
+        let (acceptor, secret, guard, handler) = (acceptor.clone(), secret.clone(), guard.clone(), handler.clone());
         tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return tracing::warn!(%peer, "refused a cluster connection: TLS handshake: {e}"),
+                Err(_) => return tracing::warn!(%peer, "refused a cluster connection: no TLS handshake within {HANDSHAKE_TIMEOUT:?}"),
+            };
+            // Verified by the handshake: the node the client's certificate names.
+            let Some(node) = stream.get_ref().1.peer_certificates().and_then(|c| node_of(c.first()?)) else {
+                return tracing::warn!(%peer, "refused a cluster connection: its certificate names no node");
+            };
             let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let (secret, guard, handler) = (secret.clone(), guard.clone(), handler.clone());
-                async move { Ok::<_, Infallible>(answer(req, &secret, &guard, handler, peer).await) }
+                async move { Ok::<_, Infallible>(answer(req, &secret, &guard, handler, peer, node).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
         });
@@ -194,6 +227,7 @@ async fn answer(
     guard: &ReplayGuard,
     handler: Arc<dyn RpcHandler>,
     peer: std::net::SocketAddr,
+    connected_as: NodeId,
 ) -> http::Response<Full<Bytes>> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
@@ -204,6 +238,10 @@ async fn answer(
         // No stamp to bind a reply to: an unsigned refusal.
         Err(e) => return refusal(&e, &peer, &path, None, secret, guard),
     };
+    if signed.stamp.from != connected_as {
+        let e = AuthError::NotConnectedNode { signed_as: signed.stamp.from, connected_as };
+        return refusal(&e, &peer, &path, None, secret, guard);
+    }
     // A sender that does not know this node's id yet (to=0) is told it
     // only once its signature checks: a wrong secret hears so, not an id.
     if let Err(e) = guard.precheck(&signed.stamp).or_else(|e| if signed.stamp.to == 0 { Ok(()) } else { Err(e) }) {

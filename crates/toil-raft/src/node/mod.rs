@@ -27,6 +27,7 @@ use crate::network::{Liveness, Network};
 use crate::paths;
 use crate::rpc::{self, CallError, Reply, RpcClient, RpcHandler};
 use crate::store::{self, StateMachine};
+use crate::tls::ClusterTls;
 use crate::TypeConfig;
 
 pub mod admin;
@@ -98,7 +99,8 @@ impl ClusterNode {
             ..Default::default()
         }
         .validate()?;
-        let rpc = RpcClient::new(options.secret.clone(), options.id);
+        let tls = ClusterTls::new(&options.secret, options.id)?;
+        let rpc = RpcClient::new(options.secret.clone(), &tls, options.id);
         let liveness = Arc::new(Liveness::default());
         let overrides = Arc::new(options.overrides);
         let network = Network { rpc: rpc.clone(), liveness: liveness.clone(), overrides: overrides.clone() };
@@ -118,7 +120,7 @@ impl ClusterNode {
             started,
         });
         let guard = Arc::new(ReplayGuard::open(options.id, &options.data_dir.join("rpc-epochs.json"))?);
-        tokio::spawn(rpc::serve(listener, options.secret, guard, node.clone()));
+        tokio::spawn(rpc::serve(listener, tls, options.secret, guard, node.clone()));
         Ok(node)
     }
 
