@@ -253,13 +253,15 @@ where
             // The request stays in flight until hyper has written
             // the whole response and drops its body.
             async move {
-                let token = req.uri().path().strip_prefix(ACME_CHALLENGE_PREFIX);
+                // Only what could be an ACME token (base64url, RFC 8555
+                // section 8.1) is waited for; anything else goes to the app.
+                let token = req.uri().path().strip_prefix(ACME_CHALLENGE_PREFIX).filter(|t| could_be_acme_token(t));
                 let resp = match (mode, token) {
                     (Mode::Cleartext(Some(c)) | Mode::Redirect(_, Some(c)), Some(token)) => match c.http01(token, CHALLENGE_WAIT).await {
                         Some(key_authorization) => challenge_answer(key_authorization),
                         None => handle(&edge, req).await,
                     },
-                    (Mode::Redirect(port, _), None) => redirect(&req, port),
+                    (Mode::Redirect(port, _), _) if !req.uri().path().starts_with(ACME_CHALLENGE_PREFIX) => redirect(&req, port),
                     _ => handle(&edge, req).await,
                 };
                 Ok::<_, Infallible>(resp.map(|body| InFlightBody { body, _in_flight: in_flight }))
@@ -271,6 +273,11 @@ where
         r = conn => if let Err(e) = r { tracing::debug!("connection ended: {e}") },
         () = activity.idle_timeout(edge.timeouts.idle) => tracing::debug!("closing a connection idle for {:?}", edge.timeouts.idle),
     }
+}
+
+/// A token has at least 128 bits of entropy in base64url (22 characters).
+fn could_be_acme_token(token: &str) -> bool {
+    (22..=128).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The HTTP-01 answer: the key authorization, as `application/octet-stream` (RFC 8555, section 8.3).
@@ -340,4 +347,19 @@ async fn handle(edge: &Edge, req: Request<Incoming>) -> Response<Full<Bytes>> {
         },
     };
     edge.serve(proto, &head, body).await.map(Full::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_could_be_an_acme_token_is_looked_up() {
+        assert!(could_be_acme_token("6R7s01NDj5uhIWr0lmpzGDdPlBdrniVFU4NcXbHsP4E"));
+        assert!(could_be_acme_token("YeNjWSzcMai11syH449uD8Umv_-K6M9NEjSF"));
+        assert!(!could_be_acme_token("short"));
+        assert!(!could_be_acme_token("../../etc/passwd/and/more/characters"));
+        assert!(!could_be_acme_token("a-file-with.an-extension-and-length.txt"));
+        assert!(!could_be_acme_token(&"a".repeat(129)));
+    }
 }

@@ -83,6 +83,7 @@ impl AcmeCerts {
     async fn follow(self: Arc<Self>) {
         let mut changes = self.log.changes();
         let mut installed: HashMap<String, u64> = HashMap::new();
+        let mut answered = std::collections::BTreeMap::new();
         loop {
             let state = self.log.state();
             for (host, entry) in state.tls().hosts() {
@@ -99,8 +100,10 @@ impl AcmeCerts {
                     Err(e) => tracing::error!(host = %host, order = issued.order, "the cluster's TLS certificate for {host} cannot serve: {e}"),
                 }
             }
-            let answers = state.tls().challenges().iter().map(|(t, c)| (t.clone(), c.host.clone(), c.key_authorization.clone()));
-            self.challenges.replace(answers);
+            if state.tls().challenges() != &answered {
+                answered = state.tls().challenges().clone();
+                self.challenges.replace(answered.iter().map(|(t, c)| (t.clone(), c.host.clone(), c.key_authorization.clone())));
+            }
             if changes.changed().await.is_err() {
                 return;
             }
