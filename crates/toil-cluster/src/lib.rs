@@ -91,81 +91,33 @@ pub enum Command {
     /// `skipped` is how many earlier ticks the owner skipped to get here.
     /// Claims are kept by task name, so a redeploy that reorders a daemon's
     /// tasks keeps each task's last claim.
-    ClaimTick {
-        domain: String,
-        task: String,
-        fire_time: i64,
-        fencing: u64,
-        skipped: u64,
-    },
+    ClaimTick { domain: String, task: String, fire_time: i64, fencing: u64, skipped: u64 },
     /// Deploys a new version of `domain` and serves it. With `only_if_new`
     /// it applies only to a domain with no release yet (nodes offering their
     /// configured apps at start). A release with the same content as the
     /// one served changes nothing.
-    Deploy {
-        domain: String,
-        release: ReleaseSpec,
-        only_if_new: bool,
-    },
+    Deploy { domain: String, release: ReleaseSpec, only_if_new: bool },
     /// Serves an earlier (or later) version of `domain` from its history;
     /// with `from`, only if `from` is the version served (a rollback to
     /// "the previous one" must not act on a state that moved on).
-    Activate {
-        domain: String,
-        version: u64,
-        from: Option<u64>,
-    },
+    Activate { domain: String, version: u64, from: Option<u64> },
     /// `node` now serves `version` of `domain` (0: the node stopped serving it).
-    Served {
-        node: NodeId,
-        domain: String,
-        version: u64,
-    },
+    Served { node: NodeId, domain: String, version: u64 },
     /// The owner reports what became of a claimed tick, after the fact (a
     /// report, not a permission: the claim alone decided whether it ran).
-    TickDone {
-        domain: String,
-        task: String,
-        fire_time: i64,
-        outcome: TickOutcome,
-    },
+    TickDone { domain: String, task: String, fire_time: i64, outcome: TickOutcome },
     /// `node` asks to order `host`'s certificate ([`tls`]).
-    CertOrder {
-        host: String,
-        node: NodeId,
-        now_ms: i64,
-        renew_before_ms: i64,
-    },
+    CertOrder { host: String, node: NodeId, now_ms: i64, renew_before_ms: i64 },
     /// The order `cert.order` for `host` succeeded.
-    CertIssued {
-        host: String,
-        cert: IssuedCert,
-    },
+    CertIssued { host: String, cert: IssuedCert },
     /// The order `order` for `host` failed with `error`.
-    CertFailed {
-        host: String,
-        order: u64,
-        error: String,
-        now_ms: i64,
-        backoff: Backoff,
-    },
+    CertFailed { host: String, order: u64, error: String, now_ms: i64, backoff: Backoff },
     /// Order `host`'s certificate again at the next check.
-    CertRenew {
-        host: String,
-    },
-    /// Every node answers the CA's challenge `token`.
-    AcmeChallenge {
-        token: String,
-        challenge: Challenge,
-    },
-    AcmeChallengeDone {
-        tokens: Vec<String>,
-    },
+    CertRenew { host: String },
+    /// Every node answers the CA's challenge `token` of order `order`.
+    AcmeChallenge { token: String, order: u64, challenge: Challenge },
     /// The cluster's ACME account at `directory`, sealed.
-    AcmeAccount {
-        directory: String,
-        sealed: String,
-    },
+    AcmeAccount { directory: String, sealed: String },
 }
 
 /// What became of a claimed tick.
@@ -204,8 +156,7 @@ impl std::fmt::Display for Command {
             Command::CertIssued { host, cert } => write!(f, "certificate for {host} issued (order {})", cert.order),
             Command::CertFailed { host, order, error, .. } => write!(f, "certificate order {order} for {host} failed: {error}"),
             Command::CertRenew { host } => write!(f, "renew the certificate for {host}"),
-            Command::AcmeChallenge { token, challenge } => write!(f, "ACME challenge {token} for {}", challenge.host),
-            Command::AcmeChallengeDone { tokens } => write!(f, "ACME challenges done: {}", tokens.join(", ")),
+            Command::AcmeChallenge { token, order, challenge } => write!(f, "ACME challenge {token} for {} (order {order})", challenge.host),
             Command::AcmeAccount { directory, .. } => write!(f, "ACME account at {directory}"),
         }
     }
@@ -361,8 +312,7 @@ impl ClusterState {
             Command::CertIssued { host, cert } => self.tls.issued(host, cert),
             Command::CertFailed { host, order, error, now_ms, backoff } => self.tls.failed(host, *order, error, *now_ms, *backoff),
             Command::CertRenew { host } => self.tls.renew(host),
-            Command::AcmeChallenge { token, challenge } => self.tls.add_challenge(token, challenge),
-            Command::AcmeChallengeDone { tokens } => self.tls.remove_challenges(tokens),
+            Command::AcmeChallenge { token, order, challenge } => self.tls.add_challenge(token, *order, challenge),
             Command::AcmeAccount { directory, sealed } => self.tls.set_account(directory, sealed),
             Command::Served { node, domain, version } => {
                 let by_domain = self.served.entry(*node).or_default();

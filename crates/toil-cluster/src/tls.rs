@@ -8,11 +8,15 @@
 //! | command | accepted when | effect |
 //! |---|---|---|
 //! | [`Command::CertOrder`] | the host is due (no certificate, inside the renewal window, or a renewal was asked) and no order is under way (a claim younger than [`ORDER_TIMEOUT_MS`]) and its back-off has passed | a claim: this node orders, nobody else |
-//! | [`Command::CertIssued`] | it names the current claim | the certificate (chain PEM, and the key sealed under the cluster secret) replaces the host's; failures reset |
-//! | [`Command::CertFailed`] | it names the current claim | the claim ends; the host backs off `min × 2^(failures−1)`, at most `max` |
+//! | [`Command::AcmeChallenge`] | it names the current claim | a token's key authorization, which every node answers the CA with until the order ends |
+//! | [`Command::CertIssued`] | it names the current claim | the certificate (chain PEM, and the key sealed under the cluster secret) replaces the host's; failures reset; the order's challenges go |
+//! | [`Command::CertFailed`] | it names the current claim | the claim ends; the host backs off `min × 2^(failures−1)`, at most `max`; the order's challenges go |
 //! | [`Command::CertRenew`] | always | the next check orders even inside the validity window |
-//! | [`Command::AcmeChallenge`] / [`Command::AcmeChallengeDone`] | always | a token's key authorization every node answers the CA with, and its removal |
 //! | [`Command::AcmeAccount`] | no account yet for that directory | the cluster's ACME account (sealed): the first writer wins, all use it |
+//!
+//! The renewal window is `renewBeforeDays`, or a third of the
+//! certificate's lifetime if that is shorter: a CA issuing short-lived
+//! certificates must not see an order at every check.
 //!
 //! A claim names its order number, so the result of an order that outlived
 //! its claim (a leader that stalled past [`ORDER_TIMEOUT_MS`] while another
@@ -35,7 +39,7 @@ pub struct IssuedCert {
     /// The certificate chain, leaf first, PEM.
     pub chain_pem: String,
     /// The private key (PKCS#8 PEM), sealed under a key derived from the
-    /// cluster secret with the host name bound in, base64.
+    /// cluster secret with the host name bound in, hex.
     pub sealed_key: String,
     /// The leaf's notAfter, Unix ms.
     pub not_after_ms: i64,
@@ -50,6 +54,10 @@ pub struct OrderClaim {
     pub node: NodeId,
     pub order: u64,
     pub started_ms: i64,
+    /// The host's renewal requests counted when the claim was made: only
+    /// an order that started after the last request answers it.
+    #[serde(default)]
+    pub renewals_seen: u64,
 }
 
 /// Everything the cluster knows of one host's certificate.
@@ -65,6 +73,9 @@ pub struct HostCert {
     pub retry_at_ms: i64,
     pub last_error: Option<String>,
     pub renew_requested: bool,
+    /// Renewal requests (`toil tls renew`), ever.
+    #[serde(default)]
+    pub renewals: u64,
 }
 
 /// A challenge response every node must give the CA.
@@ -116,7 +127,7 @@ impl HostCert {
         match &self.issued {
             None => Some(Due::Missing),
             Some(_) if self.renew_requested => Some(Due::Asked),
-            Some(c) if c.not_after_ms - now_ms <= renew_before_ms => Some(Due::Expiring),
+            Some(c) if c.not_after_ms - now_ms <= renew_before_ms.min((c.not_after_ms - c.issued_ms) / 3) => Some(Due::Expiring),
             Some(_) => None,
         }
     }
@@ -160,7 +171,7 @@ impl TlsState {
             return Applied::Refused(Refused::BackingOff { until_ms: entry.retry_at_ms });
         }
         entry.orders += 1;
-        entry.claim = Some(OrderClaim { node, order: entry.orders, started_ms: now_ms });
+        entry.claim = Some(OrderClaim { node, order: entry.orders, started_ms: now_ms, renewals_seen: entry.renewals });
         // Challenges a dead orderer left behind for this host are of no use.
         self.challenges.retain(|_, c| c.host != host);
         Applied::OrderClaimed { order: entry.orders }
@@ -175,12 +186,15 @@ impl TlsState {
         let Some(entry) = self.claimed(host, cert.order) else {
             return Applied::Refused(Refused::StaleOrder);
         };
+        // A renewal asked while this order ran (a changed CA, a key to
+        // replace) wants an order of its own.
+        let answered = entry.claim.is_some_and(|c| c.renewals_seen == entry.renewals);
         entry.issued = Some(cert.clone());
         entry.claim = None;
         entry.failures = 0;
         entry.retry_at_ms = 0;
         entry.last_error = None;
-        entry.renew_requested = false;
+        entry.renew_requested &= !answered;
         self.challenges.retain(|_, c| c.host != host);
         Applied::Recorded
     }
@@ -200,21 +214,24 @@ impl TlsState {
     pub(crate) fn renew(&mut self, host: &str) -> Applied {
         let entry = self.hosts.entry(host.to_string()).or_default();
         entry.renew_requested = true;
+        entry.renewals += 1;
         // Asked by an operator: try now rather than at the end of a back-off.
         entry.retry_at_ms = 0;
         Applied::Recorded
     }
 
-    pub(crate) fn add_challenge(&mut self, token: &str, challenge: &Challenge) -> Applied {
+    pub(crate) fn add_challenge(&mut self, token: &str, order: u64, challenge: &Challenge) -> Applied {
+        if self.claimed(&challenge.host, order).is_none() {
+            return Applied::Refused(Refused::StaleOrder);
+        }
         self.challenges.insert(token.to_string(), challenge.clone());
         Applied::Recorded
     }
 
-    pub(crate) fn remove_challenges(&mut self, tokens: &[String]) -> Applied {
-        for t in tokens {
-            self.challenges.remove(t);
-        }
-        Applied::Recorded
+    /// Hosts with an order under way at `now_ms`: the ones a node should
+    /// expect the CA to ask about.
+    pub fn ordering(&self, now_ms: i64) -> impl Iterator<Item = &str> {
+        self.hosts.iter().filter(move |(_, h)| h.live_claim(now_ms).is_some()).map(|(host, _)| host.as_str())
     }
 
     pub(crate) fn set_account(&mut self, directory: &str, sealed: &str) -> Applied {
@@ -314,18 +331,52 @@ mod tests {
     fn challenges_live_while_their_order_does() {
         let mut s = ClusterState::default();
         let challenge = Challenge { host: "app.example.com".into(), key_authorization: "token.thumb".into() };
+        let publish = |s: &mut ClusterState, token: &str, order: u64| {
+            s.apply(&Command::AcmeChallenge { token: token.into(), order, challenge: challenge.clone() })
+        };
+        assert_eq!(publish(&mut s, "t0", 1), Applied::Refused(Refused::StaleOrder), "no order, no challenge");
         order(&mut s, 1, 0);
-        s.apply(&Command::AcmeChallenge { token: "t1".into(), challenge: challenge.clone() });
-        s.apply(&Command::AcmeChallenge { token: "t2".into(), challenge: challenge.clone() });
+        assert_eq!(s.tls().ordering(0).collect::<Vec<_>>(), ["app.example.com"]);
+        assert_eq!(s.tls().ordering(ORDER_TIMEOUT_MS).count(), 0, "a claim past its timeout is no order under way");
+        publish(&mut s, "t1", 1);
+        publish(&mut s, "t2", 1);
         assert_eq!(s.tls().challenge("t1"), Some(&challenge));
-        s.apply(&Command::AcmeChallengeDone { tokens: vec!["t1".into()] });
-        assert_eq!(s.tls().challenge("t1"), None);
-        // Whatever is left goes with the order's end, or with the next claim.
+        // They go with the order's end.
         fail(&mut s, 1, 0);
         assert!(s.tls().challenges().is_empty());
-        s.apply(&Command::AcmeChallenge { token: "t3".into(), challenge });
+        // A stale orderer's challenge is refused once another claim took over.
         order(&mut s, 2, ORDER_TIMEOUT_MS);
-        assert!(s.tls().challenges().is_empty());
+        assert_eq!(publish(&mut s, "t3", 2), Applied::Recorded);
+        order(&mut s, 3, 3 * ORDER_TIMEOUT_MS);
+        assert!(s.tls().challenges().is_empty(), "a new claim clears the dead orderer's challenges");
+        assert_eq!(publish(&mut s, "t4", 2), Applied::Refused(Refused::StaleOrder));
+    }
+
+    #[test]
+    fn short_lived_certificates_renew_at_a_third_of_their_life_not_at_every_check() {
+        let mut s = ClusterState::default();
+        order(&mut s, 1, 0);
+        issue(&mut s, 1, 0, 6 * DAY); // a 6-day certificate, a 30-day window
+        assert_eq!(host(&s).due(DAY, RENEW), None, "not due at once");
+        assert_eq!(order(&mut s, 1, DAY), Applied::Refused(Refused::NotDue));
+        assert_eq!(host(&s).due(4 * DAY - 1, RENEW), None);
+        assert_eq!(host(&s).due(4 * DAY, RENEW), Some(Due::Expiring), "two days (a third) left");
+    }
+
+    #[test]
+    fn a_renewal_asked_during_an_order_gets_an_order_of_its_own() {
+        let mut s = ClusterState::default();
+        order(&mut s, 1, 0);
+        issue(&mut s, 1, 0, 90 * DAY);
+        s.apply(&Command::CertRenew { host: "app.example.com".into() });
+        assert_eq!(order(&mut s, 1, DAY), Applied::OrderClaimed { order: 2 });
+        // Asked again while order 2 runs: order 2 does not answer it.
+        s.apply(&Command::CertRenew { host: "app.example.com".into() });
+        issue(&mut s, 2, DAY, 91 * DAY);
+        assert_eq!(host(&s).due(DAY, RENEW), Some(Due::Asked));
+        assert_eq!(order(&mut s, 1, DAY), Applied::OrderClaimed { order: 3 });
+        issue(&mut s, 3, DAY, 91 * DAY);
+        assert_eq!(host(&s).due(DAY, RENEW), None);
     }
 
     #[test]

@@ -766,6 +766,10 @@ fn tls_of(root: &Obj, base: &Path) -> Result<TlsConfig, ConfigError> {
         tls.watch_interval = Duration::from_millis(ms);
     }
     tls.acme = t.obj("acme")?.map(|a| acme_of(&a, base)).transpose()?;
+    if tls.acme.as_ref().is_some_and(|a| a.challenge == AcmeChallengeKind::Http01) && tls.cleartext == Some(Cleartext::Refuse) {
+        let problem = "\"http-01\" needs cleartext HTTP, which tls.cleartext \"refuse\" closes: use \"redirect\" or the \"tls-alpn-01\" challenge";
+        return Err(t.err("acme.challenge", problem));
+    }
     Ok(tls)
 }
 
@@ -1228,6 +1232,11 @@ mod tests {
         assert_eq!(bad(json!({"acme": {"directory": "https://ca/dir", "renewBeforeDays": 90}})).0, "tls.acme.renewBeforeDays");
         assert_eq!(bad(json!({"acme": {"directory": "https://ca/dir", "retryMs": 0}})).0, "tls.acme.retryMs");
         assert_eq!(bad(json!({"acme": {"directory": "https://ca/dir", "agree": true}})).0, "tls.acme.agree");
+        let (key, problem) = bad(json!({"acme": {"directory": "https://ca/dir"}, "cleartext": "refuse"}));
+        assert_eq!(key, "tls.acme.challenge");
+        assert!(problem.contains("tls-alpn-01"), "{problem}");
+        assert!(parse(json!({"apps": [app], "tls": {"acme": {"directory": "https://ca/dir", "challenge": "tls-alpn-01"}, "cleartext": "refuse"}}))
+            .is_ok());
         let acme = parse(
             json!({"apps": [app], "tls": {"acme": {"directory": "https://ca.test/dir", "challenge": "tls-alpn-01", "caCertificate": "ca.pem"}}}),
         )

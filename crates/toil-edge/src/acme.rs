@@ -18,7 +18,10 @@
 //!
 //! The CA may ask any node, and a follower applies the log a heartbeat
 //! after the leader, so a lookup for a challenge the node has not heard of
-//! yet waits for it a little ([`CHALLENGE_WAIT`]) before giving up.
+//! yet waits for it a little ([`CHALLENGE_WAIT`]) before giving up: only
+//! for a host with an order under way (the claim commits before its
+//! challenges), and only [`MAX_WAITING`] lookups at a time, so nobody can
+//! park requests on the path for nothing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,6 +37,9 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// How long a lookup waits for a challenge the node has not heard of yet.
 pub const CHALLENGE_WAIT: Duration = Duration::from_secs(3);
+
+/// How many lookups may wait at once; more are answered "none" at once.
+pub const MAX_WAITING: usize = 64;
 
 /// How long one order may take, all steps together: well inside the
 /// cluster's claim (`toil_cluster::tls::ORDER_TIMEOUT_MS`).
@@ -88,8 +94,9 @@ fn causes(e: impl std::error::Error) -> String {
     out
 }
 
-/// A certificate the CA issued, and its key.
-#[derive(Clone, Debug)]
+/// A certificate the CA issued, and its key (not `Debug`: the key must
+/// not reach a log).
+#[derive(Clone)]
 pub struct Issued {
     /// The chain, leaf first, PEM.
     pub chain_pem: String,
@@ -206,6 +213,8 @@ async fn why_invalid(order: &mut instant_acme::Order, order_problem: Option<inst
 /// The challenge answers a node gives, as the cluster state says.
 #[derive(Default)]
 struct Answers {
+    /// Hosts with an order under way: the CA may ask about these.
+    ordering: std::collections::HashSet<String>,
     /// Token → key authorization (HTTP-01).
     http: HashMap<String, String>,
     /// Host → the validation certificate (TLS-ALPN-01), and the key
@@ -216,21 +225,24 @@ struct Answers {
 /// The answers to the CA's challenges every node gives.
 pub struct Challenges {
     answers: watch::Sender<Arc<Answers>>,
+    waiting: tokio::sync::Semaphore,
 }
 
 impl Default for Challenges {
     fn default() -> Self {
-        Challenges { answers: watch::Sender::new(Arc::default()) }
+        Challenges { answers: watch::Sender::new(Arc::default()), waiting: tokio::sync::Semaphore::new(MAX_WAITING) }
     }
 }
 
 impl Challenges {
-    /// Answers exactly `current`: (token, host, key authorization) triples.
-    /// A TLS-ALPN-01 certificate is made once per key authorization.
-    pub fn replace(&self, current: impl IntoIterator<Item = (String, String, String)>) {
+    /// Answers exactly `current`: (token, host, key authorization) triples;
+    /// `ordering`: the hosts with an order under way. A TLS-ALPN-01
+    /// certificate is made once per key authorization.
+    pub fn replace(&self, current: impl IntoIterator<Item = (String, String, String)>, ordering: impl IntoIterator<Item = String>) {
         let old = self.answers.borrow().clone();
-        let mut new = Answers::default();
+        let mut new = Answers { ordering: ordering.into_iter().map(|h| normalize(&h)).collect(), ..Answers::default() };
         for (token, host, key_authorization) in current {
+            let host = normalize(&host);
             let made = old.alpn.get(&host).filter(|(k, _)| *k == key_authorization).map(|(_, c)| c.clone());
             match made.map_or_else(|| alpn_certificate(&host, &key_authorization), Ok) {
                 Ok(cert) => {
@@ -243,31 +255,43 @@ impl Challenges {
         self.answers.send_replace(Arc::new(new));
     }
 
-    /// The key authorization for an HTTP-01 `token`, waiting up to `wait`
-    /// for it to be published.
-    pub async fn http01(&self, token: &str, wait: Duration) -> Option<String> {
-        self.wait_for(wait, |a| a.http.get(token).cloned()).await
+    /// The key authorization for an HTTP-01 `token` asked of `host`,
+    /// waiting up to `wait` for it to be published if `host` is being ordered.
+    pub async fn http01(&self, host: &str, token: &str, wait: Duration) -> Option<String> {
+        self.wait_for(&normalize(host), wait, |a| a.http.get(token).cloned()).await
     }
 
-    /// The TLS-ALPN-01 certificate for `host`, waiting up to `wait`.
+    /// The TLS-ALPN-01 certificate for `host`, waiting as [`Self::http01`] does.
     pub async fn tls_alpn01(&self, host: &str, wait: Duration) -> Option<Arc<CertifiedKey>> {
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        self.wait_for(wait, |a| a.alpn.get(&host).map(|(_, c)| c.clone())).await
+        let host = normalize(host);
+        self.wait_for(&host, wait, |a| a.alpn.get(&host).map(|(_, c)| c.clone())).await
     }
 
-    async fn wait_for<T>(&self, wait: Duration, find: impl Fn(&Answers) -> Option<T>) -> Option<T> {
+    async fn wait_for<T>(&self, host: &str, wait: Duration, find: impl Fn(&Answers) -> Option<T>) -> Option<T> {
         let mut changes = self.answers.subscribe();
+        {
+            let answers = changes.borrow_and_update();
+            if let Some(found) = find(&answers) {
+                return Some(found);
+            }
+            if !answers.ordering.contains(host) {
+                return None; // nothing under way for it: nothing to wait for
+            }
+        }
+        let Ok(_permit) = self.waiting.try_acquire() else { return None };
         let deadline = tokio::time::Instant::now() + wait;
-        loop {
+        while let Ok(Ok(())) = tokio::time::timeout_at(deadline, changes.changed()).await {
             if let Some(found) = find(&changes.borrow_and_update()) {
                 return Some(found);
             }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return None,
-            }
         }
+        None
     }
+}
+
+/// Host names compare without case and without a trailing dot.
+fn normalize(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// RFC 8737's validation certificate: self-signed, for `host` alone, with
@@ -289,31 +313,59 @@ pub fn alpn_certificate(host: &str, key_authorization: &str) -> anyhow::Result<A
 mod tests {
     use super::*;
 
+    fn one(token: &str, host: &str) -> (String, String, String) {
+        (token.to_string(), host.to_string(), format!("{token}.thumb"))
+    }
+
     #[tokio::test]
     async fn answers_are_what_the_state_says_and_a_late_one_is_waited_for() {
         let challenges = Arc::new(Challenges::default());
-        challenges.replace([("tok1".to_string(), "app.test".to_string(), "tok1.thumb".to_string())]);
-        assert_eq!(challenges.http01("tok1", Duration::ZERO).await.as_deref(), Some("tok1.thumb"));
-        assert!(challenges.http01("tok2", Duration::from_millis(20)).await.is_none());
+        challenges.replace([one("tok1", "app.test")], ["app.test".to_string()]);
+        assert_eq!(challenges.http01("app.test", "tok1", Duration::ZERO).await.as_deref(), Some("tok1.thumb"));
+        assert!(challenges.http01("app.test", "tok2", Duration::from_millis(20)).await.is_none());
         let first = challenges.tls_alpn01("App.Test.", Duration::ZERO).await.expect("the validation certificate");
 
-        // Published while a lookup waits: the lookup gets it.
+        // The claim for other.test is known, its challenge not yet: a
+        // lookup waits, and gets it once it is published.
+        challenges.replace([one("tok1", "app.test")], ["app.test".to_string(), "other.test".to_string()]);
         let waiting = tokio::spawn({
             let c = challenges.clone();
-            async move { c.http01("tok2", Duration::from_secs(5)).await }
+            async move { c.http01("other.test", "tok2", Duration::from_secs(5)).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        challenges.replace([
-            ("tok1".to_string(), "app.test".to_string(), "tok1.thumb".to_string()),
-            ("tok2".to_string(), "other.test".to_string(), "tok2.thumb".to_string()),
-        ]);
+        challenges.replace([one("tok1", "app.test"), one("tok2", "other.test")], ["app.test".to_string(), "other.test".to_string()]);
         assert_eq!(waiting.await.unwrap().as_deref(), Some("tok2.thumb"));
         let again = challenges.tls_alpn01("app.test", Duration::ZERO).await.unwrap();
         assert!(Arc::ptr_eq(&first, &again), "made once per key authorization");
 
-        challenges.replace([]);
-        assert!(challenges.http01("tok1", Duration::ZERO).await.is_none());
+        challenges.replace([], []);
+        assert!(challenges.http01("app.test", "tok1", Duration::ZERO).await.is_none());
         assert!(challenges.tls_alpn01("app.test", Duration::ZERO).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn nobody_waits_for_a_host_nobody_orders_nor_past_the_cap() {
+        let challenges = Arc::new(Challenges::default());
+        let start = std::time::Instant::now();
+        assert!(challenges.http01("app.test", "tok", Duration::from_secs(5)).await.is_none());
+        assert!(challenges.tls_alpn01("app.test", Duration::from_secs(5)).await.is_none());
+        assert!(start.elapsed() < Duration::from_secs(1), "no order under way: answered at once");
+
+        challenges.replace([], ["app.test".to_string()]);
+        let parked: Vec<_> = (0..MAX_WAITING)
+            .map(|i| {
+                let c = challenges.clone();
+                tokio::spawn(async move { c.http01("app.test", &format!("t{i}"), Duration::from_secs(5)).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let start = std::time::Instant::now();
+        assert!(challenges.http01("app.test", "one-more", Duration::from_secs(5)).await.is_none());
+        assert!(start.elapsed() < Duration::from_secs(1), "past the cap: answered at once");
+        challenges.replace([], []);
+        for p in parked {
+            p.abort();
+        }
     }
 
     #[test]

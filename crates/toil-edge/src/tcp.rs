@@ -257,10 +257,12 @@ where
                 // section 8.1) is waited for; anything else goes to the app.
                 let token = req.uri().path().strip_prefix(ACME_CHALLENGE_PREFIX).filter(|t| could_be_acme_token(t));
                 let resp = match (mode, token) {
-                    (Mode::Cleartext(Some(c)) | Mode::Redirect(_, Some(c)), Some(token)) => match c.http01(token, CHALLENGE_WAIT).await {
-                        Some(key_authorization) => challenge_answer(key_authorization),
-                        None => handle(&edge, req).await,
-                    },
+                    (Mode::Cleartext(Some(c)) | Mode::Redirect(_, Some(c)), Some(token)) => {
+                        match c.http01(host_name(&req), token, CHALLENGE_WAIT).await {
+                            Some(key_authorization) => challenge_answer(key_authorization),
+                            None => handle(&edge, req).await,
+                        }
+                    }
                     (Mode::Redirect(port, _), _) if !req.uri().path().starts_with(ACME_CHALLENGE_PREFIX) => redirect(&req, port),
                     _ => handle(&edge, req).await,
                 };
@@ -272,6 +274,15 @@ where
     tokio::select! {
         r = conn => if let Err(e) = r { tracing::debug!("connection ended: {e}") },
         () = activity.idle_timeout(edge.timeouts.idle) => tracing::debug!("closing a connection idle for {:?}", edge.timeouts.idle),
+    }
+}
+
+/// The host a request names, without its port; an IPv6 literal keeps its brackets.
+fn host_name<B>(req: &Request<B>) -> &str {
+    let host = req.uri().host().or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("");
+    match host.rsplit_once(':') {
+        Some((name, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => name,
+        _ => host,
     }
 }
 
@@ -290,12 +301,7 @@ fn challenge_answer(key_authorization: String) -> Response<Full<Bytes>> {
 /// `308 Permanent Redirect` to the request's URL over HTTPS on `port`
 /// (which keeps the method and body, unlike 301).
 fn redirect(req: &Request<Incoming>, port: u16) -> Response<Full<Bytes>> {
-    let host = req.uri().host().or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("");
-    // The host without its port; an IPv6 literal keeps its brackets.
-    let name = match host.rsplit_once(':') {
-        Some((name, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => name,
-        _ => host,
-    };
+    let name = host_name(req);
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let location = if port == 443 { format!("https://{name}{path}") } else { format!("https://{name}:{port}{path}") };
     let mut resp = Response::new(Full::new(Bytes::from(format!("308 Permanent Redirect: {location}\n"))));

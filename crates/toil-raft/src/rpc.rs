@@ -177,7 +177,7 @@ fn unreachable_reason(e: &dyn std::error::Error) -> String {
     }
     if out.contains("invalid peer certificate") {
         out.push_str(" (the node's certificate is not from this cluster's CA: it has another cluster secret)");
-    } else if out.contains("alert") {
+    } else if ["BadCertificate", "UnknownCA", "DecryptError", "CertificateRequired"].iter().any(|alert| out.contains(&format!("alert: {alert}"))) {
         out.push_str(" (the node refused this client's certificate: another cluster secret?)");
     }
     out
@@ -305,4 +305,62 @@ fn refusal(
         r.headers_mut().insert(EXPECT_HEADER, expect.parse().expect("ascii"));
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Answers every request with the node it came from.
+    struct WhoAsked;
+
+    impl RpcHandler for WhoAsked {
+        fn handle(self: Arc<Self>, from: NodeId, _path: &str, _body: Bytes) -> Reply {
+            Box::pin(async move { Ok(from.to_string().into_bytes()) })
+        }
+    }
+
+    /// Node `me`'s cluster port, serving [`WhoAsked`].
+    async fn node(secret: &Arc<ClusterSecret>, me: NodeId) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let tls = ClusterTls::new(secret, me).unwrap();
+        tokio::spawn(serve(listener, tls, secret.clone(), Arc::new(ReplayGuard::in_memory(me)), Arc::new(WhoAsked)));
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_request_signed_as_another_node_than_the_certificate_is_refused() {
+        let secret = Arc::new(ClusterSecret::new(&[3u8; 32]).unwrap());
+        let addr = node(&secret, 1).await;
+        let honest = RpcClient::new(secret.clone(), &ClusterTls::new(&secret, 2).unwrap(), 2);
+        let reply = honest.call_raw(&addr, "/who", b"{}".to_vec(), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(&reply[..], b"2");
+        // Node 3's certificate, requests signed as node 2.
+        let impostor = RpcClient::new(secret.clone(), &ClusterTls::new(&secret, 3).unwrap(), 2);
+        let e = impostor.call_raw(&addr, "/who", b"{}".to_vec(), Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(e, CallError::Refused { status: StatusCode::UNAUTHORIZED, .. }), "{e}");
+        assert!(e.to_string().contains("signed as node 2 over a connection whose certificate is node 3's"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_member_sending_one_request_twice_inside_tls_is_refused_the_second_time() {
+        let secret = Arc::new(ClusterSecret::new(&[4u8; 32]).unwrap());
+        let addr = node(&secret, 1).await;
+        let tls = ClusterTls::new(&secret, 2).unwrap();
+        let stamp = Stamp { from: 2, to: 1, epoch: 7, seq: 1 };
+        let auth = secret.sign(stamp, now_ms(), "POST", "/who", b"{}");
+        let request = format!("POST /who HTTP/1.1\r\nhost: node\r\n{HEADER}: {auth}\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}");
+        for expected in ["HTTP/1.1 200", "HTTP/1.1 401"] {
+            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).unwrap();
+            let mut stream = tokio_rustls::TlsConnector::from(tls.client.clone()).connect(name, tcp).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer).await; // the server may close without close_notify
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(answer.starts_with(expected), "{answer}");
+        }
+    }
 }

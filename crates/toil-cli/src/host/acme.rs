@@ -16,7 +16,7 @@
 //! wildcards (HTTP-01 and TLS-ALPN-01 cannot validate them) and
 //! `localhost` names.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,16 +41,31 @@ pub struct AcmeCerts {
     ordering: Mutex<BTreeSet<String>>,
 }
 
+/// How often a node tries again to serve a certificate it refused, and
+/// looks at which hosts are being ordered (claims time out).
+const INSTALL_RETRY: Duration = Duration::from_secs(30);
+
+/// How long restoring or creating the account may take: a CA that accepts
+/// connections and never answers must not hold the orders up.
+const ACCOUNT_DEADLINE: Duration = Duration::from_secs(60);
+
 /// What the sealed key of `host`'s certificate is bound to.
 fn key_context(host: &str) -> String {
     format!("tls-key:{host}")
 }
 
-const ACCOUNT_CONTEXT: &str = "acme-account";
+/// What the sealed credentials of the account at `directory` are bound to.
+fn account_context(directory: &str) -> String {
+    format!("acme-account:{directory}")
+}
 
-/// Whether an ACME CA could validate `host` with HTTP-01 or TLS-ALPN-01.
+/// Whether an ACME CA could validate `host` with HTTP-01 or TLS-ALPN-01:
+/// a DNS name of two labels or more (no wildcard, no IP literal, no
+/// `localhost`), of letters, digits and hyphens.
 fn orderable(host: &str) -> bool {
-    !host.starts_with("*.") && host != "localhost" && !host.ends_with(".localhost")
+    let dns = host.split('.').all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    let ip = host.parse::<std::net::IpAddr>().is_ok() || host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    dns && !ip && host.contains('.') && host != "localhost" && !host.ends_with(".localhost")
 }
 
 impl AcmeCerts {
@@ -79,33 +94,44 @@ impl AcmeCerts {
         challenges
     }
 
-    /// Every node: serves what the state says, as it changes.
+    /// Every node: serves what the state says, as it changes. A
+    /// certificate this node cannot serve (its clock behind the CA's
+    /// notBefore, say) is tried again every [`INSTALL_RETRY`].
     async fn follow(self: Arc<Self>) {
         let mut changes = self.log.changes();
         let mut installed: HashMap<String, u64> = HashMap::new();
-        let mut answered = std::collections::BTreeMap::new();
+        let mut refused: HashMap<String, u64> = HashMap::new();
+        let mut answered = (BTreeMap::new(), Vec::new());
         loop {
             let state = self.log.state();
             for (host, entry) in state.tls().hosts() {
                 let Some(issued) = &entry.issued else { continue };
-                if installed.get(host) == Some(&issued.order) {
+                // A file covering the host wins; its gauge is the file's.
+                if installed.get(host) == Some(&issued.order) || self.certs.from_files(host) {
                     continue;
                 }
-                // Tried once per issuance: a refusal is logged, not repeated at every change.
-                installed.insert(host.clone(), issued.order);
                 match self.install(host, issued) {
                     Ok(days) => {
+                        installed.insert(host.clone(), issued.order);
+                        refused.remove(host);
                         tracing::info!(host = %host, order = issued.order, "TLS certificate from the cluster (ACME) serves, valid {days} more days")
                     }
-                    Err(e) => tracing::error!(host = %host, order = issued.order, "the cluster's TLS certificate for {host} cannot serve: {e}"),
+                    // Logged once per issuance, retried quietly.
+                    Err(e) if refused.insert(host.clone(), issued.order) != Some(issued.order) => {
+                        tracing::error!(host = %host, order = issued.order, "the cluster's TLS certificate for {host} cannot serve here (retrying every {INSTALL_RETRY:?}): {e}")
+                    }
+                    Err(_) => {}
                 }
             }
-            if state.tls().challenges() != &answered {
-                answered = state.tls().challenges().clone();
-                self.challenges.replace(answered.iter().map(|(t, c)| (t.clone(), c.host.clone(), c.key_authorization.clone())));
+            let ordering: Vec<String> = state.tls().ordering(now_ms()).map(str::to_string).collect();
+            if (state.tls().challenges(), &ordering) != (&answered.0, &answered.1) {
+                answered = (state.tls().challenges().clone(), ordering);
+                let current = answered.0.iter().map(|(t, c)| (t.clone(), c.host.clone(), c.key_authorization.clone()));
+                self.challenges.replace(current, answered.1.iter().cloned());
             }
-            if changes.changed().await.is_err() {
-                return;
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(INSTALL_RETRY) => {}
             }
         }
     }
@@ -214,14 +240,18 @@ impl AcmeCerts {
     }
 
     async fn order(&self, host: &str, order: u64) -> Result<IssuedCert, String> {
-        let account = self.account().await?;
+        let account = match tokio::time::timeout(ACCOUNT_DEADLINE, self.account()).await {
+            Ok(account) => account?,
+            Err(_) => return Err(format!("the CA at {} did not answer within {ACCOUNT_DEADLINE:?}", self.settings.directory)),
+        };
         let kind = match self.settings.challenge {
             AcmeChallengeKind::Http01 => ChallengeKind::Http01,
             AcmeChallengeKind::TlsAlpn01 => ChallengeKind::TlsAlpn01,
         };
         let publish = |token: String, key_authorization: String| async move {
             let challenge = toil_cluster::Challenge { host: host.to_string(), key_authorization };
-            match self.log.propose(Command::AcmeChallenge { token, challenge }).await {
+            match self.log.propose(Command::AcmeChallenge { token, order, challenge }).await {
+                Ok(Applied::Refused(r)) => Err(format!("the order's claim is gone ({r:?})")),
                 Ok(_) => Ok(()),
                 Err(e) => Err(e.to_string()),
             }
@@ -253,19 +283,19 @@ impl AcmeCerts {
             email: self.settings.email.clone(),
             ca_root: self.settings.ca_certificate.clone(),
         };
-        let secret = self.cluster.secret();
+        let (secret, context) = (self.cluster.secret(), account_context(&settings.directory));
         let stored = |state: &toil_cluster::ClusterState| -> Result<Option<Vec<u8>>, String> {
             let Some(sealed) = state.tls().account(&settings.directory) else { return Ok(None) };
-            secret.open(ACCOUNT_CONTEXT, sealed).map(Some).map_err(|e| e.to_string())
+            secret.open(&context, sealed).map(Some).map_err(|e| e.to_string())
         };
         let (mut account, created) = acme::account(&settings, stored(&self.log.state())?.as_deref()).await.map_err(|e| e.to_string())?;
         if let Some(credentials) = created {
-            let sealed = secret.seal(ACCOUNT_CONTEXT, &credentials);
+            let sealed = secret.seal(&context, &credentials);
             self.log.propose(Command::AcmeAccount { directory: settings.directory.clone(), sealed }).await.map_err(|e| e.to_string())?;
-            // First writer wins: use whichever account the cluster kept.
-            let kept = stored(&self.log.state())?;
-            if kept.as_deref() != Some(&credentials[..]) {
-                account = acme::account(&settings, kept.as_deref()).await.map_err(|e| e.to_string())?.0;
+            // First writer wins: use whichever account the cluster kept
+            // (this node may not have applied it yet: then its own).
+            if let Some(kept) = stored(&self.log.state())?.filter(|kept| *kept != credentials) {
+                account = acme::account(&settings, Some(&kept)).await.map_err(|e| e.to_string())?.0;
             }
         }
         *cached = Some(account.clone());
@@ -289,8 +319,9 @@ mod tests {
     fn only_names_a_ca_can_validate_are_ordered() {
         assert!(orderable("app.example.com"));
         assert!(orderable("app.test"));
-        assert!(!orderable("*.example.com"));
-        assert!(!orderable("localhost"));
-        assert!(!orderable("echo.localhost"));
+        assert!(orderable("xn--bcher-kva.example"));
+        for name in ["*.example.com", "localhost", "echo.localhost", "intranet", "127.0.0.1", "[::1]", "::1", "under_score.example.com", "a..b"] {
+            assert!(!orderable(name), "{name}");
+        }
     }
 }
