@@ -74,8 +74,12 @@ pub(super) type Leave = Box<dyn FnOnce() -> bool + Send>;
 /// Runs one admitted session of connection `quic` until it ends: creates
 /// its box, delivers its events (what the connection routes to it arrives
 /// on `rx`), and ends it.
+///
+/// Not an `async fn`: the task is the driver's own future, which lives as
+/// long as the session. An `async fn` here would keep its arguments and
+/// the driver in its state next to that future, for nothing.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn drive(
+pub(super) fn drive(
     edge: Arc<Edge>,
     admitted: Admitted,
     session: Arc<Session>,
@@ -85,8 +89,7 @@ pub(super) async fn drive(
     leave: Leave,
     path: String,
     query: String,
-) {
-    let name = path.trim_start_matches('/').to_string();
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let Admitted { domain, app, permit } = admitted;
     let held = Held::new(app.limits().max_outbound_bytes_per_event);
     let driver = Driver {
@@ -103,7 +106,7 @@ pub(super) async fn drive(
         session,
         leave: Some(leave),
     };
-    driver.run(connect, rx, &name, &path, &query).await;
+    driver.run(connect, rx, path, query)
 }
 
 struct Driver {
@@ -146,7 +149,9 @@ async fn next_delivery(deliveries: &mut Option<Deliveries>) -> Delivery {
 }
 
 impl Driver {
-    async fn run(mut self, connect: ConnectStream, rx: mpsc::Receiver<Inbound>, name: &str, path: &str, query: &str) {
+    async fn run(mut self, connect: ConnectStream, rx: mpsc::Receiver<Inbound>, path: String, query: String) {
+        let name = path.trim_start_matches('/');
+        let (path, query) = (path.as_str(), query.as_str());
         let ConnectStream { recv: connect_recv, send: mut connect_send } = connect;
         let id = self.permit.id;
         // The box's start and the session's end are boxed: the driver's
