@@ -345,6 +345,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_that_never_finishes_its_handshake_is_closed() {
+        let secret = Arc::new(ClusterSecret::new(&[5u8; 32]).unwrap());
+        let addr = node(&secret, 1).await;
+        let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let start = std::time::Instant::now();
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(HANDSHAKE_TIMEOUT * 2, silent.read(&mut buf)).await;
+        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "closed, not answered: {closed:?}");
+        assert!(start.elapsed() >= HANDSHAKE_TIMEOUT - Duration::from_millis(100), "{:?}", start.elapsed());
+    }
+
+    #[tokio::test]
     async fn a_member_sending_one_request_twice_inside_tls_is_refused_the_second_time() {
         let secret = Arc::new(ClusterSecret::new(&[4u8; 32]).unwrap());
         let addr = node(&secret, 1).await;
