@@ -177,8 +177,9 @@ fn the_cluster_port_carries_no_plaintext_and_no_captured_connection_replays() {
     let recorded = c.recorded();
     assert!(recorded.len() >= 6, "connections on every link: {}", recorded.len());
     let total: usize = recorded.iter().map(|(_, b)| b.len()).sum();
-    for ((from, to), bytes) in &recorded {
-        assert_eq!(bytes.first(), Some(&0x16), "node {from} to node {to}: a connection opens with a TLS handshake record");
+    // (A connection to a node just killed may carry no byte at all.)
+    for ((from, to), bytes) in recorded.iter().filter(|(_, b)| !b.is_empty()) {
+        assert_eq!(bytes[0], 0x16, "node {from} to node {to}: a connection opens with a TLS handshake record");
         for clear in [&b"POST "[..], b"HTTP/1.1", b"x-toil-cluster-auth", b"/raft/", b"/cluster/", b"pulse", b"fencing"] {
             assert!(!contains(bytes, clear), "node {from} to node {to}: {:?} in the clear", String::from_utf8_lossy(clear));
         }
