@@ -163,7 +163,7 @@ impl Position {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg(feature = "alloc")]
 pub enum Since {
-    /// With the next publication.
+    /// With the first publication stored after the subscribe call.
     Now,
     /// With the oldest publication the topic still keeps.
     Oldest,

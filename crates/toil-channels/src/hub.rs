@@ -8,6 +8,14 @@
 //! transport has replayed the topic's kept history into it, and a box that
 //! subscribes meanwhile gets its replay when loading ends, so the seam
 //! between history and live publications has no gap and no duplicate.
+//!
+//! `Since::Now` means "after what the topic holds when the box subscribes".
+//! A loaded copy's head is that or earlier, never later, so it serves. A
+//! copy still loading cannot say, so the caller pins `now` to the
+//! transport's sequence (JetStream's stream sequence, which grows across
+//! all topics) read during the subscribe call: [`Start::NowAt`]. The
+//! subscriber then starts after the last publication recorded at or below
+//! that sequence.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,8 +45,27 @@ struct Topic {
     log: TopicLog,
     subscribers: Vec<(u64, Arc<Mailbox>)>,
     /// While loading: the subscribers waiting for their replay.
-    loading: Option<Vec<(u64, Arc<Mailbox>, Since)>>,
+    loading: Option<Vec<(u64, Arc<Mailbox>, Waiting)>>,
     _watch: Option<Watch>,
+}
+
+/// Where a subscriber starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Start {
+    Since(Since),
+    /// `now`, as the transport's sequence read while the box subscribed.
+    NowAt(u64),
+}
+
+/// Where a subscriber waiting for a copy to load will start.
+enum Waiting {
+    Since(Since),
+    /// After `after`: the last publication recorded at or below `sequence`,
+    /// or right before the first one above it (`None`: none recorded yet).
+    Pinned {
+        sequence: u64,
+        after: Option<Position>,
+    },
 }
 
 /// What [`Hub::subscribe`] asks of its caller.
@@ -101,13 +128,27 @@ impl Hub {
         Ok(position)
     }
 
-    /// Takes a publication the transport delivered for a copied topic.
-    pub fn record(&mut self, key: &TopicKey, position: Position, bytes: Bytes, now_ms: u64) {
+    /// Takes a publication the transport delivered for a copied topic, the
+    /// `sequence`-th the transport stored.
+    pub fn record(&mut self, key: &TopicKey, position: Position, sequence: u64, bytes: Bytes, now_ms: u64) {
         let Some(topic) = self.topics.get_mut(key) else { return };
         let metrics = self.metrics.domain(&key.0);
-        match topic.log.record(&position, bytes.clone(), now_ms) {
-            Recorded::Duplicate => return,
-            Recorded::Next => {}
+        let recorded = topic.log.record(&position, bytes.clone(), now_ms);
+        if recorded == Recorded::Duplicate {
+            return;
+        }
+        for (_, _, waiting) in topic.loading.iter_mut().flatten() {
+            match waiting {
+                Waiting::Pinned { sequence: pinned, after } if sequence <= *pinned => *after = Some(position.clone()),
+                // The first one stored after the pin: start right before it.
+                Waiting::Pinned { after: after @ None, .. } => {
+                    *after = Some(Position { offset: position.offset - 1, epoch: position.epoch.clone() });
+                }
+                _ => {}
+            }
+        }
+        match recorded {
+            Recorded::Duplicate | Recorded::Next => {}
             Recorded::Resync(at, reason) => {
                 for (_, mailbox) in &topic.subscribers {
                     mailbox.push_resync(&key.1, at.clone(), reason);
@@ -118,14 +159,26 @@ impl Hub {
         fan_out(&key.1, &topic.subscribers, &position, bytes, &metrics);
     }
 
-    /// Subscribes a box's mailbox from `since`; its replay (or resync) is
+    /// Subscribes a box's mailbox from `start`; its replay (or resync) is
     /// queued before any live publication.
-    pub fn subscribe(&mut self, key: &TopicKey, id: u64, mailbox: Arc<Mailbox>, since: Since, now_ms: u64) -> Result<Subscribed, ChannelError> {
+    pub fn subscribe(&mut self, key: &TopicKey, id: u64, mailbox: Arc<Mailbox>, start: Start, now_ms: u64) -> Result<Subscribed, ChannelError> {
         let numbering = self.numbering;
         let (topic, created) = self.topic(key)?;
         if let Some(waiting) = &mut topic.loading {
-            waiting.push((id, mailbox, since));
+            let start = match start {
+                Start::Since(since) => Waiting::Since(since),
+                // What the copy took so far was stored before the sequence
+                // was read, or while the box was subscribing: either way not
+                // after the subscribe call.
+                Start::NowAt(sequence) => Waiting::Pinned { sequence, after: topic.log.head() },
+            };
+            waiting.push((id, mailbox, start));
         } else {
+            // A held copy's head is never past the transport's.
+            let since = match start {
+                Start::Since(since) => since,
+                Start::NowAt(_) => Since::Now,
+            };
             let replay = topic.log.replay(&since, now_ms);
             topic.subscribers.push((id, mailbox.clone()));
             self.queue_replay(key, &mailbox, replay);
@@ -153,6 +206,11 @@ impl Hub {
         }
     }
 
+    /// Whether the topic is held and not loading (in process: always once held).
+    pub fn is_loaded(&self, key: &TopicKey) -> bool {
+        self.topics.get(key).is_some_and(|topic| topic.loading.is_none())
+    }
+
     /// Keeps what the transport runs for a new copy; dropped with the topic.
     pub fn set_watch(&mut self, key: &TopicKey, watch: Watch) -> bool {
         match self.topics.get_mut(key) {
@@ -169,7 +227,12 @@ impl Hub {
         let Some(topic) = self.topics.get_mut(key) else { return };
         let Some(waiting) = topic.loading.take() else { return };
         let mut replays = Vec::new();
-        for (id, mailbox, since) in waiting {
+        for (id, mailbox, waiting) in waiting {
+            let since = match waiting {
+                Waiting::Since(since) => since,
+                Waiting::Pinned { after: Some(position), .. } => Since::After(position),
+                Waiting::Pinned { after: None, .. } => Since::Now, // the copy is empty
+            };
             replays.push((mailbox.clone(), topic.log.replay(&since, now_ms)));
             topic.subscribers.push((id, mailbox));
         }
@@ -268,22 +331,22 @@ mod tests {
         let mut hub = hub(Numbering::Local);
         let room = key("chat.example", "room");
         let a = Arc::new(Mailbox::new(8));
-        hub.subscribe(&room, 1, a.clone(), Since::Now, 0).unwrap();
+        hub.subscribe(&room, 1, a.clone(), Start::Since(Since::Now), 0).unwrap();
         let p1 = hub.publish(&room, Bytes::from_static(b"hi"), 0).unwrap();
         assert_eq!(p1.offset, 1);
         hub.publish(&room, Bytes::from_static(b"there"), 1).unwrap();
         assert_eq!(got(&a), ["1=hi", "2=there"]);
         // A late joiner gets the kept history, a resume only what it missed.
         let b = Arc::new(Mailbox::new(8));
-        hub.subscribe(&room, 2, b.clone(), Since::Oldest, 2).unwrap();
+        hub.subscribe(&room, 2, b.clone(), Start::Since(Since::Oldest), 2).unwrap();
         let c = Arc::new(Mailbox::new(8));
-        hub.subscribe(&room, 3, c.clone(), Since::After(p1.clone()), 2).unwrap();
+        hub.subscribe(&room, 3, c.clone(), Start::Since(Since::After(p1.clone())), 2).unwrap();
         hub.publish(&room, Bytes::from_static(b"live"), 3).unwrap();
         assert_eq!(got(&b), ["1=hi", "2=there", "3=live"]);
         assert_eq!(got(&c), ["2=there", "3=live"]);
         // Another domain's topic of the same name is another topic.
         let d = Arc::new(Mailbox::new(8));
-        hub.subscribe(&key("other.example", "room"), 4, d.clone(), Since::After(p1), 3).unwrap();
+        hub.subscribe(&key("other.example", "room"), 4, d.clone(), Start::Since(Since::After(p1)), 3).unwrap();
         assert_eq!(got(&d), ["resync@0:epoch"]);
         assert_eq!(got(&a), ["3=live"]);
         hub.unsubscribe(&room, 1);
@@ -299,7 +362,7 @@ mod tests {
         assert_eq!(hub.publish(&key("d", "c"), Bytes::new(), 0), Err(ChannelError::TooManyTopics));
         assert!(hub.publish(&key("e", "c"), Bytes::new(), 0).is_ok());
         let m = Arc::new(Mailbox::new(8));
-        hub.subscribe(&key("d", "a"), 1, m, Since::Now, 0).unwrap();
+        hub.subscribe(&key("d", "a"), 1, m, Start::Since(Since::Now), 0).unwrap();
         hub.sweep(1000);
         // `a` has a subscriber; `b` and `e/c` expired and went.
         assert_eq!(hub.topic_count(), 1);
@@ -312,16 +375,16 @@ mod tests {
         let t = key("d", "t");
         let at = |offset| Position { offset, epoch: "e".into() };
         let early = Arc::new(Mailbox::new(8));
-        assert_eq!(hub.subscribe(&t, 1, early.clone(), Since::After(at(1)), 0), Ok(Subscribed::StartWatch));
+        assert_eq!(hub.subscribe(&t, 1, early.clone(), Start::Since(Since::After(at(1))), 0), Ok(Subscribed::StartWatch));
         // History arrives while loading; nothing is delivered yet.
-        hub.record(&t, at(1), Bytes::from_static(b"a"), 0);
-        hub.record(&t, at(2), Bytes::from_static(b"b"), 0);
+        hub.record(&t, at(1), 1, Bytes::from_static(b"a"), 0);
+        hub.record(&t, at(2), 2, Bytes::from_static(b"b"), 0);
         assert!(got(&early).is_empty());
         let second = Arc::new(Mailbox::new(8));
-        assert_eq!(hub.subscribe(&t, 2, second.clone(), Since::Now, 0), Ok(Subscribed::Done));
+        assert_eq!(hub.subscribe(&t, 2, second.clone(), Start::Since(Since::Now), 0), Ok(Subscribed::Done));
         hub.loaded(&t, 0);
-        hub.record(&t, at(2), Bytes::from_static(b"b"), 0); // redelivered by the transport
-        hub.record(&t, at(3), Bytes::from_static(b"c"), 0);
+        hub.record(&t, at(2), 2, Bytes::from_static(b"b"), 0); // redelivered by the transport
+        hub.record(&t, at(3), 3, Bytes::from_static(b"c"), 0);
         assert_eq!(got(&early), ["2=b", "3=c"]);
         assert_eq!(got(&second), ["3=c"]);
         // The last subscriber leaving drops the copy (and its watch).
@@ -329,6 +392,44 @@ mod tests {
         hub.unsubscribe(&t, 2);
         assert_eq!(hub.topic_count(), 0);
         assert!(!hub.set_watch(&t, Box::new(())));
+    }
+
+    #[test]
+    fn a_now_pinned_while_loading_gets_what_the_load_brings_after_the_pin() {
+        // Offset n is the stream's sequence 10 + n (other topics took 1-10).
+        // The history holds 3 (HISTORY.size).
+        let mut hub = hub(Numbering::Transport);
+        let t = key("d", "t");
+        let at = |offset| Position { offset, epoch: "e".into() };
+        let record = |hub: &mut Hub, offset: u64| hub.record(&t, at(offset), 10 + offset, Bytes::from(offset.to_string()), 0);
+        // Subscribed while the stream was at 12 (offset 2), before the copy took anything.
+        let pinned = Arc::new(Mailbox::new(8));
+        assert_eq!(hub.subscribe(&t, 1, pinned.clone(), Start::NowAt(12), 0), Ok(Subscribed::StartWatch));
+        // Subscribed while the stream was at 5, before any offset of this topic.
+        let before_all = Arc::new(Mailbox::new(8));
+        hub.subscribe(&t, 2, before_all.clone(), Start::NowAt(5), 0).unwrap();
+        record(&mut hub, 1);
+        record(&mut hub, 2);
+        record(&mut hub, 3);
+        // Pinned at 12, but the copy took offset 3 (sequence 13) before this
+        // subscribe reached the hub: 3 was stored during the call, so the
+        // subscriber may start after it.
+        let late = Arc::new(Mailbox::new(8));
+        hub.subscribe(&t, 3, late.clone(), Start::NowAt(12), 0).unwrap();
+        record(&mut hub, 4);
+        assert!(!hub.is_loaded(&t) && got(&pinned).is_empty());
+        hub.loaded(&t, 0);
+        assert!(hub.is_loaded(&t));
+        record(&mut hub, 5);
+        assert_eq!(got(&pinned), ["3=3", "4=4", "5=5"]);
+        assert_eq!(got(&late), ["4=4", "5=5"]);
+        // Offsets 1-4 came after its pin, and the history lost 1: a resync, not a silent gap.
+        assert_eq!(got(&before_all), ["resync@4:evicted", "5=5"]);
+        // A copy held is a safe `now`: it never is past the stream.
+        let held = Arc::new(Mailbox::new(8));
+        hub.subscribe(&t, 4, held.clone(), Start::NowAt(99), 0).unwrap();
+        record(&mut hub, 6);
+        assert_eq!(got(&held), ["6=6"]);
     }
 
     #[test]

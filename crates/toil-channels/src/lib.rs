@@ -38,7 +38,7 @@ pub mod mailbox;
 mod metrics;
 mod nats;
 
-use hub::{Hub, Numbering, Subscribed, TopicKey};
+use hub::{Hub, Numbering, Start, Subscribed, TopicKey};
 pub use log::ResyncReason;
 pub use mailbox::Delivery;
 use mailbox::Mailbox;
@@ -165,6 +165,39 @@ impl Channels {
         Ok(position)
     }
 
+    /// Where a subscriber from `since` starts, so that `Since::Now` gets
+    /// every publication stored after the subscribe call.
+    ///
+    /// A node's loaded copy of a topic is never ahead of the transport, so
+    /// its head is a safe "now" (what it has not seen yet is still
+    /// delivered), and the hub resolves `Now` against it. A copy still
+    /// loading does not know where the topic is: resolving `Now` when the
+    /// load ends would skip whatever was published meanwhile (a slow load
+    /// of a long history, another node publishing right after this
+    /// subscribe). So for a copy not loaded yet, `Now` is pinned to the
+    /// stream's sequence read during the call, and the hub starts the
+    /// subscriber after the last publication at or below it. If NATS does
+    /// not answer in time, `Now` starts where the copy's load ends:
+    /// publications other nodes made in between are then skipped, as
+    /// during any outage of this node's link to NATS.
+    async fn start(&self, key: &TopicKey, since: Since) -> Start {
+        let Transport::Nats(nats) = &self.inner.transport else { return Start::Since(since) };
+        if since != Since::Now || self.inner.hub.lock().expect("channel hub").is_loaded(key) {
+            return Start::Since(since);
+        }
+        match tokio::time::timeout(self.inner.settings.publish_timeout, nats.sequence()).await {
+            Ok(Ok(sequence)) => Start::NowAt(sequence),
+            Ok(Err(_)) | Err(_) => {
+                tracing::debug!(
+                    domain = &*key.0,
+                    topic = &*key.1,
+                    "channels: NATS did not give its sequence; `now` starts when the node's copy has loaded"
+                );
+                Start::Since(since)
+            }
+        }
+    }
+
     /// A box's subscriptions, and the receiver its session driver reads.
     pub fn inbox(&self, domain: &str) -> (Inbox, Deliveries) {
         let mailbox = Arc::new(Mailbox::new(self.inner.settings.subscriber_queue));
@@ -191,8 +224,9 @@ pub struct Inbox {
 
 impl Inbox {
     /// Subscribes from `since`; subscribing again to a topic restarts it
-    /// from the new `since`.
-    pub fn subscribe(&mut self, topic: &str, since: Since) -> Result<(), ChannelError> {
+    /// from the new `since`. Through NATS, `now` for a topic the node has
+    /// not loaded yet asks NATS where the stream is (see `Channels::start`).
+    pub async fn subscribe(&mut self, topic: &str, since: Since) -> Result<(), ChannelError> {
         check_topic(topic).map_err(|_| ChannelError::BadTopic)?;
         self.unsubscribe(topic);
         if self.subscribed.len() >= self.channels.inner.settings.max_subscriptions_per_box {
@@ -201,8 +235,9 @@ impl Inbox {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let key: TopicKey = (self.domain.clone(), topic.into());
+        let start = self.channels.start(&key, since).await;
         let inner = &self.channels.inner;
-        let subscribed = inner.hub.lock().expect("channel hub").subscribe(&key, id, self.mailbox.clone(), since, inner.now_ms())?;
+        let subscribed = inner.hub.lock().expect("channel hub").subscribe(&key, id, self.mailbox.clone(), start, inner.now_ms())?;
         if subscribed == Subscribed::StartWatch {
             if let Transport::Nats(nats) = &inner.transport {
                 nats.watch(key.clone(), Arc::downgrade(inner));

@@ -102,6 +102,11 @@ impl TopicLog {
         Position { offset: self.last, epoch: self.epoch.clone().unwrap_or_default() }
     }
 
+    /// The last publication's position, once there was one.
+    pub fn head(&self) -> Option<Position> {
+        self.epoch.is_some().then(|| self.position())
+    }
+
     /// Whether any publication is kept.
     pub fn is_empty(&self) -> bool {
         self.kept.is_empty()

@@ -17,10 +17,10 @@
 //!
 //! A node keeps a copy of each topic its boxes subscribe to (see the hub),
 //! fed by one ordered consumer on that subject: it first replays the kept
-//! messages, then follows live ones. A consumer that fails (NATS restarts,
-//! the connection drops) is recreated from the stream sequence after the
-//! last one the copy took, so the copy loses nothing the stream still
-//! keeps and the hub drops anything seen twice.
+//! messages, then follows live ones. A consumer that fails (a delivery
+//! missed, NATS restarts, the connection drops) is recreated from the
+//! stream sequence after the last one the copy took, so the copy loses
+//! nothing the stream still keeps and the hub drops anything seen twice.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +34,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use toil_abi::channel::{ChannelError, Position};
+use tokio::sync::watch;
 
 use crate::hub::{new_epoch, TopicKey};
 use crate::{ChannelSettings, Inner};
@@ -50,6 +51,9 @@ const MAX_CACHED_TOPICS: usize = 10_000;
 pub(crate) struct Nats {
     client: async_nats::Client,
     js: jetstream::Context,
+    /// Counts the connections to NATS made so far; followers start over
+    /// when it moves (a restarted server has lost their consumers).
+    connections: watch::Receiver<u64>,
     /// Per subject: the last message's stream sequence and position, as this
     /// node last saw it.
     last: Mutex<HashMap<String, (u64, Position)>>,
@@ -67,16 +71,23 @@ const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl Nats {
     pub async fn connect(url: &str, settings: &ChannelSettings) -> anyhow::Result<Nats> {
+        let (connected, connections) = watch::channel(0u64);
         let options = async_nats::ConnectOptions::new()
             .name("toil")
             .connection_timeout(Duration::from_secs(2))
             // A restarted server is found again within half a second.
             .reconnect_delay_callback(|attempt| Duration::from_millis((attempt as u64 * 50).min(500)))
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("channels: connected to NATS"),
-                    async_nats::Event::Disconnected => tracing::warn!("channels: lost NATS; publishes fail as Unavailable until it is back"),
-                    other => tracing::debug!("channels: NATS {other}"),
+            .event_callback(move |event| {
+                let connected = connected.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("channels: connected to NATS");
+                            connected.send_modify(|n| *n += 1);
+                        }
+                        async_nats::Event::Disconnected => tracing::warn!("channels: lost NATS; publishes fail as Unavailable until it is back"),
+                        other => tracing::debug!("channels: NATS {other}"),
+                    }
                 }
             });
         let client = options.connect(url).await.map_err(|e| anyhow::anyhow!("cannot connect to NATS at {url}: {e}"))?;
@@ -93,7 +104,7 @@ impl Nats {
         js.create_or_update_stream(config)
             .await
             .map_err(|e| anyhow::anyhow!("NATS at {url} refused the {STREAM} JetStream stream: {e} (is nats-server started with -js?)"))?;
-        Ok(Nats { client, js, last: Mutex::new(HashMap::new()), publisher: new_epoch(), published: AtomicU64::new(0) })
+        Ok(Nats { client, js, connections, last: Mutex::new(HashMap::new()), publisher: new_epoch(), published: AtomicU64::new(0) })
     }
 
     /// Publishes the next offset of the topic; returns once JetStream stored
@@ -104,7 +115,7 @@ impl Nats {
         let mut last = self.last.lock().expect("nats cache").get(&subject).cloned();
         for _ in 0..PUBLISH_ATTEMPTS {
             if last.is_none() {
-                last = self.read_last(&subject).await?;
+                last = read_last(&self.js, &subject).await?;
             }
             let (expected, next) = match &last {
                 Some((seq, p)) => (*seq, Position { offset: p.offset + 1, epoch: p.epoch.clone() }),
@@ -159,13 +170,14 @@ impl Nats {
         }
     }
 
-    async fn read_last(&self, subject: &str) -> Result<Last, ChannelError> {
-        let stream = self.js.get_stream_no_info(STREAM).await.map_err(|_| ChannelError::Unavailable)?;
-        match stream.get_last_raw_message_by_subject(subject).await {
-            Ok(message) => Ok(position(&message.headers).map(|p| (message.sequence, p))),
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+    /// The stream's last sequence: every publication stored from now on,
+    /// to any topic, gets a higher one. One small request (stream info),
+    /// whatever the size of the topics' messages.
+    pub async fn sequence(&self) -> Result<u64, ChannelError> {
+        match self.js.get_stream(STREAM).await {
+            Ok(stream) => Ok(stream.cached_info().state.last_sequence),
             Err(e) => {
-                tracing::debug!(subject, "cannot read a channel's last message: {e}");
+                tracing::debug!("cannot read the {STREAM} stream's sequence: {e}");
                 Err(ChannelError::Unavailable)
             }
         }
@@ -174,11 +186,24 @@ impl Nats {
     /// Starts the consumer that feeds the node's copy of `key`; it stops
     /// when the hub drops the copy (or the channels go).
     pub fn watch(&self, key: TopicKey, inner: Weak<Inner>) {
-        let task = tokio::spawn(follow(self.client.clone(), self.js.clone(), key.clone(), inner.clone()));
+        let task = tokio::spawn(follow(self.client.clone(), self.js.clone(), self.connections.clone(), key.clone(), inner.clone()));
         let Some(strong) = inner.upgrade() else { return task.abort() };
         let kept = strong.hub.lock().expect("channel hub").set_watch(&key, Box::new(AbortOnDrop(task.abort_handle())));
         if !kept {
             task.abort();
+        }
+    }
+}
+
+/// The subject's last message, read from the stream.
+async fn read_last(js: &jetstream::Context, subject: &str) -> Result<Last, ChannelError> {
+    let stream = js.get_stream_no_info(STREAM).await.map_err(|_| ChannelError::Unavailable)?;
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(message) => Ok(position(&message.headers).map(|p| (message.sequence, p))),
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => {
+            tracing::debug!(subject, "cannot read a channel's last message: {e}");
+            Err(ChannelError::Unavailable)
         }
     }
 }
@@ -197,23 +222,33 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// How often NATS says it is there on an idle consumer; after two silent
+/// periods the follower starts over.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// A heartbeat's header naming the flow-control reply a stalled consumer waits for.
+const CONSUMER_STALLED: &str = "Nats-Consumer-Stalled";
+
 /// Feeds the hub's copy of one topic: its kept history, then live
-/// messages, for as long as the copy exists. The ordered consumer
-/// recreates itself after a server restart; this loop only covers a
-/// consumer that could not be created, from the message after the last one
-/// taken.
-async fn follow(client: async_nats::Client, js: jetstream::Context, key: TopicKey, inner: Weak<Inner>) {
+/// messages, for as long as the copy exists. Whenever the feed breaks (a
+/// delivery missed, NATS silent, a reconnection: a restarted server has
+/// lost the consumer) it starts a new consumer from the message after the
+/// last one taken.
+async fn follow(client: async_nats::Client, js: jetstream::Context, mut connections: watch::Receiver<u64>, key: TopicKey, inner: Weak<Inner>) {
     let subject = subject(&key);
     let mut follower = Follower { key, inner, next_sequence: None, loaded: false };
     let mut backoff = Duration::from_millis(50);
     loop {
-        match follower.follow_once(&client, &js, &subject).await {
+        let before = follower.next_sequence;
+        match follower.follow_once(&client, &js, &mut connections, &subject).await {
             Ok(()) => return, // the channels are gone
             Err(e) => {
                 let Some(strong) = follower.inner.upgrade() else { return };
                 strong.hub.lock().expect("channel hub").metrics.transport_errors[1].inc();
                 drop(strong);
                 tracing::warn!(subject, "channel subscription interrupted, resuming: {e}");
+                if follower.next_sequence != before {
+                    backoff = Duration::from_millis(50); // it had got going again
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
@@ -230,46 +265,102 @@ struct Follower {
 }
 
 impl Follower {
-    async fn follow_once(&mut self, client: &async_nats::Client, js: &jetstream::Context, subject: &str) -> anyhow::Result<()> {
+    /// One ordered push consumer, run by hand: async-nats' own ordered
+    /// consumers either ignore the server's "stalled" heartbeats (push: its
+    /// flow control then stalls for good on large messages) or take 30 s to
+    /// notice a lost server (pull). Returns `Ok` when the channels are gone.
+    async fn follow_once(
+        &mut self,
+        client: &async_nats::Client,
+        js: &jetstream::Context,
+        connections: &mut watch::Receiver<u64>,
+        subject: &str,
+    ) -> anyhow::Result<()> {
+        connections.mark_unchanged();
         let stream = js.get_stream_no_info(STREAM).await?;
         let deliver_policy = match self.next_sequence {
             Some(start_sequence) => consumer::DeliverPolicy::ByStartSequence { start_sequence },
             None => consumer::DeliverPolicy::All,
         };
-        let config = consumer::push::OrderedConfig {
-            deliver_subject: client.new_inbox(),
+        // Subscribed before the consumer exists, so no delivery goes unheard.
+        let inbox = client.new_inbox();
+        let mut deliveries = client.subscribe(inbox.clone()).await?;
+        let config = consumer::push::Config {
+            deliver_subject: inbox,
             filter_subject: subject.to_string(),
             deliver_policy,
+            ack_policy: consumer::AckPolicy::None,
+            max_deliver: 1,
+            flow_control: true,
+            idle_heartbeat: HEARTBEAT,
+            // Gone soon after this subscription is (the server sees no interest).
+            inactive_threshold: 6 * HEARTBEAT,
+            memory_storage: true,
+            num_replicas: 1,
             ..Default::default()
         };
-        let mut consumer = stream.create_consumer(config).await?;
-        if consumer.info().await?.num_pending == 0 {
+        let consumer = stream.create_consumer(config).await?;
+        // The load ends when JetStream counts nothing pending, or at the
+        // subject's last message as it stood now: nats-server 2.9 keeps
+        // counting messages the subject's limit dropped during the load as
+        // pending, so the count alone may never reach zero.
+        let pending = consumer.cached_info().num_pending;
+        let last = match self.loaded {
+            true => None,
+            false => {
+                read_last(js, subject).await.map_err(|e| anyhow::anyhow!("reading the topic's last message: {e}"))?.map(|(sequence, _)| sequence)
+            }
+        };
+        tracing::debug!(subject, from_sequence = ?self.next_sequence, pending, ?last, loaded = self.loaded, "channels: following a topic");
+        if pending == 0 || last.is_none_or(|last| self.next_sequence.is_some_and(|next| next > last)) {
             self.loaded_now();
         }
-        let mut messages = consumer.messages().await?;
-        while let Some(message) = messages.next().await {
-            // The ordered consumer reports and repairs its own failures.
-            let Ok(message) = message else { continue };
-            let info = message.info().map_err(|e| anyhow::anyhow!("message info: {e}"))?;
-            let (sequence, pending) = (info.stream_sequence, info.pending);
-            // A consumer recreated before its first message starts over.
-            if self.next_sequence.is_some_and(|next| sequence < next) {
+        let mut delivered = 0; // the consumer's own sequence
+        loop {
+            let message = tokio::select! {
+                message = tokio::time::timeout(2 * HEARTBEAT, deliveries.next()) => match message {
+                    Ok(Some(message)) => message,
+                    Ok(None) => anyhow::bail!("the consumer's subscription ended"),
+                    Err(_) => anyhow::bail!("no heartbeat from NATS for {:?}", 2 * HEARTBEAT),
+                },
+                _ = connections.changed() => anyhow::bail!("reconnected to NATS"),
+            };
+            if message.status == Some(async_nats::StatusCode::IDLE_HEARTBEAT) {
+                // Flow control asks for an answer on its reply subject; a
+                // stalled consumer's heartbeat names the one it still waits for.
+                let stalled = message.headers.as_ref().and_then(|h| h.get(CONSUMER_STALLED)).map(|v| v.as_str().to_string());
+                if let Some(answer) = message.reply.map(|r| r.to_string()).or(stalled) {
+                    client.publish(answer, Bytes::new()).await?;
+                }
+                let last = message.headers.as_ref().and_then(|h| h.get(async_nats::header::NATS_LAST_CONSUMER)).and_then(|v| v.as_str().parse().ok());
+                if last.is_some_and(|last: u64| last != delivered) {
+                    anyhow::bail!("the consumer delivered {} messages, {delivered} arrived", last.unwrap_or_default());
+                }
                 continue;
             }
+            if message.status.is_some() {
+                continue; // nothing else a push consumer sends calls for an action
+            }
+            let message = jetstream::Message { message, context: js.clone() };
+            let info = message.info().map_err(|e| anyhow::anyhow!("message info: {e}"))?;
+            let (sequence, pending) = (info.stream_sequence, info.pending);
+            if info.consumer_sequence != delivered + 1 {
+                anyhow::bail!("a delivery was missed (got {} after {delivered})", info.consumer_sequence);
+            }
+            delivered = info.consumer_sequence;
             self.next_sequence = Some(sequence + 1);
             let Some(inner) = self.inner.upgrade() else { return Ok(()) };
             match message.headers.as_ref().and_then(position) {
                 Some(at) => {
                     let now = inner.now_ms();
-                    inner.hub.lock().expect("channel hub").record(&self.key, at, message.payload.clone(), now);
+                    inner.hub.lock().expect("channel hub").record(&self.key, at, sequence, message.payload.clone(), now);
                 }
                 None => tracing::warn!(subject, sequence, "channel message without Toil-Offset/Toil-Epoch headers skipped"),
             }
-            if pending == 0 {
+            if pending == 0 || last.is_some_and(|last| sequence >= last) {
                 self.loaded_now();
             }
         }
-        anyhow::bail!("the consumer's message stream ended")
     }
 
     fn loaded_now(&mut self) {
@@ -279,6 +370,12 @@ impl Follower {
         if let Some(inner) = self.inner.upgrade() {
             let now = inner.now_ms();
             inner.hub.lock().expect("channel hub").loaded(&self.key, now);
+            tracing::debug!(
+                domain = &*self.key.0,
+                topic = &*self.key.1,
+                next_sequence = self.next_sequence,
+                "channels: the node's copy of a topic has loaded"
+            );
         }
         self.loaded = true;
     }

@@ -41,7 +41,10 @@ fn channels_span_the_cluster_through_nats_and_survive_node_and_nats_restarts() {
     let mut nats = Nats::start(&dir);
     let config = serde_json::json!({
         "apps": [{"domain": "relay", "dir": test_guest("relay")}],
-        "channels": {"nats": nats.url(), "historySize": 50},
+        "channels": {"nats": nats.url(), "historySize": 50, "maxMessageBytes": 1_000_000},
+        // Publishes may wait for NATS up to ¾ of this (the default 100 ms
+        // leaves 75 ms, short for a loaded CI machine moving 50 MB).
+        "limits": {"deadlineMs": 1000},
     });
     let mut c = Cluster::start_with("channels-cluster", 3, config);
     c.wait_for(Duration::from_secs(60), "every node to serve relay", |c| {
@@ -50,6 +53,7 @@ fn channels_span_the_cluster_through_nats_and_survive_node_and_nats_restarts() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         every_publisher_reaches_every_subscriber_once_in_order(&c).await;
+        subscribing_now_misses_nothing_while_the_node_loads_a_long_history(&c).await;
         an_acknowledged_publication_survives_a_nats_restart(&c, &mut nats).await;
     });
     let (position, epoch) = rt.block_on(subscribed_on_node_3_until(&c, 5));
@@ -80,6 +84,33 @@ async fn every_publisher_reaches_every_subscriber_once_in_order(c: &Cluster) {
     // The daemon, owned by one of the nodes, reaches a box on node 3.
     let ticks = messages(&mut s3, "ticks", 2).await;
     assert_eq!(ticks[1].0, ticks[0].0 + 1);
+}
+
+/// A box subscribing `now` to a topic its node does not hold yet gets every
+/// publication made after its subscribe returned, and nothing before, even
+/// while the node's copy is still loading the topic's history: 50 messages
+/// of 1 MB here, so the publications from node 2 land during that load.
+async fn subscribing_now_misses_nothing_while_the_node_loads_a_long_history(c: &Cluster) {
+    let mut publisher = client(c, 2).await;
+    for _ in 0..50 {
+        let reply = publisher.cmd("pub-size long 1000000").await;
+        assert!(reply.starts_with("pub-ok "), "{reply}");
+    }
+    let mut subscriber = client(c, 1).await;
+    assert_eq!(subscriber.cmd("sub long now").await, "ok");
+    let mut epoch = String::new();
+    for i in 1..=20 {
+        let (offset, e) = publisher.publish("long", &format!("s{i}")).await;
+        assert_eq!(offset, 50 + i);
+        epoch = e;
+    }
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        let Ok(event) = tokio::time::timeout(Duration::from_secs(10), subscriber.event()).await else { break };
+        got.push(event.splitn(5, ' ').filter(|w| w.len() < 100).collect::<Vec<_>>().join(" "));
+    }
+    let expected: Vec<String> = (1..=20).map(|i| format!("msg long {} {epoch} s{i}", 50 + i)).collect();
+    assert_eq!(got, expected, "exactly the publications made after the subscribe, nothing before (logs in {})", c.dir.display());
 }
 
 async fn an_acknowledged_publication_survives_a_nats_restart(c: &Cluster, nats: &mut Nats) {

@@ -260,24 +260,25 @@ fn add_channels(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         })
     })?;
 
-    linker.func_wrap(
-        imports::MODULE,
-        imports::CHANNEL_SUBSCRIBE,
-        |mut caller: Caller<'_, HostState>, topic: i32, topic_len: i32, since: i32, since_len: i32| {
+    // Async: through NATS, subscribing `now` to a topic the node has not
+    // loaded asks the transport where the topic is (bounded like a publish).
+    linker.func_wrap_async(imports::MODULE, imports::CHANNEL_SUBSCRIBE, |mut caller: Caller<'_, HostState>, args: (i32, i32, i32, i32)| {
+        Box::new(async move {
+            let (topic, topic_len, since, since_len) = args;
             let mem = guest_memory(&mut caller)?;
             let (bytes, state) = mem.data_and_store_mut(&mut caller);
-            let Ok(topic) = std::str::from_utf8(guest_slice(bytes, topic, topic_len, "channel_subscribe")?) else {
+            let Ok(topic) = std::str::from_utf8(guest_slice(bytes, topic, topic_len, "channel_subscribe")?).map(str::to_owned) else {
                 return Ok(ChannelError::BadTopic as i32);
             };
             let Ok(since) = Since::decode(guest_slice(bytes, since, since_len, "channel_subscribe")?) else {
                 return Ok(ChannelError::BadArgument as i32);
             };
             Ok(match state.inbox.as_mut() {
-                Some(inbox) => inbox.subscribe(topic, since).map_or_else(|e| e as i32, |()| 0),
+                Some(inbox) => inbox.subscribe(&topic, since).await.map_or_else(|e| e as i32, |()| 0),
                 None => ChannelError::Disabled as i32,
             })
-        },
-    )?;
+        })
+    })?;
 
     linker.func_wrap(imports::MODULE, imports::CHANNEL_UNSUBSCRIBE, |mut caller: Caller<'_, HostState>, topic: i32, topic_len: i32| {
         let mem = guest_memory(&mut caller)?;

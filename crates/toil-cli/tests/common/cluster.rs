@@ -255,7 +255,7 @@ impl Cluster {
             None => cmd.arg("--init"),
         };
         let mut child = cmd
-            .env("TOIL_LOG", "info,wasmtime_wasi=warn,wiggle=warn,openraft=error")
+            .env("TOIL_LOG", "info,wasmtime_wasi=warn,wiggle=warn,openraft=error,toil_channels=debug")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
