@@ -163,7 +163,8 @@ impl Position {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg(feature = "alloc")]
 pub enum Since {
-    /// With the first publication stored after the subscribe call.
+    /// Live: nothing stored after the subscribe call is missed (a few
+    /// publications from just before it may arrive too).
     Now,
     /// With the oldest publication the topic still keeps.
     Oldest,

@@ -165,36 +165,19 @@ impl Channels {
         Ok(position)
     }
 
-    /// Where a subscriber from `since` starts, so that `Since::Now` gets
-    /// every publication stored after the subscribe call.
-    ///
-    /// A node's loaded copy of a topic is never ahead of the transport, so
-    /// its head is a safe "now" (what it has not seen yet is still
-    /// delivered), and the hub resolves `Now` against it. A copy still
-    /// loading does not know where the topic is: resolving `Now` when the
-    /// load ends would skip whatever was published meanwhile (a slow load
-    /// of a long history, another node publishing right after this
-    /// subscribe). So for a copy not loaded yet, `Now` is pinned to the
-    /// stream's sequence read during the call, and the hub starts the
+    /// A pin for `Since::Now` on a copy the hub cannot resolve it against
+    /// (still loading, or not held yet): resolving `now` when the load ends
+    /// would skip whatever other nodes publish meanwhile (a slow load of a
+    /// long history, a publish right after this subscribe). So `now` is
+    /// pinned to the stream's sequence, read at most a moment before the
+    /// call (see `Nats::recent_sequence`), and the hub starts the
     /// subscriber after the last publication at or below it. If NATS does
-    /// not answer in time, `Now` starts where the copy's load ends:
-    /// publications other nodes made in between are then skipped, as
-    /// during any outage of this node's link to NATS.
-    async fn start(&self, key: &TopicKey, since: Since) -> Start {
-        let Transport::Nats(nats) = &self.inner.transport else { return Start::Since(since) };
-        if since != Since::Now || self.inner.hub.lock().expect("channel hub").is_loaded(key) {
-            return Start::Since(since);
-        }
-        match tokio::time::timeout(self.inner.settings.publish_timeout, nats.sequence()).await {
-            Ok(Ok(sequence)) => Start::NowAt(sequence),
-            Ok(Err(_)) | Err(_) => {
-                tracing::debug!(
-                    domain = &*key.0,
-                    topic = &*key.1,
-                    "channels: NATS did not give its sequence; `now` starts when the node's copy has loaded"
-                );
-                Start::Since(since)
-            }
+    /// not answer in time, `now` starts where the copy's load ends.
+    async fn pin_now(&self) -> Start {
+        let Transport::Nats(nats) = &self.inner.transport else { return Start::NowUnpinned };
+        match nats.recent_sequence(self.inner.settings.publish_timeout).await {
+            Some(sequence) => Start::NowAt(sequence),
+            None => Start::NowUnpinned,
         }
     }
 
@@ -225,22 +208,31 @@ pub struct Inbox {
 impl Inbox {
     /// Subscribes from `since`; subscribing again to a topic restarts it
     /// from the new `since`. Through NATS, `now` for a topic the node has
-    /// not loaded yet asks NATS where the stream is (see `Channels::start`).
+    /// not loaded yet may wait for NATS to say where the stream is (see
+    /// `Channels::pin_now`), at most as long as a publish may.
     pub async fn subscribe(&mut self, topic: &str, since: Since) -> Result<(), ChannelError> {
         check_topic(topic).map_err(|_| ChannelError::BadTopic)?;
-        self.unsubscribe(topic);
-        if self.subscribed.len() >= self.channels.inner.settings.max_subscriptions_per_box {
+        let replacing = self.subscribed.get(topic).copied();
+        if replacing.is_none() && self.subscribed.len() >= self.channels.inner.settings.max_subscriptions_per_box {
             return Err(ChannelError::TooManySubscriptions);
         }
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let key: TopicKey = (self.domain.clone(), topic.into());
-        let start = self.channels.start(&key, since).await;
-        let inner = &self.channels.inner;
-        let subscribed = inner.hub.lock().expect("channel hub").subscribe(&key, id, self.mailbox.clone(), start, inner.now_ms())?;
-        if subscribed == Subscribed::StartWatch {
-            if let Transport::Nats(nats) = &inner.transport {
-                nats.watch(key.clone(), Arc::downgrade(inner));
+        let inner = self.channels.inner.clone();
+        let mut start = Start::Since(since);
+        loop {
+            // Refused only for a new topic (too many): nothing was replaced.
+            let subscribed = inner.hub.lock().expect("channel hub").subscribe(&key, id, self.mailbox.clone(), start, replacing, inner.now_ms())?;
+            match subscribed {
+                Subscribed::NeedsPin => start = self.channels.pin_now().await,
+                Subscribed::StartWatch(generation) => {
+                    if let Transport::Nats(nats) = &inner.transport {
+                        nats.watch(key.clone(), generation, Arc::downgrade(&inner));
+                    }
+                    break;
+                }
+                Subscribed::Done => break,
             }
         }
         self.subscribed.insert(key.1, id);

@@ -59,11 +59,20 @@ pub(crate) struct Nats {
     last: Mutex<HashMap<String, (u64, Position)>>,
     /// Makes every publication's `Nats-Msg-Id` unique across nodes and restarts.
     publisher: String,
+    /// The last reading of the stream's sequence (`None`: it failed), and when.
+    sequence: tokio::sync::Mutex<Option<(std::time::Instant, Option<u64>)>>,
     published: AtomicU64,
 }
 
-/// The last message of a subject.
-type Last = Option<(u64, Position)>;
+/// The last message of a subject: its stream sequence and, if it is a
+/// channel publication (it carries our headers), its position.
+type Last = Option<(u64, Option<Position>)>;
+
+/// How long a reading of the stream's sequence serves as `now` for new
+/// subscribers. An older reading is still a safe `now` (it can only add
+/// publications from just before the call, never lose one after it), and
+/// reusing it keeps a burst of subscribes to one request.
+const SEQUENCE_REUSE: Duration = Duration::from_millis(250);
 
 /// How long one JetStream request (or publish acknowledgement) may take;
 /// a publish retries within its own deadline.
@@ -104,7 +113,8 @@ impl Nats {
         js.create_or_update_stream(config)
             .await
             .map_err(|e| anyhow::anyhow!("NATS at {url} refused the {STREAM} JetStream stream: {e} (is nats-server started with -js?)"))?;
-        Ok(Nats { client, js, connections, last: Mutex::new(HashMap::new()), publisher: new_epoch(), published: AtomicU64::new(0) })
+        let sequence = tokio::sync::Mutex::new(None);
+        Ok(Nats { client, js, connections, last: Mutex::new(HashMap::new()), publisher: new_epoch(), sequence, published: AtomicU64::new(0) })
     }
 
     /// Publishes the next offset of the topic; returns once JetStream stored
@@ -112,13 +122,16 @@ impl Nats {
     /// still be stored (its position then belongs to no acknowledged publish).
     pub async fn publish(&self, key: &TopicKey, bytes: Bytes) -> Result<Position, ChannelError> {
         let subject = subject(key);
-        let mut last = self.last.lock().expect("nats cache").get(&subject).cloned();
+        let mut known: Option<Last> = self.last.lock().expect("nats cache").get(&subject).cloned().map(|(seq, p)| Some((seq, Some(p))));
         for _ in 0..PUBLISH_ATTEMPTS {
-            if last.is_none() {
-                last = read_last(&self.js, &subject).await?;
-            }
-            let (expected, next) = match &last {
-                Some((seq, p)) => (*seq, Position { offset: p.offset + 1, epoch: p.epoch.clone() }),
+            let last = match known.take() {
+                Some(last) => last,
+                None => read_last(&self.js, &subject).await?,
+            };
+            let (expected, next) = match last {
+                Some((seq, Some(p))) => (seq, Position { offset: p.offset + 1, epoch: p.epoch }),
+                // A message that is not a channel publication: a new epoch after it.
+                Some((seq, None)) => (seq, Position { offset: 1, epoch: new_epoch() }),
                 None => (0, Position { offset: 1, epoch: new_epoch() }),
             };
             let id = format!("{}-{}", self.publisher, self.published.fetch_add(1, Ordering::Relaxed));
@@ -131,7 +144,7 @@ impl Nats {
                     cache.insert(subject, (sequence, next.clone()));
                     return Ok(next);
                 }
-                Err(Sent::Raced) => last = None, // another node published first: read again
+                Err(Sent::Raced) => {} // another node published first: read again
                 Err(Sent::Failed) => {
                     self.last.lock().expect("nats cache").remove(&subject);
                     return Err(ChannelError::Unavailable);
@@ -170,25 +183,42 @@ impl Nats {
         }
     }
 
-    /// The stream's last sequence: every publication stored from now on,
-    /// to any topic, gets a higher one. One small request (stream info),
-    /// whatever the size of the topics' messages.
-    pub async fn sequence(&self) -> Result<u64, ChannelError> {
-        match self.js.get_stream(STREAM).await {
-            Ok(stream) => Ok(stream.cached_info().state.last_sequence),
-            Err(e) => {
-                tracing::debug!("cannot read the {STREAM} stream's sequence: {e}");
-                Err(ChannelError::Unavailable)
+    /// The stream's last sequence, read no earlier than [`SEQUENCE_REUSE`]
+    /// ago: every publication stored after the reading, to any topic, has a
+    /// higher one. One small request (stream info), whatever the size of
+    /// the topics' messages, shared by the subscribes that need it at once.
+    /// `None` when NATS did not answer within `wait` (or did not a moment
+    /// ago: subscribes during an outage do not each wait).
+    pub async fn recent_sequence(&self, wait: Duration) -> Option<u64> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut reading = tokio::time::timeout_at(deadline, self.sequence.lock()).await.ok()?;
+        if let Some((at, sequence)) = *reading {
+            if at.elapsed() < SEQUENCE_REUSE {
+                return sequence;
             }
         }
+        let sequence = match tokio::time::timeout_at(deadline, self.js.get_stream(STREAM)).await {
+            Ok(Ok(stream)) => Some(stream.cached_info().state.last_sequence),
+            Ok(Err(e)) => {
+                tracing::warn!("channels: cannot read the {STREAM} stream's sequence ({e}); `now` subscribers start where their node's copy loads");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("channels: NATS did not give the {STREAM} stream's sequence within {wait:?}; `now` subscribers start where their node's copy loads");
+                None
+            }
+        };
+        *reading = Some((std::time::Instant::now(), sequence));
+        sequence
     }
 
     /// Starts the consumer that feeds the node's copy of `key`; it stops
     /// when the hub drops the copy (or the channels go).
-    pub fn watch(&self, key: TopicKey, inner: Weak<Inner>) {
-        let task = tokio::spawn(follow(self.client.clone(), self.js.clone(), self.connections.clone(), key.clone(), inner.clone()));
+    pub fn watch(&self, key: TopicKey, generation: u64, inner: Weak<Inner>) {
+        let follower = Follower { key: key.clone(), generation, inner: inner.clone(), next_sequence: None, loaded: false };
+        let task = tokio::spawn(follow(self.client.clone(), self.js.clone(), self.connections.clone(), follower));
         let Some(strong) = inner.upgrade() else { return task.abort() };
-        let kept = strong.hub.lock().expect("channel hub").set_watch(&key, Box::new(AbortOnDrop(task.abort_handle())));
+        let kept = strong.hub.lock().expect("channel hub").set_watch(&key, generation, Box::new(AbortOnDrop(task.abort_handle())));
         if !kept {
             task.abort();
         }
@@ -199,7 +229,7 @@ impl Nats {
 async fn read_last(js: &jetstream::Context, subject: &str) -> Result<Last, ChannelError> {
     let stream = js.get_stream_no_info(STREAM).await.map_err(|_| ChannelError::Unavailable)?;
     match stream.get_last_raw_message_by_subject(subject).await {
-        Ok(message) => Ok(position(&message.headers).map(|p| (message.sequence, p))),
+        Ok(message) => Ok(Some((message.sequence, position(&message.headers)))),
         Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(e) => {
             tracing::debug!(subject, "cannot read a channel's last message: {e}");
@@ -233,9 +263,8 @@ const CONSUMER_STALLED: &str = "Nats-Consumer-Stalled";
 /// delivery missed, NATS silent, a reconnection: a restarted server has
 /// lost the consumer) it starts a new consumer from the message after the
 /// last one taken.
-async fn follow(client: async_nats::Client, js: jetstream::Context, mut connections: watch::Receiver<u64>, key: TopicKey, inner: Weak<Inner>) {
-    let subject = subject(&key);
-    let mut follower = Follower { key, inner, next_sequence: None, loaded: false };
+async fn follow(client: async_nats::Client, js: jetstream::Context, mut connections: watch::Receiver<u64>, mut follower: Follower) {
+    let subject = subject(&follower.key);
     let mut backoff = Duration::from_millis(50);
     loop {
         let before = follower.next_sequence;
@@ -258,6 +287,8 @@ async fn follow(client: async_nats::Client, js: jetstream::Context, mut connecti
 
 struct Follower {
     key: TopicKey,
+    /// The hub's copy this follower feeds.
+    generation: u64,
     inner: Weak<Inner>,
     /// The stream sequence after the last message taken.
     next_sequence: Option<u64>,
@@ -278,6 +309,16 @@ impl Follower {
     ) -> anyhow::Result<()> {
         connections.mark_unchanged();
         let stream = js.get_stream_no_info(STREAM).await?;
+        // The load ends when JetStream counts nothing pending, or at the
+        // subject's last message as it stands now: nats-server 2.9 keeps
+        // counting messages the subject's limit dropped during the load as
+        // pending, so the count alone may never reach zero.
+        let last = match self.loaded {
+            true => None,
+            false => {
+                read_last(js, subject).await.map_err(|e| anyhow::anyhow!("reading the topic's last message: {e}"))?.map(|(sequence, _)| sequence)
+            }
+        };
         let deliver_policy = match self.next_sequence {
             Some(start_sequence) => consumer::DeliverPolicy::ByStartSequence { start_sequence },
             None => consumer::DeliverPolicy::All,
@@ -300,21 +341,29 @@ impl Follower {
             ..Default::default()
         };
         let consumer = stream.create_consumer(config).await?;
-        // The load ends when JetStream counts nothing pending, or at the
-        // subject's last message as it stood now: nats-server 2.9 keeps
-        // counting messages the subject's limit dropped during the load as
-        // pending, so the count alone may never reach zero.
         let pending = consumer.cached_info().num_pending;
-        let last = match self.loaded {
-            true => None,
-            false => {
-                read_last(js, subject).await.map_err(|e| anyhow::anyhow!("reading the topic's last message: {e}"))?.map(|(sequence, _)| sequence)
-            }
-        };
         tracing::debug!(subject, from_sequence = ?self.next_sequence, pending, ?last, loaded = self.loaded, "channels: following a topic");
         if pending == 0 || last.is_none_or(|last| self.next_sequence.is_some_and(|next| next > last)) {
             self.loaded_now();
         }
+        let taken = self.take(client, js, &mut deliveries, connections, last).await;
+        if taken.is_err() {
+            // Best effort: the server would drop it once idle anyway.
+            let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+        }
+        taken
+    }
+
+    /// Takes the consumer's deliveries into the hub's copy, in order, until
+    /// one is missed or NATS goes quiet or comes back.
+    async fn take(
+        &mut self,
+        client: &async_nats::Client,
+        js: &jetstream::Context,
+        deliveries: &mut async_nats::Subscriber,
+        connections: &mut watch::Receiver<u64>,
+        last: Option<u64>,
+    ) -> anyhow::Result<()> {
         let mut delivered = 0; // the consumer's own sequence
         loop {
             let message = tokio::select! {
@@ -323,23 +372,28 @@ impl Follower {
                     Ok(None) => anyhow::bail!("the consumer's subscription ended"),
                     Err(_) => anyhow::bail!("no heartbeat from NATS for {:?}", 2 * HEARTBEAT),
                 },
-                _ = connections.changed() => anyhow::bail!("reconnected to NATS"),
+                changed = connections.changed() => match changed {
+                    Ok(()) => anyhow::bail!("reconnected to NATS"),
+                    Err(_) => return Ok(()), // the client is gone, and the channels with it
+                },
             };
-            if message.status == Some(async_nats::StatusCode::IDLE_HEARTBEAT) {
-                // Flow control asks for an answer on its reply subject; a
-                // stalled consumer's heartbeat names the one it still waits for.
-                let stalled = message.headers.as_ref().and_then(|h| h.get(CONSUMER_STALLED)).map(|v| v.as_str().to_string());
-                if let Some(answer) = message.reply.map(|r| r.to_string()).or(stalled) {
-                    client.publish(answer, Bytes::new()).await?;
+            match message.status {
+                None => {}
+                Some(async_nats::StatusCode::IDLE_HEARTBEAT) => {
+                    // Flow control asks for an answer on its reply subject; a
+                    // stalled consumer's heartbeat names the one it still waits for.
+                    let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_string());
+                    if let Some(answer) = message.reply.as_ref().map(|r| r.to_string()).or_else(|| header(CONSUMER_STALLED)) {
+                        client.publish(answer, Bytes::new()).await?;
+                    }
+                    if let Some(last) = header(async_nats::header::NATS_LAST_CONSUMER.as_ref()).and_then(|v| v.parse::<u64>().ok()) {
+                        if last != delivered {
+                            anyhow::bail!("the consumer delivered {last} messages, {delivered} arrived");
+                        }
+                    }
+                    continue;
                 }
-                let last = message.headers.as_ref().and_then(|h| h.get(async_nats::header::NATS_LAST_CONSUMER)).and_then(|v| v.as_str().parse().ok());
-                if last.is_some_and(|last: u64| last != delivered) {
-                    anyhow::bail!("the consumer delivered {} messages, {delivered} arrived", last.unwrap_or_default());
-                }
-                continue;
-            }
-            if message.status.is_some() {
-                continue; // nothing else a push consumer sends calls for an action
+                Some(status) => anyhow::bail!("the consumer sent status {status} ({})", message.description.as_deref().unwrap_or("no description")),
             }
             let message = jetstream::Message { message, context: js.clone() };
             let info = message.info().map_err(|e| anyhow::anyhow!("message info: {e}"))?;
@@ -353,9 +407,11 @@ impl Follower {
             match message.headers.as_ref().and_then(position) {
                 Some(at) => {
                     let now = inner.now_ms();
-                    inner.hub.lock().expect("channel hub").record(&self.key, at, sequence, message.payload.clone(), now);
+                    inner.hub.lock().expect("channel hub").record(&self.key, self.generation, at, sequence, message.payload.clone(), now);
                 }
-                None => tracing::warn!(subject, sequence, "channel message without Toil-Offset/Toil-Epoch headers skipped"),
+                None => {
+                    tracing::warn!(subject = message.subject.as_str(), sequence, "channel message without Toil-Offset/Toil-Epoch headers skipped")
+                }
             }
             if pending == 0 || last.is_some_and(|last| sequence >= last) {
                 self.loaded_now();
@@ -369,7 +425,7 @@ impl Follower {
         }
         if let Some(inner) = self.inner.upgrade() {
             let now = inner.now_ms();
-            inner.hub.lock().expect("channel hub").loaded(&self.key, now);
+            inner.hub.lock().expect("channel hub").loaded(&self.key, self.generation, now);
             tracing::debug!(
                 domain = &*self.key.0,
                 topic = &*self.key.1,
@@ -381,8 +437,9 @@ impl Follower {
     }
 }
 
+/// A channel publication's position; offsets start at 1.
 fn position(headers: &HeaderMap) -> Option<Position> {
-    let offset = headers.get(OFFSET)?.as_str().parse().ok()?;
+    let offset = headers.get(OFFSET)?.as_str().parse().ok().filter(|&offset| offset > 0)?;
     let epoch = headers.get(EPOCH)?.as_str().to_string();
     Some(Position { offset, epoch })
 }
