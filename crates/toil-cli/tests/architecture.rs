@@ -26,6 +26,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("toil-abi", 0),
     ("toil-metrics", 0),
     ("toil-schedule", 0),
+    ("toil-conns", 0),
     // Channels: topic logs and fan-out (a deterministic core) with their transports.
     ("toil-channels", 1),
     // Deterministic cores built on them: cluster state, leases, placement.

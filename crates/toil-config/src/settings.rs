@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use toil_edge::conns::{ConnLimits, ConnTimeouts};
+use toil_conns::{ConnLimits, ConnTimeouts};
 use toil_edge::quic::ConnectionLimits;
 use toil_edge::serve::EdgeSettings;
 use toil_edge::sessions::SessionLimits;

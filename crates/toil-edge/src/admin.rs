@@ -13,11 +13,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::conns::{accept_loop, ConnLimits, ConnTable};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use toil_conns::{accept_loop, ConnLimits, ConnTable};
 use toil_metrics::Registry;
 use tokio::net::TcpListener;
 

@@ -5,8 +5,6 @@
 //! - [`metrics`]: request and session metric handles, by domain;
 //! - [`domains`]: which domain (app) a request's host name belongs to;
 //! - [`sessions`]: stream-session admission (per-node and per-domain caps);
-//! - [`conns`]: TCP and QUIC connection caps (per node, per client address,
-//!   a reserve of file descriptors), accept back-off, idle tracking;
 //! - [`serve`]: the [`Edge`] every listener shares, and
 //!   [`Edge::serve`](serve::Edge::serve), which turns a request of any HTTP
 //!   version into a guest call and the outcome into a response (404/405
@@ -39,7 +37,6 @@
 pub mod acme;
 pub mod admin;
 pub mod certs;
-pub mod conns;
 pub mod domains;
 pub mod h3_conn;
 pub mod http3;

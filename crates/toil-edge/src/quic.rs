@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use rustls::server::ResolvesServerCert;
 
-use crate::conns::Activity;
 use crate::http3;
 use crate::keys::NodeKeys;
 use crate::serve::Edge;
 use crate::webtransport;
+use toil_conns::Activity;
 
 /// What one QUIC connection may make the node hold. Every connection is
 /// bounded by these whatever the client does: quinn buffers at most

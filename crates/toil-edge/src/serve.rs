@@ -12,10 +12,10 @@ use toil_metrics::Registry;
 use toil_runtime::request::{GuestRequest, GuestResponse, Outcome};
 use toil_runtime::GuestFault;
 
-use crate::conns::{ConnLimits, ConnTable, ConnTimeouts};
 use crate::domains::{Domain, DomainTable};
 use crate::metrics::{DomainMetrics, Protocol};
 use crate::sessions::{SessionLimits, SessionTable};
+use toil_conns::{ConnLimits, ConnTable, ConnTimeouts};
 
 /// Where dev mode publishes [`Edge::dev_info`].
 pub const DEV_INFO_PATH: &str = "/.well-known/toil/dev.json";

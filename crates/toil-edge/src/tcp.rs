@@ -3,12 +3,12 @@
 //! refused, as [`TcpSettings`] say; both on the same port, told apart by
 //! the first byte.
 //!
-//! A connection is admitted by the node's [`ConnTable`](crate::conns) and
+//! A connection is admitted by the node's [`ConnTable`](toil_conns::ConnTable) and
 //! closed when it stalls: HTTP/1.1 must deliver a request head within
-//! [`ConnTimeouts::header`](crate::conns::ConnTimeouts) (which also bounds an idle keep-alive connection,
+//! [`ConnTimeouts::header`](toil_conns::ConnTimeouts) (which also bounds an idle keep-alive connection,
 //! since the timer runs while hyper waits for the next head); any connection
 //! with no request in flight (from its head to the last byte of its
-//! response) for [`ConnTimeouts::idle`](crate::conns::ConnTimeouts) is dropped: an HTTP/2 connection kept
+//! response) for [`ConnTimeouts::idle`](toil_conns::ConnTimeouts) is dropped: an HTTP/2 connection kept
 //! up by PINGs alone, or a client that never sends a byte. A
 //! body must arrive whole within [`Edge::body_timeout`] (`408`), and a
 //! declared `Content-Length` over the cap is refused before it is read (`413`).
@@ -31,9 +31,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::acme::{Challenges, ACME_TLS_ALPN, CHALLENGE_WAIT};
 use crate::certs::Certificates;
-use crate::conns::{accept_loop, Activity, ConnTable, InFlight};
 use crate::metrics::Protocol;
 use crate::serve::{Body, Edge};
+use toil_conns::{accept_loop, Activity, ConnTable, InFlight};
 
 /// What the TCP port does with a connection, by its first byte: a TLS
 /// handshake (`0x16`) is HTTPS when the node has certificates; anything

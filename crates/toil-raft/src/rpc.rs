@@ -20,6 +20,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{de::DeserializeOwned, Serialize};
 use toil_cluster::{now_ms, NodeId};
+use toil_conns::{accept_loop, ConnLimits, ConnTable, Throttle, WARN_EVERY};
 use tokio::net::TcpListener;
 
 use crate::auth::{AuthError, ClusterSecret, ReplayGuard, Stamp, EXPECT_HEADER, HEADER, REPLY_HEADER};
@@ -192,32 +193,55 @@ pub trait RpcHandler: Send + Sync + 'static {
     fn handle(self: Arc<Self>, from: NodeId, path: &str, body: Bytes) -> Reply;
 }
 
+/// Connections of the cluster port still in their TLS handshake, in all
+/// and from one address. Members keep their connections pooled, so they
+/// rarely hold a slot; a stranger (who can never finish the handshake)
+/// holds one for [`HANDSHAKE_TIMEOUT`] at most, and over the cap is closed
+/// at once (the accept loop warns about those at most every 10 s, with a
+/// count). Within `toil_conns::FD_RESERVE`, which the public listeners
+/// leave free.
+pub const HANDSHAKE_LIMITS: ConnLimits = ConnLimits { max_total: 128, max_per_ip: 32 };
+
 /// Serves the cluster port: a TLS handshake with a client certificate from
 /// the cluster's CA first, then HTTP/1.1.
 pub async fn serve(listener: TcpListener, tls: ClusterTls, secret: Arc<ClusterSecret>, guard: Arc<ReplayGuard>, handler: Arc<dyn RpcHandler>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server);
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let (acceptor, secret, guard, handler) = (acceptor.clone(), secret.clone(), guard.clone(), handler.clone());
-        tokio::spawn(async move {
+    let refusals = Arc::new(Refusals(Throttle::new(WARN_EVERY)));
+    accept_loop(listener, ConnTable::new(HANDSHAKE_LIMITS), "cluster", move |stream, peer, handshaking| {
+        let (acceptor, secret, guard, handler, refusals) = (acceptor.clone(), secret.clone(), guard.clone(), handler.clone(), refusals.clone());
+        async move {
+            let _ = stream.set_nodelay(true);
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return tracing::warn!(%peer, "refused a cluster connection: TLS handshake: {e}"),
-                Err(_) => return tracing::warn!(%peer, "refused a cluster connection: no TLS handshake within {HANDSHAKE_TIMEOUT:?}"),
+                Ok(Err(e)) => return refusals.note(peer, format_args!("TLS handshake: {e}")),
+                Err(_) => return refusals.note(peer, format_args!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}")),
             };
+            drop(handshaking);
             // Verified by the handshake: the node the client's certificate names.
             let Some(node) = stream.get_ref().1.peer_certificates().and_then(|c| node_of(c.first()?)) else {
-                return tracing::warn!(%peer, "refused a cluster connection: its certificate names no node");
+                return refusals.note(peer, format_args!("its certificate names no node"));
             };
             let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let (secret, guard, handler) = (secret.clone(), guard.clone(), handler.clone());
                 async move { Ok::<_, Infallible>(answer(req, &secret, &guard, handler, peer, node).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-        });
+        }
+    })
+    .await
+}
+
+/// Refused handshakes, warned about at most once per `WARN_EVERY` with
+/// the count since: a stranger's flood must not flood the log too.
+struct Refusals(Throttle);
+
+impl Refusals {
+    fn note(&self, peer: std::net::SocketAddr, why: std::fmt::Arguments<'_>) {
+        match self.0.count() {
+            Some(1) => tracing::warn!(%peer, "refused a cluster connection: {why}"),
+            Some(n) => tracing::warn!(%peer, "refused a cluster connection: {why} (and {} more since the last warning)", n - 1),
+            None => {}
+        }
     }
 }
 
@@ -354,6 +378,38 @@ mod tests {
         let closed = tokio::time::timeout(HANDSHAKE_TIMEOUT * 2, silent.read(&mut buf)).await;
         assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "closed, not answered: {closed:?}");
         assert!(start.elapsed() >= HANDSHAKE_TIMEOUT - Duration::from_millis(100), "{:?}", start.elapsed());
+    }
+
+    #[tokio::test]
+    async fn handshakes_past_the_cap_are_closed_at_once_and_members_connect_once_it_frees() {
+        let secret = Arc::new(ClusterSecret::new(&[6u8; 32]).unwrap());
+        let addr = node(&secret, 1).await;
+        let mut stalled = Vec::new();
+        for _ in 0..HANDSHAKE_LIMITS.max_per_ip {
+            stalled.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+        }
+        // Held open, neither answered nor closed (in its handshake, or still
+        // in the listen backlog: accepted in order either way).
+        let mut buf = [0u8; 64];
+        let last = stalled.last_mut().unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(300), last.read(&mut buf)).await.is_err(), "held in its handshake");
+        // One more from the same address: closed at once, not after the handshake timeout.
+        let mut over = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let closed = tokio::time::timeout(HANDSHAKE_TIMEOUT / 2, over.read(&mut buf)).await;
+        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "closed at once: {closed:?}");
+        // A member's call meanwhile is refused the same way (same address)...
+        let member = RpcClient::new(secret.clone(), &ClusterTls::new(&secret, 2).unwrap(), 2);
+        assert!(member.call_raw(&addr, "/who", b"{}".to_vec(), Duration::from_secs(2)).await.is_err());
+        // ...and served once the stalled connections are gone.
+        drop(stalled);
+        let started = std::time::Instant::now();
+        loop {
+            match member.call_raw(&addr, "/who", b"{}".to_vec(), Duration::from_secs(2)).await {
+                Ok(reply) => break assert_eq!(&reply[..], b"2"),
+                Err(e) => assert!(started.elapsed() < Duration::from_secs(5), "still refused: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     #[tokio::test]

@@ -15,6 +15,11 @@
 //!   instead of spinning on a listener that stays readable;
 //! - [`Activity`] records when a connection last had a request in flight,
 //!   so a connection that serves nothing is closed.
+//!
+//! The edge's public and admin listeners use all of it; the cluster port
+//! (`toil-raft`) caps its TLS handshakes with a table of its own. The
+//! public table's [`FD_RESERVE`] leaves room for both of those tables.
+//! A [`Throttle`] keeps a flood of refusals from flooding the log too.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -36,8 +41,10 @@ pub struct ConnTimeouts {
     pub idle: Duration,
 }
 
-/// File descriptors kept free of client connections.
-pub const FD_RESERVE: u64 = 256;
+/// File descriptors kept free of client connections: room for the admin
+/// listener's and the cluster port's tables (128 each), QUIC sockets,
+/// artifact, store and log files.
+pub const FD_RESERVE: u64 = 512;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft
 /// limit in force afterwards.
@@ -173,7 +180,7 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut backoff = Duration::from_millis(10);
-    let mut last_warning: Option<Instant> = None;
+    let (failures, refusals) = (Throttle::new(WARN_EVERY), Throttle::new(WARN_EVERY));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => {
@@ -181,9 +188,8 @@ where
                 accepted
             }
             Err(e) => {
-                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    tracing::warn!(listener = name, "accept failed: {e}; backing off {backoff:?}");
-                    last_warning = Some(Instant::now());
+                if let Some(n) = failures.count() {
+                    tracing::warn!(listener = name, "accept failed {n} times since the last warning: {e}; backing off {backoff:?}");
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -196,9 +202,51 @@ where
             }
             Err(why) => {
                 tracing::debug!(listener = name, %peer, reason = why.kind(), "connection refused: over the connection cap");
+                if let Some(n) = refusals.count() {
+                    let l = table.limits;
+                    tracing::warn!(
+                        listener = name,
+                        %peer,
+                        reason = why.kind(),
+                        "refused {n} connections over the cap ({} in all, {} per address) since the last warning",
+                        l.max_total,
+                        l.max_per_ip
+                    );
+                }
                 drop(stream);
             }
         }
+    }
+}
+
+/// How often a repeated warning may be logged.
+pub const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts events of one kind and says when to warn about them: at most
+/// once per period, with how many there were since the last warning (so a
+/// flood's tail is reported with the next event after a quiet period).
+#[derive(Debug)]
+pub struct Throttle {
+    every: Duration,
+    /// When the last warning was due, and events counted since.
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Throttle {
+    pub const fn new(every: Duration) -> Self {
+        Throttle { every, state: Mutex::new((None, 0)) }
+    }
+
+    /// Counts one event; `Some(n)` when a warning is due, `n` counting this
+    /// event and those not warned about since the last warning.
+    pub fn count(&self) -> Option<u64> {
+        let mut state = self.state.lock().expect("throttle");
+        state.1 += 1;
+        if state.0.is_some_and(|at| at.elapsed() < self.every) {
+            return None;
+        }
+        state.0 = Some(Instant::now());
+        Some(std::mem::take(&mut state.1))
     }
 }
 
@@ -287,9 +335,18 @@ mod tests {
     #[test]
     fn the_node_cap_leaves_a_reserve_of_descriptors() {
         let wanted = ConnLimits { max_total: 10_000, max_per_ip: 5_000 };
-        assert_eq!(ConnLimits::within_fd_limit(wanted, 1024), ConnLimits { max_total: 768, max_per_ip: 768 });
+        assert_eq!(ConnLimits::within_fd_limit(wanted, 1024), ConnLimits { max_total: 512, max_per_ip: 512 });
         assert_eq!(ConnLimits::within_fd_limit(wanted, 1 << 20), wanted);
         assert_eq!(ConnLimits::within_fd_limit(wanted, 10).max_total, 1);
+    }
+
+    #[test]
+    fn a_throttle_warns_once_per_period_with_the_count() {
+        let t = Throttle::new(Duration::from_millis(200));
+        assert_eq!(t.count(), Some(1));
+        assert_eq!((t.count(), t.count()), (None, None));
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(t.count(), Some(3));
     }
 
     #[test]
