@@ -14,7 +14,9 @@
 //!    how much of it is the wasm instance pool's linear memories and tables,
 //!    its fiber stacks, and the host (QUIC, TLS, HTTP/3, the session, the
 //!    store); with the proportional set size (shared pages divided) and
-//!    the page tables, which RSS leaves out;
+//!    the page tables, which RSS leaves out; then the same once every box
+//!    has hibernated (`limits.hibernateAfterMs`), and the round trip of a
+//!    frame that wakes a box against the next one;
 //! 5. the same idle sessions held by the native server started as a process
 //!    of its own: what the stack alone (QUIC, TLS, HTTP/3, the WebTransport
 //!    session) costs, so the difference is what the box costs.
@@ -40,6 +42,9 @@ use toil_edge::webtransport::protocol::{Accepted, ConnectStream, Connection};
 use tokio::io::AsyncWriteExt;
 
 const PAYLOAD: &[u8] = b"0123456789abcdef0123456789abcdef";
+const HIBERNATE_AFTER_MS: u64 = 30_000;
+/// Hibernating boxes sent a frame each, for the wake's round trip.
+const WAKES: usize = 300;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -61,7 +66,10 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64, hold: Dur
         serde_json::json!({
             "apps": [{"domain": "echo", "dir": repo_root().join("examples/echo")}],
             "defaultDomain": "echo",
-            "limits": {"memoryMb": 16, "maxInstances": idle + 200, "maxSessions": idle + 100, "idleTimeoutMs": 300_000,
+            // Boxes hibernate 30 s after their last event (the default is
+            // 10 s), so the reading 7 s after the last of 10 000 sessions
+            // opened (18 s after the first) sees every box still awake.
+            "limits": {"memoryMb": 16, "maxInstances": idle + 200, "maxSessions": idle + 100, "idleTimeoutMs": 300_000, "hibernateAfterMs": HIBERNATE_AFTER_MS,
                 "maxConnections": idle + 1000, "maxConnectionsPerAddress": idle + 1000},
         }),
     )));
@@ -96,7 +104,7 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64, hold: Dur
     // 4. Idle boxes.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = Memory::of(server.pid);
-    let (held, elapsed) = open_idle(server, server.http, idle).await;
+    let (mut held, elapsed) = open_idle(server, server.http, idle).await;
     // Read twice: 1 s after the last session opened, while glibc still
     // holds what the handshakes freed, and once the node's heap trim (every
     // 5 s) has handed that back: what idle sessions hold for as long as
@@ -115,14 +123,32 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64, hold: Dur
         after.rss
     );
     let (per_box, early_per_box) = (after.per(&before, held.len()), early.per(&before, held.len()));
+    // Then every box hibernates, and the heap trim runs once more.
+    let asleep = Instant::now();
+    while metric_sum(server, "toil_stream_hibernating_boxes{").await < held.len() as f64 && asleep.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let hibernated = Memory::of(server.pid);
+    let sleeping = metric_sum(server, "toil_stream_hibernating_boxes{").await;
+    eprintln!("{sleeping} boxes hibernating; RSS {} KiB", hibernated.rss);
+    let hibernated_per_box = hibernated.per(&before, held.len());
     if !hold.is_zero() {
         eprintln!("holding {} sessions for {} s: server pid {}", held.len(), hold.as_secs(), server.pid);
         tokio::time::sleep(hold).await;
+    }
+    // A frame to a hibernating box wakes it: that round trip, then the
+    // next one (the box awake), on the same sessions.
+    let (mut woken, mut awake) = (Vec::new(), Vec::new());
+    for (_, send, recv) in held.iter_mut().take(WAKES) {
+        woken.push(stream_round_trip(send, recv).await);
+        awake.push(stream_round_trip(send, recv).await);
     }
     drop(held);
 
     // 5. The same, on the native server in a process of its own.
     let native_per_session = native_idle(server, idle).await;
+    let hibernated_over_native = hibernated_per_box.rss - native_per_session.rss;
 
     let (tp50, tp99, np50, np99) = (median(&mut toil_p50), median(&mut toil_p99), median(&mut native_p50), median(&mut native_p99));
     println!();
@@ -146,6 +172,14 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64, hold: Dur
         per_box.wasm_stacks,
         per_box.rss - per_box.wasm_memory - per_box.wasm_stacks
     );
+    println!(
+        "| the same boxes hibernating (no instance; {sleeping} of them), RSS per idle session, settled; of which wasm linear memory and table / fiber stack | {:.1} KiB; {:.1} KiB / {:.1} KiB |",
+        hibernated_per_box.rss, hibernated_per_box.wasm_memory, hibernated_per_box.wasm_stacks
+    );
+    let (wake_p50, awake_p50) = (median(&mut woken), median(&mut awake));
+    println!(
+        "| round trip of a frame that wakes a hibernating box / of the next frame (awake), p50 of {WAKES} | {wake_p50:.1} µs / {awake_p50:.1} µs |"
+    );
     println!("| proportional (PSS: shared memory-image pages divided among instances) per box | {:.1} KiB |", per_box.pss);
     println!("| page tables per box (not in RSS) | {:.1} KiB |", per_box.page_tables);
     println!("| server RSS before / with the idle sessions | {:.0} MiB / {:.0} MiB |", before.rss / 1024.0, after.rss / 1024.0);
@@ -153,7 +187,10 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64, hold: Dur
         "| native server RSS per idle session (the same stack with no box, its own process, {idle} sessions, settled 7 s); PSS; page tables | {:.1} KiB; {:.1} KiB; {:.1} KiB |",
         native_per_session.rss, native_per_session.pss, native_per_session.page_tables
     );
-    println!("| what the box adds to an idle session: toil − native RSS | {:.1} KiB |", per_box.rss - native_per_session.rss);
+    println!(
+        "| what the box adds to an idle session: toil − native RSS, awake / hibernating | {:.1} KiB / {hibernated_over_native:.1} KiB |",
+        per_box.rss - native_per_session.rss
+    );
 }
 
 /// The child process of step 5: the native echo server on one thread,
@@ -392,8 +429,26 @@ async fn sessions_per_second(server: &'static Server, addr: SocketAddr, dur: Dur
 
 /// Opens `n` sessions to `addr` from one client endpoint, each with one
 /// round trip done, and keeps them open.
-async fn open_idle(server: &'static Server, addr: SocketAddr, n: usize) -> (Vec<(wtransport::Connection, wtransport::SendStream)>, Duration) {
-    let endpoint = Arc::new(wt_endpoint_for(server, addr));
+/// One frame to the echo box and its answer (`1:` and the payload; the
+/// count stays one digit in the 3 frames a session sends), in µs.
+async fn stream_round_trip(send: &mut wtransport::SendStream, recv: &mut wtransport::RecvStream) -> f64 {
+    let start = Instant::now();
+    send.write_all(&framing::header(PAYLOAD.len() as u32)).await.unwrap();
+    send.write_all(PAYLOAD).await.unwrap();
+    let mut buf = [0u8; 64];
+    let mut got = 0;
+    while got < framing::HEADER_LEN + 2 + PAYLOAD.len() {
+        got += recv.read(&mut buf[got..]).await.unwrap().expect("reply");
+    }
+    start.elapsed().as_secs_f64() * 1e6
+}
+
+/// Idle sessions: the connection and its stream's two halves.
+type Idle = (wtransport::Connection, wtransport::SendStream, wtransport::RecvStream);
+
+async fn open_idle(server: &'static Server, addr: SocketAddr, n: usize) -> (Vec<Idle>, Duration) {
+    // Held past the QUIC idle timeout (30 s): the client keeps them alive.
+    let endpoint = Arc::new(wt_endpoint_keeping_alive(server, addr, Duration::from_secs(5)));
     let start = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
     let tasks: Vec<_> = (0..n)
@@ -403,14 +458,8 @@ async fn open_idle(server: &'static Server, addr: SocketAddr, n: usize) -> (Vec<
                 let _permit = sem.acquire().await.unwrap();
                 let conn = endpoint.connect(echo_url(addr)).await.expect("session");
                 let (mut send, mut recv) = conn.open_bi().await.unwrap().await.unwrap();
-                send.write_all(&framing::header(PAYLOAD.len() as u32)).await.unwrap();
-                send.write_all(PAYLOAD).await.unwrap();
-                let mut buf = [0u8; 64];
-                let mut got = 0;
-                while got < framing::HEADER_LEN + 2 + PAYLOAD.len() {
-                    got += recv.read(&mut buf[got..]).await.unwrap().expect("reply");
-                }
-                (conn, send)
+                stream_round_trip(&mut send, &mut recv).await;
+                (conn, send, recv)
             })
         })
         .collect();

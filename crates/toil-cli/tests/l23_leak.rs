@@ -2,6 +2,8 @@
 //! end (client close, guest close, guest trap, vanished client), the box
 //! count returns to zero and the server's memory to its level after the
 //! first round. Its own `toil dev`, so other tests do not disturb the count.
+//! And an idle box gives its instance back (hibernates) without losing a
+//! byte of its state.
 
 mod common;
 
@@ -101,6 +103,56 @@ async fn the_session_cap_refuses_with_503_and_frees_slots() {
     a.close(wtransport::VarInt::from_u32(0), b"");
     wait_until_at_most(server, "toil_stream_sessions_open{domain=\"echo\"}", 1.0).await;
     wt_endpoint_for(server, server.http).connect(&url).await.expect("a slot freed by the closed session");
+}
+
+/// An idle echo box hibernates (no instance left), and the next frame,
+/// datagram or close finds its count where it was, cycle after cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_box_hibernates_and_wakes_with_its_state() {
+    let server: &'static Server = Box::leak(Box::new(start_server("hibernate", serde_json::json!({"limits": {"hibernateAfterMs": 200}}))));
+    let (hibernating, live) = ("toil_stream_hibernating_boxes{domain=\"echo\"}", "toil_live_instances{domain=\"echo\",tier=\"stream\"}");
+    let conn = wt_endpoint_for(server, server.http).connect(format!("https://echo.localhost:{}/echo", server.http.port())).await.unwrap();
+    let mut f = Frames::open(&conn).await;
+    let mut count = 0;
+    for cycle in 1..=3 {
+        // Frames closer together than the idle time keep the box awake.
+        for _ in 0..3 {
+            count += 1;
+            f.send(format!("frame {count}").as_bytes()).await;
+            assert_eq!(f.recv_text().await, format!("{count}:frame {count}"), "cycle {cycle}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(server.metric(hibernating).await, 0.0, "a box with events every 50 ms stays awake");
+        wait_until_at_least(server, hibernating, 1.0).await;
+        assert_eq!(server.metric(live).await, 0.0, "a hibernating box holds no instance");
+        if cycle == 2 {
+            // A datagram wakes it too.
+            count += 1;
+            conn.send_datagram(b"dgram").unwrap();
+            let reply = tokio::time::timeout(Duration::from_secs(5), conn.receive_datagram()).await.unwrap().unwrap();
+            assert_eq!(&reply.payload()[..], format!("{count}:dgram").as_bytes());
+            wait_until_at_least(server, hibernating, 1.0).await;
+        }
+    }
+    let wakes = server.metric("toil_stream_box_wakes_total{domain=\"echo\"}").await;
+    assert_eq!(wakes, 3.0, "two frames and a datagram woke it");
+    // The close hook wakes it one last time, with the count intact.
+    conn.close(wtransport::VarInt::from_u32(0), b"bye");
+    wait_until_at_most(server, hibernating, 0.0).await;
+    wait_until_at_most(server, live, 0.0).await;
+    let log = server.log();
+    assert!(log.contains(&format!("echo closed after {count} frames (code 0, \"bye\")")), "{log}");
+    assert!(!log.contains("failed to wake"), "{log}");
+}
+
+async fn wait_until_at_least(server: &Server, sample: &str, value: f64) {
+    for _ in 0..200 {
+        if server.metric(sample).await >= value {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{sample} stayed below {value}");
 }
 
 async fn wait_until_at_most(server: &Server, sample: &str, value: f64) {

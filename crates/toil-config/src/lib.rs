@@ -181,6 +181,8 @@ pub struct LimitsConfig {
     pub max_outbound_bytes_per_event: usize,
     /// Streams a stream box may have open that it opened itself.
     pub max_box_streams: usize,
+    /// A stream box with no event for this long hibernates; `None`: never.
+    pub hibernate_after: Option<Duration>,
     pub send_stall_timeout: Duration,
     /// A QUIC connection silent this long is lost (stream boxes get `disconnect`).
     pub idle_timeout: Duration,
@@ -242,6 +244,7 @@ impl Default for LimitsConfig {
             max_frame_bytes: 64 << 10,
             max_outbound_bytes_per_event: 1 << 20,
             max_box_streams: 32,
+            hibernate_after: Some(Duration::from_secs(10)),
             send_stall_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             max_response_headers: 100,
@@ -428,6 +431,17 @@ impl<'a> Obj<'a> {
             None => Ok(None),
             Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v > 0) => Ok(n.as_u64()),
             Some(other) => Err(self.err(k, format!("expected a positive integer, found {other}"))),
+        }
+    }
+
+    /// A non-negative integer no larger than `most`; past it the error says
+    /// "{value} is over the {ceiling}".
+    fn at_most(&self, k: &str, most: u64, ceiling: impl std::fmt::Display) -> Result<Option<u64>, ConfigError> {
+        match self.map.get(k) {
+            None => Ok(None),
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v <= most) => Ok(n.as_u64()),
+            Some(Value::Number(n)) if n.as_u64().is_some() => Err(self.err(k, format!("{n} is over the {ceiling}"))),
+            Some(other) => Err(self.err(k, format!("expected a non-negative integer, found {other}"))),
         }
     }
 
@@ -818,6 +832,7 @@ fn limits_of(root: &Obj) -> Result<LimitsConfig, ConfigError> {
         "maxFrameBytes",
         "maxOutboundBytesPerEvent",
         "maxBoxStreams",
+        "hibernateAfterMs",
         "sendStallTimeoutMs",
         "idleTimeoutMs",
         "maxResponseHeaders",
@@ -899,6 +914,10 @@ fn box_limits(l: &Obj, limits: &mut LimitsConfig) -> Result<(), ConfigError> {
     // past what a client grants, opening waits for it like a stalled write.
     if let Some(v) = l.positive_at_most("maxBoxStreams", 1000, "1000-stream ceiling")? {
         limits.max_box_streams = v as usize;
+    }
+    // 0: boxes never hibernate.
+    if let Some(v) = l.at_most("hibernateAfterMs", MAX_IDLE_TIMEOUT_MS, format_args!("{MAX_IDLE_TIMEOUT_MS} ms (one day) ceiling"))? {
+        limits.hibernate_after = (v > 0).then(|| Duration::from_millis(v));
     }
     if let Some(v) = l.positive("sendStallTimeoutMs")? {
         limits.send_stall_timeout = Duration::from_millis(v);
@@ -1182,6 +1201,15 @@ mod tests {
         let (key, problem) = key_error(json!({"apps": [app], "limits": {"idleTimeoutMs": 1u64 << 62}}));
         assert_eq!(key, "limits.idleTimeoutMs");
         assert!(problem.contains("ceiling"), "{problem}");
+        for (bad, says) in [(json!(-1), "non-negative integer"), (json!("10s"), "non-negative integer"), (json!(1u64 << 62), "ceiling")] {
+            let (key, problem) = key_error(json!({"apps": [app], "limits": {"hibernateAfterMs": bad}}));
+            assert_eq!(key, "limits.hibernateAfterMs");
+            assert!(problem.contains(says), "{problem}");
+        }
+        let never = |v: serde_json::Value| parse(json!({"apps": [app], "limits": {"hibernateAfterMs": v}})).unwrap().limits.hibernate_after;
+        assert_eq!(never(json!(0)), None, "0: boxes never hibernate");
+        assert_eq!(never(json!(2500)), Some(Duration::from_millis(2500)));
+        assert_eq!(LimitsConfig::default().hibernate_after, Some(Duration::from_secs(10)));
         let (key, problem) = key_error(json!({"apps": [app], "limits": {"maxInstances": 40_000}}));
         assert_eq!(key, "limits.maxInstances");
         assert!(problem.contains("address space") && problem.contains("at most 16131"), "{problem}");

@@ -45,6 +45,7 @@ impl LimitsConfig {
             max_frame_bytes: self.max_frame_bytes,
             max_outbound_bytes_per_event: self.max_outbound_bytes_per_event,
             max_box_streams: self.max_box_streams,
+            hibernate_after: self.hibernate_after,
         }
     }
 

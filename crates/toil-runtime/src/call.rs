@@ -27,6 +27,8 @@ pub(crate) enum Site<'a> {
     Request { method: &'a str, path: &'a str, route: &'a str },
     /// Instantiating a stream box (L2/L3), before its `connect`.
     StreamStart { stream: &'a str, session: u64 },
+    /// Instantiating a hibernating stream box again, before its next event.
+    StreamWake { stream: &'a str, session: u64 },
     /// `stream_dispatch` with one event.
     StreamEvent { stream: &'a str, session: u64, event: &'static str },
     /// `daemon_start` (L4).
@@ -47,7 +49,7 @@ impl Site<'_> {
                 status::BAD_INPUT => "guest could not decode the request (SDK/host ABI mismatch)".to_string(),
                 other => format!("handle returned unknown status {other}"),
             },
-            Site::StreamStart { stream, .. } | Site::StreamEvent { stream, .. } => match rc {
+            Site::StreamStart { stream, .. } | Site::StreamWake { stream, .. } | Site::StreamEvent { stream, .. } => match rc {
                 status::NO_HANDLER => format!("the artifact has no stream named {stream:?}"),
                 status::BAD_INPUT => "guest could not decode the event (SDK/host ABI mismatch)".to_string(),
                 other => format!("stream_dispatch returned unknown status {other}"),
@@ -77,6 +79,9 @@ impl Site<'_> {
             }
             Site::StreamStart { stream, session } => {
                 tracing::warn!(target: "toil_runtime::stream", domain, tier = "stream", stream, session, fault = kind, "stream box failed to start: {fault}")
+            }
+            Site::StreamWake { stream, session } => {
+                tracing::warn!(target: "toil_runtime::stream", domain, tier = "stream", stream, session, fault = kind, "stream box failed to wake from hibernation: {fault}")
             }
             Site::StreamEvent { stream, session, event } => {
                 tracing::warn!(target: "toil_runtime::stream", domain, tier = "stream", stream, session, event, fault = kind, "stream box failed: {fault}")
@@ -118,9 +123,9 @@ impl Call {
     ) -> Result<R, GuestFault> {
         let ended = store.data_mut().end_call(result);
         let outcome = ended.and_then(|(rc, made)| site.check(rc).map(|()| made)).and_then(|made| reply(store, made));
-        // Starting a stream box is not a call of the histogram's: its
-        // `connect` event is.
-        if !matches!(site, Site::StreamStart { .. }) {
+        // Starting or waking a stream box is not a call of the
+        // histogram's: the event that follows is.
+        if !matches!(site, Site::StreamStart { .. } | Site::StreamWake { .. }) {
             metrics.duration.observe(self.started.elapsed());
         }
         if let Err(fault) = &outcome {

@@ -162,8 +162,21 @@ impl Runtime {
 
     /// Validates, compiles and links an artifact of `tier` for `domain`.
     pub fn load(&self, domain: &str, tier: Tier, bytes: &[u8]) -> Result<Loaded, LoadError> {
+        self.load_with(domain, tier, bytes, |_| None)
+    }
+
+    /// [`Runtime::load`], compiling what `prepare` makes of the validated
+    /// bytes instead of them, if it makes anything.
+    pub(crate) fn load_with(
+        &self,
+        domain: &str,
+        tier: Tier,
+        bytes: &[u8],
+        prepare: impl FnOnce(&[u8]) -> Option<Vec<u8>>,
+    ) -> Result<Loaded, LoadError> {
         let info = inspect(bytes, tier, self.config.max_artifact_bytes)?;
-        let module = Module::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let prepared = prepare(bytes);
+        let module = Module::new(&self.engine, prepared.as_deref().unwrap_or(bytes)).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         let pre = self.linker.instantiate_pre(&module).map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let initialize = if info.has_initialize { module.get_export_index(toil_abi::exports::INITIALIZE) } else { None };
         Ok(Loaded { info, pre, id: GuestId { domain: domain.into(), tier }, initialize })
@@ -175,6 +188,11 @@ impl Runtime {
     pub(crate) fn store(&self, id: &GuestId) -> Store<HostState> {
         let mut state = HostState::new(id.clone(), &self.config.limits);
         state.channels = self.channels.clone();
+        self.store_with(state)
+    }
+
+    /// [`Runtime::store`] around an existing state (a box waking up).
+    pub(crate) fn store_with(&self, state: HostState) -> Store<HostState> {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s.limiter());
         store.set_epoch_deadline(1);

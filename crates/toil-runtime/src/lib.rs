@@ -20,6 +20,8 @@
 //!   (begin → call under the deadline → end → status → metrics → log);
 //! - [`request`]: the L1 tier — a fresh instance per request from a
 //!   pre-linked `InstancePre`, dropped when the request ends;
+//! - `hibernate`: what an idle stream box keeps when it gives its
+//!   instance back (a plan per module, a snapshot per box), free of I/O;
 //! - [`stream`]: the L2/L3 tier — a resident box per connection that
 //!   receives the connection's events in order and queues outbound frames
 //!   in its [`outbox::Outbox`];
@@ -37,6 +39,7 @@ pub mod daemon;
 mod engine;
 pub mod fault;
 mod guest_log;
+mod hibernate;
 pub mod host;
 pub mod limits;
 mod metrics;

@@ -33,6 +33,9 @@ pub struct Limits {
     /// Streams a stream box may have open that it opened itself
     /// (`stream_open`); past it `stream_open` returns `TooManyStreams`.
     pub max_box_streams: usize,
+    /// How long a stream box waits for an event before it hibernates
+    /// (gives its instance back, see `hibernate`); `None`: never.
+    pub hibernate_after: Option<Duration>,
 }
 
 /// Enforces [`Limits::memory_bytes`] and records that it did, so a failed

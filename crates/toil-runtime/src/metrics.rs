@@ -62,13 +62,19 @@ impl GuestMetrics {
     /// Counts an instance as alive until the guard drops.
     pub fn live_instance(&self) -> LiveGuard {
         self.instances.inc();
-        self.live.inc();
-        LiveGuard(self.live.clone())
+        LiveGuard::new(&self.live)
     }
 }
 
-/// Decrements the live-instance gauge when its instance's store is dropped.
+/// Counts one in a gauge (live instances, hibernating boxes) until it drops.
 pub(crate) struct LiveGuard(Arc<Gauge>);
+
+impl LiveGuard {
+    pub fn new(gauge: &Arc<Gauge>) -> Self {
+        gauge.inc();
+        LiveGuard(gauge.clone())
+    }
+}
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {

@@ -175,6 +175,7 @@ mod tests {
             max_frame_bytes: 8,
             max_outbound_bytes_per_event: 12,
             max_box_streams: 1,
+            hibernate_after: None,
         };
         let mut out = Outbox::new(&limits);
         assert_eq!(out.send(FrameKind::Stream, &[0; 9]), Err(SendError::TooLarge));

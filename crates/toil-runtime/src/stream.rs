@@ -7,6 +7,11 @@
 //! `disconnect`, after which it is dropped. The guest's memory, and so its
 //! state, lives as long as the box.
 //!
+//! A box with no event for `limits.hibernateAfterMs` may hibernate
+//! ([`StreamBox::hibernate`]): it keeps a snapshot of what differs from a
+//! fresh instance and gives its instance back; the next event wakes it
+//! first. See [`hibernate`](crate::hibernate) for what that takes.
+//!
 //! What the guest sends during an event is queued in the box's [`Outbox`],
 //! bounded in bytes per event; the network layer drains it after each event
 //! and writes the frames out before it delivers the next one. A guest cannot
@@ -19,13 +24,14 @@ use toil_abi::channel::ChannelEvent;
 use toil_abi::stream::{Direction, FrameKind, StreamEnd, StreamEvent, StreamId};
 use toil_abi::{exports, status, Tier};
 use toil_channels::{Deliveries, Delivery};
-use toil_metrics::Registry;
-use wasmtime::{Store, TypedFunc};
+use toil_metrics::{Counter, Gauge, Registry};
+use wasmtime::{Store, TypedFunc, Val};
 
 use crate::artifact::LoadError;
 use crate::call::{Call, Site};
 use crate::engine::{bounded, Loaded, Runtime};
 use crate::fault::GuestFault;
+use crate::hibernate::{Plan, Refusal, Snapshot};
 use crate::host::HostState;
 use crate::limits::Limits;
 use crate::metrics::{GuestMetrics, LiveGuard};
@@ -37,14 +43,62 @@ pub struct StreamApp {
     loaded: Loaded,
     dispatch: wasmtime::ModuleExport,
     metrics: GuestMetrics,
+    /// How its boxes hibernate, or why they cannot.
+    hibernation: Result<Hibernation, Refusal>,
+    /// Boxes hibernating now, and wakes so far.
+    hibernating: Arc<Gauge>,
+    wakes: Arc<Counter>,
+}
+
+/// A hibernatable module's plan, with its exports looked up once.
+struct Hibernation {
+    plan: Plan,
+    memory: wasmtime::ModuleExport,
+    globals: Vec<wasmtime::ModuleExport>,
 }
 
 impl StreamApp {
     /// Validates, compiles and links `bytes` as `domain`'s stream artifact.
     pub fn load(runtime: &Runtime, registry: &Registry, domain: &str, bytes: &[u8]) -> Result<Self, LoadError> {
-        let loaded = runtime.load(domain, Tier::Stream, bytes)?;
+        let mut plan = Err(Refusal::new());
+        let loaded = runtime.load_with(domain, Tier::Stream, bytes, |bytes| {
+            let prepared = Plan::of(bytes).and_then(|p| Ok((p.prepare(bytes)?, p)));
+            let (prepared, p) = match prepared {
+                Ok((prepared, p)) => (Some(prepared), Ok(p)),
+                Err(why) => (None, Err(why)),
+            };
+            plan = p;
+            prepared
+        })?;
+        let hibernation = plan.and_then(|plan| {
+            let export = |name: &str| loaded.export_index(name).ok_or_else(|| format!("the prepared module lacks the export {name:?}"));
+            let memory = export(plan.memory_export())?;
+            let globals = plan.globals.iter().map(|&(index, _)| export(&Plan::global_export(index))).collect::<Result<_, _>>()?;
+            Ok(Hibernation { plan, memory, globals })
+        });
+        if let (Err(why), Some(_)) = (&hibernation, runtime.limits().hibernate_after) {
+            tracing::info!(domain, "this domain's idle stream boxes stay resident: they cannot hibernate, as {why}");
+        }
         let dispatch = loaded.export_index(exports::STREAM_DISPATCH).expect("inspect checked the export");
-        Ok(StreamApp { runtime: runtime.clone(), dispatch, metrics: GuestMetrics::new(registry, domain, Tier::Stream), loaded })
+        let l = [("domain", domain)];
+        Ok(StreamApp {
+            runtime: runtime.clone(),
+            dispatch,
+            metrics: GuestMetrics::new(registry, domain, Tier::Stream),
+            loaded,
+            hibernation,
+            hibernating: registry.gauge(
+                "toil_stream_hibernating_boxes",
+                "Stream boxes hibernating now (no instance, a snapshot of their state).",
+                &l,
+            ),
+            wakes: registry.counter("toil_stream_box_wakes_total", "Hibernating stream boxes woken by an event.", &l),
+        })
+    }
+
+    /// Why this app's boxes cannot hibernate, if they cannot.
+    pub fn hibernation_refused(&self) -> Option<&str> {
+        self.hibernation.as_ref().err().map(String::as_str)
     }
 
     pub fn domain(&self) -> &str {
@@ -81,7 +135,8 @@ impl StreamApp {
         let started = bounded(call.until, self.instantiate(&mut store)).await;
         let site = Site::StreamStart { stream: name, session };
         let dispatch = call.end(&mut store, started.map(|()| (status::OK, ())), &site, &self.metrics, |store, ()| self.dispatch_func(store))?;
-        let mut boxed = StreamBox { store, dispatch, app: self.clone(), name: name.into(), session, deliveries, _live: live };
+        let residence = Residence::Awake { store, dispatch: Some(dispatch), _live: live };
+        let mut boxed = StreamBox { residence, app: self.clone(), name: name.into(), session, deliveries };
         boxed.deliver(StreamEvent::Connect { stream: name, session, path, query }).await?;
         Ok(boxed)
     }
@@ -89,6 +144,28 @@ impl StreamApp {
     async fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<()> {
         let instance = self.loaded.instantiate(&mut *store).await?;
         store.data_mut().instance = Some(instance);
+        Ok(())
+    }
+
+    /// A fresh instance in `store` given the state of `snapshot`: no
+    /// `_initialize` (what it did is in the memory), the memory grown to
+    /// its size, the blocks written back, the globals set.
+    async fn revive(&self, store: &mut Store<HostState>, snapshot: &Snapshot<Val>) -> wasmtime::Result<()> {
+        let h = self.hibernation.as_ref().map_err(|why| wasmtime::format_err!("cannot hibernate: {why}"))?;
+        let instance = self.loaded.pre.instantiate_async(&mut *store).await?;
+        store.data_mut().instance = Some(instance);
+        let memory =
+            instance.get_module_export(&mut *store, &h.memory).and_then(|e| e.into_memory()).ok_or_else(|| wasmtime::format_err!("no memory"))?;
+        let grow = snapshot.memory_bytes.saturating_sub(memory.data_size(&*store)) / WASM_PAGE;
+        if grow > 0 {
+            memory.grow(&mut *store, grow as u64)?;
+        }
+        snapshot.restore(memory.data_mut(&mut *store));
+        for (export, value) in h.globals.iter().zip(snapshot.globals.iter()) {
+            let global =
+                instance.get_module_export(&mut *store, export).and_then(|e| e.into_global()).ok_or_else(|| wasmtime::format_err!("no global"))?;
+            global.set(&mut *store, *value)?;
+        }
         Ok(())
     }
 
@@ -102,27 +179,114 @@ impl StreamApp {
     }
 }
 
+const WASM_PAGE: usize = 64 << 10;
+
+/// Hands the pages of a linear memory about to be dropped back to the
+/// kernel. The pool keeps a returned slot's dirty pages resident and
+/// resets them in place (`linear_memory_keep_resident`, for the request
+/// tier's speed), so without this a hibernating box would free nothing.
+/// After `MADV_DONTNEED` the slot reads as a fresh one (the memory image
+/// where the mapping has it, zeros elsewhere), which is the state the pool
+/// resets a slot to anyway; its scan then finds no dirty page to reset.
+fn release_pages(memory: &mut [u8]) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: `memory` is the whole accessible part of the instance's
+    // linear memory, borrowed mutably, so nothing else reads or writes it;
+    // the instance is dropped right after, and MADV_DONTNEED only resets
+    // the contents of this private mapping.
+    unsafe {
+        libc::madvise(memory.as_mut_ptr().cast(), memory.len(), libc::MADV_DONTNEED);
+    }
+}
+
 /// One connection's resident instance. Events are delivered one at a time,
 /// in order; after a fault the box must not be used again (the edge closes
 /// the session).
 pub struct StreamBox {
-    store: Store<HostState>,
-    dispatch: TypedFunc<(i32, i32), i32>,
+    residence: Residence,
     app: Arc<StreamApp>,
     name: String,
     session: u64,
     /// The box's channel deliveries, until the session driver takes them.
     deliveries: Option<Deliveries>,
-    _live: LiveGuard,
+}
+
+/// Where a box's state is: in an instance, or in a snapshot.
+enum Residence {
+    Awake {
+        store: Store<HostState>,
+        /// `None` after a failed wake: the box is lost.
+        dispatch: Option<TypedFunc<(i32, i32), i32>>,
+        _live: LiveGuard,
+    },
+    Hibernating {
+        state: Box<HostState>,
+        snapshot: Snapshot<Val>,
+        _counted: LiveGuard,
+    },
+    /// Only while it changes from one to the other.
+    Moving,
 }
 
 impl StreamBox {
     /// Sets the largest datagram the connection can carry now (the path MTU
     /// changes); larger datagram sends fail with `TooLarge`.
     pub fn set_max_datagram(&mut self, bytes: usize) {
-        if let Some(outbox) = self.store.data_mut().stream.as_mut() {
+        if let Some(outbox) = self.state().stream.as_mut() {
             outbox.max_datagram = bytes;
         }
+    }
+
+    fn state(&mut self) -> &mut HostState {
+        match &mut self.residence {
+            Residence::Awake { store, .. } => store.data_mut(),
+            Residence::Hibernating { state, .. } => state,
+            Residence::Moving => unreachable!("a box is never seen while it moves"),
+        }
+    }
+
+    /// Whether the box is hibernating (holds no instance).
+    pub fn is_hibernating(&self) -> bool {
+        matches!(self.residence, Residence::Hibernating { .. })
+    }
+
+    /// Gives the box's instance back, keeping a snapshot of its state, if
+    /// its app can hibernate and it is awake. Returns the snapshot's size
+    /// in bytes, if it hibernated. The next event wakes it.
+    pub fn hibernate(&mut self) -> Option<usize> {
+        let h = self.app.hibernation.as_ref().ok()?;
+        let Residence::Awake { store, dispatch: Some(_), .. } = &mut self.residence else { return None };
+        let instance = store.data().instance?;
+        let memory = instance.get_module_export(&mut *store, &h.memory).and_then(|e| e.into_memory())?;
+        let mut globals = Vec::with_capacity(h.globals.len());
+        for export in &h.globals {
+            globals.push(instance.get_module_export(&mut *store, export).and_then(|e| e.into_global())?.get(&mut *store));
+        }
+        let snapshot = Snapshot::take(memory.data(&*store), &h.plan.image, globals.into());
+        let size = snapshot.heap_bytes();
+        release_pages(memory.data_mut(&mut *store));
+        let Residence::Awake { store, .. } = std::mem::replace(&mut self.residence, Residence::Moving) else { unreachable!() };
+        let mut state = store.into_data();
+        state.instance = None;
+        self.residence = Residence::Hibernating { state: Box::new(state), snapshot, _counted: LiveGuard::new(&self.app.hibernating) };
+        Some(size)
+    }
+
+    /// Instantiates a hibernating box again, under a call's deadline.
+    async fn wake(&mut self) -> Result<(), GuestFault> {
+        let Residence::Hibernating { state, snapshot, .. } = std::mem::replace(&mut self.residence, Residence::Moving) else {
+            unreachable!("only a hibernating box wakes")
+        };
+        let app = self.app.clone();
+        app.wakes.inc();
+        let mut store = app.runtime.store_with(*state);
+        let live = app.metrics.live_instance();
+        let call = Call::begin(&mut store, Vec::new());
+        let woke = bounded(call.until, app.revive(&mut store, &snapshot)).await;
+        let site = Site::StreamWake { stream: &self.name, session: self.session };
+        let dispatch = call.end(&mut store, woke.map(|()| (status::OK, ())), &site, &app.metrics, |store, ()| app.dispatch_func(store));
+        self.residence = Residence::Awake { store, dispatch: dispatch.as_ref().ok().cloned(), _live: live };
+        dispatch.map(|_| ())
     }
 
     /// Delivers an inbound frame that came on `stream` (`None`: a datagram).
@@ -188,16 +352,21 @@ impl StreamBox {
     }
 
     fn outbox(&mut self) -> &mut Outbox {
-        self.store.data_mut().stream.as_mut().expect("a stream box always has an outbox")
+        self.state().stream.as_mut().expect("a stream box always has an outbox")
     }
 
     async fn deliver(&mut self, event: StreamEvent<'_>) -> Result<(), GuestFault> {
+        if self.is_hibernating() {
+            Box::pin(self.wake()).await?;
+        }
+        let Residence::Awake { store, dispatch, .. } = &mut self.residence else { unreachable!("awake after a wake") };
+        let dispatch = dispatch.clone().ok_or_else(|| GuestFault::Abi("the box was lost when it failed to wake".into()))?;
         let (code, input) = event.encode();
         let input_len = input.len() as i32;
-        let call = Call::begin(&mut self.store, input);
-        let result = bounded(call.until, self.dispatch.call_async(&mut self.store, (code, input_len))).await;
+        let call = Call::begin(store, input);
+        let result = bounded(call.until, dispatch.call_async(&mut *store, (code, input_len))).await;
         let site = Site::StreamEvent { stream: &self.name, session: self.session, event: event_name(code) };
-        call.end(&mut self.store, result.map(|rc| (rc, ())), &site, &self.app.metrics, |_, ()| Ok(()))
+        call.end(store, result.map(|rc| (rc, ())), &site, &self.app.metrics, |_, ()| Ok(()))
     }
 }
 

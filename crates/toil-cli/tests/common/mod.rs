@@ -370,9 +370,32 @@ pub fn wt_endpoint_with_window(
     to: SocketAddr,
     window: Option<u32>,
 ) -> wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client> {
+    wt_endpoint_with(cert_sha256, to, window, None)
+}
+
+/// [`wt_endpoint_for`] whose connections send a PING every `interval`,
+/// so sessions held idle longer than the client's idle timeout (30 s)
+/// stay open. The pings reach no box.
+pub fn wt_endpoint_keeping_alive(
+    s: &Server,
+    to: SocketAddr,
+    interval: std::time::Duration,
+) -> wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client> {
+    wt_endpoint_with(&s.cert_sha256, to, None, Some(interval))
+}
+
+fn wt_endpoint_with(
+    cert_sha256: &str,
+    to: SocketAddr,
+    window: Option<u32>,
+    keep_alive: Option<std::time::Duration>,
+) -> wtransport::Endpoint<wtransport::endpoint::endpoint_side::Client> {
     let hash: [u8; 32] = (0..32).map(|i| u8::from_str_radix(&cert_sha256[2 * i..2 * i + 2], 16).unwrap()).collect::<Vec<_>>().try_into().unwrap();
-    let mut config =
-        wtransport::ClientConfig::builder().with_bind_default().with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)]).build();
+    let mut config = wtransport::ClientConfig::builder()
+        .with_bind_default()
+        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)])
+        .keep_alive_interval(keep_alive)
+        .build();
     config.set_dns_resolver(ToDevServer(to));
     if let Some(window) = window {
         let mut transport = wtransport::quinn::TransportConfig::default();

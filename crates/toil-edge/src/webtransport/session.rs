@@ -138,6 +138,16 @@ enum Next {
     /// The client closed the session (a close capsule, or the CONNECT stream ended).
     PeerClose(u32, String),
     Closed(quinn::ConnectionError),
+    /// The box may have had no event for `limits.hibernateAfterMs`.
+    Idle,
+}
+
+/// When the box's idle time may be up; never, for a box that does not hibernate.
+async fn nap(alarm: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match alarm {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The box's next channel delivery; never, for a box without channels.
@@ -205,12 +215,18 @@ impl Driver {
         if let Some(end) = self.flush(boxed).await {
             return end;
         }
+        // The alarm is set once per idle period, not per event: when it
+        // rings early (events came), it is set again from the last one.
+        let hibernate_after = self.app.limits().hibernate_after.filter(|_| self.app.hibernation_refused().is_none());
+        let mut last_event = tokio::time::Instant::now();
+        let mut alarm = hibernate_after.map(|after| Box::pin(tokio::time::sleep(after)));
         loop {
             boxed.set_max_datagram(self.quic.max_datagram_size().unwrap_or(0));
             // Shutdown and retirement come first: a client that keeps the
             // queue full must not keep an old version alive. Frames and
             // channel deliveries take turns.
             let stopped = self.stopped.pop_front().map(|(id, end)| Next::Read(id, Read::End(end)));
+            let awake = !boxed.is_hibernating();
             let next = if let Some(next) = stopped {
                 next
             } else {
@@ -228,10 +244,21 @@ impl Driver {
                                 Err(why) => Next::Read(StreamId(0), Read::Violation(close_code::MALFORMED_FRAME, why)),
                             },
                             err = self.quic.closed() => Next::Closed(err),
+                            () = nap(&mut alarm), if awake => Next::Idle,
                         }
                     } => next,
                 }
             };
+            if let (Next::Idle, Some(after), Some(alarm)) = (&next, hibernate_after, alarm.as_mut()) {
+                if last_event.elapsed() >= after {
+                    if let Some(bytes) = boxed.hibernate() {
+                        tracing::trace!(domain = %self.app.domain(), session = self.permit.id, bytes, "box hibernated");
+                    }
+                }
+                alarm.as_mut().reset(last_event + after);
+                continue;
+            }
+            last_event = tokio::time::Instant::now();
             let delivered = match next {
                 Next::Read(id, Read::Frame(bytes)) => {
                     self.metrics.frames[0][FrameKind::Stream as usize].inc();
@@ -255,6 +282,7 @@ impl Driver {
                     None => Ok(()),
                 },
                 Next::PeerClose(code, reason) => return End::PeerClosed(code, reason),
+                Next::Idle => Ok(()),
                 Next::Inbound(None) => return classify(self.quic.closed().await),
                 Next::Closed(err) => return classify(err),
                 Next::Channel(delivery) => {

@@ -19,6 +19,7 @@ pub fn limits(deadline_ms: u64) -> Limits {
         max_frame_bytes: 64 << 10,
         max_outbound_bytes_per_event: 1 << 20,
         max_box_streams: 8,
+        hibernate_after: None,
     }
 }
 
