@@ -17,6 +17,7 @@ const HISTORY: usize = 5;
 const QUEUE: usize = 8;
 const MAX_SUBSCRIPTIONS: usize = 4;
 const MAX_MESSAGE: usize = 1024;
+const HIBERNATE_AFTER_MS: u64 = 250;
 
 fn node() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
@@ -27,6 +28,9 @@ fn node() -> &'static Server {
             serde_json::json!({
                 "apps": [{"domain": "relay", "dir": relay}, {"domain": "hello", "dir": repo_root().join("examples/hello")}],
                 "defaultDomain": "relay",
+                // Boxes idle for 250 ms hibernate: every test here also
+                // runs with boxes that sleep and wake between events.
+                "limits": {"hibernateAfterMs": HIBERNATE_AFTER_MS},
                 "channels": {
                     "historySize": HISTORY, "subscriberQueue": QUEUE,
                     "maxSubscriptionsPerBox": MAX_SUBSCRIPTIONS, "maxMessageBytes": MAX_MESSAGE
@@ -87,6 +91,24 @@ async fn a_publication_reaches_every_subscriber_in_offset_order() {
     assert!(c.events.is_empty());
     assert!(node().metric("toil_channel_published_total{domain=\"relay\"}").await >= 21.0);
     assert!(node().metric("toil_channel_delivered_total{domain=\"relay\"}").await >= 61.0);
+}
+
+/// A box hibernates with its subscriptions (they are host state): a
+/// publication wakes it, and it hears it, and the next, in order.
+#[tokio::test]
+async fn a_hibernating_subscriber_is_woken_by_a_publication() {
+    let wakes = || node().metric("toil_stream_box_wakes_total{domain=\"relay\"}");
+    let mut sleeper = Client::connect().await;
+    assert_eq!(sleeper.cmd("sub dreams now").await, "ok");
+    let mut publisher = Client::connect().await;
+    tokio::time::sleep(Duration::from_millis(4 * HIBERNATE_AFTER_MS)).await;
+    let before = wakes().await;
+    let (offset, epoch) = publisher.publish("dreams", "one").await;
+    assert_eq!(sleeper.event().await, format!("msg dreams {offset} {epoch} one"));
+    assert!(wakes().await >= before + 2.0, "the publisher's command and the delivery each woke a box");
+    let (next, _) = publisher.publish("dreams", "two").await;
+    assert_eq!(sleeper.event().await, format!("msg dreams {next} {epoch} two"));
+    assert_eq!(sleeper.cmd("sub dreams now").await, "ok", "the woken box still runs commands");
 }
 
 #[tokio::test]

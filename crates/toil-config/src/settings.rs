@@ -53,7 +53,8 @@ impl LimitsConfig {
     pub fn runtime(&self) -> RuntimeConfig {
         RuntimeConfig {
             limits: self.guest_limits(),
-            max_instances: self.max_instances,
+            request_instances: self.instances_for_requests() as u32,
+            session_instances: self.max_sessions as u32,
             max_artifact_bytes: MAX_ARTIFACT_BYTES,
             epoch_tick: EPOCH_TICK,
             admission: AdmissionLimits {
@@ -111,7 +112,8 @@ mod tests {
     fn the_default_runtime_pool_fits_the_default_sessions_and_request_shares() {
         let l = LimitsConfig::default();
         let runtime = l.runtime();
-        assert_eq!(runtime.max_instances as usize, l.instances_for_requests() + l.sessions().max_sessions);
+        assert_eq!(runtime.request_instances + runtime.session_instances, l.max_instances);
+        assert_eq!(runtime.session_instances as usize, l.sessions().max_sessions);
         assert!(runtime.admission.max_running <= l.instances_for_requests());
         assert_eq!(l.edge().sessions, l.sessions());
         assert_eq!(runtime.limits.deadline, l.deadline);

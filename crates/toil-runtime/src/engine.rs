@@ -1,5 +1,15 @@
-//! The node's wasmtime engine: pooling allocator, copy-on-write memory
+//! The node's wasmtime engines: pooling allocators, copy-on-write memory
 //! images, and the epoch ticker behind every deadline.
+//!
+//! There are two pools, because the tiers use instances in opposite ways.
+//! A request's instance lives for one call and the next request reuses its
+//! slot at once, so that pool keeps the pages a guest touched resident and
+//! resets them in place. A session's box lives for minutes, mostly idle,
+//! and hibernates (see `hibernate`): its pool gives a slot's pages, table
+//! and fiber stack back to the kernel when the box lets the slot go, or a
+//! hibernating box would free nothing. Sessions have a slot each
+//! (`limits.maxSessions`), so a waking box always finds one; requests and
+//! daemons share the rest of `limits.maxInstances`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,8 +33,12 @@ const KEEP_RESIDENT: usize = 4 << 20;
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
     pub limits: Limits,
-    /// Instances that may be alive at once (pooling allocator slots).
-    pub max_instances: u32,
+    /// Instances of requests and daemons that may be alive at once (slots
+    /// of their pool).
+    pub request_instances: u32,
+    /// Stream boxes that may hold an instance at once (slots of theirs):
+    /// one per open session.
+    pub session_instances: u32,
     /// Largest artifact accepted, in bytes.
     pub max_artifact_bytes: usize,
     /// Epoch ticker period: the granularity of deadlines.
@@ -36,14 +50,53 @@ pub struct RuntimeConfig {
 /// One per node: compiles artifacts and creates stores that share its limits.
 #[derive(Clone)]
 pub struct Runtime {
-    engine: Engine,
-    linker: Arc<Linker<HostState>>,
+    /// Requests and daemons.
+    per_request: Pool,
+    /// Stream boxes.
+    per_session: Pool,
     config: Arc<RuntimeConfig>,
     /// What `channel_publish` and `channel_subscribe` reach; without it they
     /// fail with `Disabled`.
     channels: Option<Channels>,
     /// Held for its `Drop`: the epoch thread stops with the last clone.
     _ticker: Arc<EpochTicker>,
+}
+
+/// An engine with its instance pool, and the linker of its modules.
+#[derive(Clone)]
+struct Pool {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+}
+
+impl Pool {
+    fn new(slots: u32, limits: &Limits, resets_in_place: bool) -> anyhow::Result<Pool> {
+        let slots = slots.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_core_instances(slots).total_memories(slots).total_tables(slots).total_stacks(slots).max_memory_size(limits.memory_bytes);
+        // Otherwise a returned slot's pages go back to the kernel (madvise),
+        // and so does its fiber stack, zeroed (below).
+        if resets_in_place && PoolingAllocationConfig::is_pagemap_scan_available() {
+            // Reset a returned slot in place instead of with madvise: the
+            // kernel's PAGEMAP_SCAN (Linux 6.7+) finds the pages the guest
+            // dirtied and only those are re-copied from the image or zeroed.
+            // The next request then takes no page faults and no TLB
+            // shootdown. Without it, keeping memory resident would mean a
+            // memset of all of it per request, so older kernels keep
+            // wasmtime's madvise reset.
+            pool.pagemap_scan(wasmtime::Enabled::Yes).linear_memory_keep_resident(KEEP_RESIDENT).table_keep_resident(64 << 10);
+        }
+        let mut wasm = wasmtime::Config::new();
+        wasm.epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .memory_init_cow(true)
+            .async_stack_zeroing(!resets_in_place)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&wasm)?;
+        let mut linker = Linker::new(&engine);
+        add_to_linker(&mut linker)?;
+        Ok(Pool { engine, linker: Arc::new(linker) })
+    }
 }
 
 /// Stops the epoch thread when the last runtime clone is dropped.
@@ -103,43 +156,31 @@ impl Loaded {
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_core_instances(config.max_instances)
-            .total_memories(config.max_instances)
-            .total_tables(config.max_instances)
-            .total_stacks(config.max_instances)
-            .max_memory_size(config.limits.memory_bytes);
-        if PoolingAllocationConfig::is_pagemap_scan_available() {
-            // Reset a returned slot in place instead of with madvise: the
-            // kernel's PAGEMAP_SCAN (Linux 6.7+) finds the pages the guest
-            // dirtied and only those are re-copied from the image or zeroed.
-            // The next request then takes no page faults and no TLB
-            // shootdown. Without it, keeping memory resident would mean a
-            // memset of all of it per request, so older kernels keep
-            // wasmtime's madvise reset.
-            pool.pagemap_scan(wasmtime::Enabled::Yes).linear_memory_keep_resident(KEEP_RESIDENT).table_keep_resident(64 << 10);
-        }
-        let mut wasm = wasmtime::Config::new();
-        wasm.epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            .memory_init_cow(true)
-            .cranelift_opt_level(wasmtime::OptLevel::Speed);
-        let engine = Engine::new(&wasm)?;
-        let mut linker = Linker::new(&engine);
-        add_to_linker(&mut linker)?;
-
+        let per_request = Pool::new(config.request_instances, &config.limits, true)?;
+        let per_session = Pool::new(config.session_instances, &config.limits, false)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let (weak_engine, tick, stop2) = (engine.weak(), config.epoch_tick, stop.clone());
+        let engines = [per_request.engine.weak(), per_session.engine.weak()];
+        let (tick, stop2) = (config.epoch_tick, stop.clone());
         std::thread::Builder::new().name("toil-epoch".into()).spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 std::thread::sleep(tick);
-                match weak_engine.upgrade() {
-                    Some(e) => e.increment_epoch(),
-                    None => break,
+                for weak in &engines {
+                    match weak.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => return,
+                    }
                 }
             }
         })?;
-        Ok(Runtime { engine, linker: Arc::new(linker), config: Arc::new(config), channels: None, _ticker: Arc::new(EpochTicker { stop }) })
+        Ok(Runtime { per_request, per_session, config: Arc::new(config), channels: None, _ticker: Arc::new(EpochTicker { stop }) })
+    }
+
+    /// The pool a tier's instances come from.
+    fn pool(&self, tier: Tier) -> &Pool {
+        match tier {
+            Tier::Stream => &self.per_session,
+            Tier::Request | Tier::Daemon => &self.per_request,
+        }
     }
 
     /// Gives every guest of this runtime the node's channels.
@@ -176,8 +217,9 @@ impl Runtime {
     ) -> Result<Loaded, LoadError> {
         let info = inspect(bytes, tier, self.config.max_artifact_bytes)?;
         let prepared = prepare(bytes);
-        let module = Module::new(&self.engine, prepared.as_deref().unwrap_or(bytes)).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        let pre = self.linker.instantiate_pre(&module).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pool = self.pool(tier);
+        let module = Module::new(&pool.engine, prepared.as_deref().unwrap_or(bytes)).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let pre = pool.linker.instantiate_pre(&module).map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let initialize = if info.has_initialize { module.get_export_index(toil_abi::exports::INITIALIZE) } else { None };
         Ok(Loaded { info, pre, id: GuestId { domain: domain.into(), tier }, initialize })
     }
@@ -193,7 +235,7 @@ impl Runtime {
 
     /// [`Runtime::store`] around an existing state (a box waking up).
     pub(crate) fn store_with(&self, state: HostState) -> Store<HostState> {
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(&self.pool(state.id().tier).engine, state);
         store.limiter(|s| s.limiter());
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {

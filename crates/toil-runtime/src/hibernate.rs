@@ -17,7 +17,8 @@
 //!
 //! After `limits.hibernateAfterMs` without an event, the box takes a
 //! [`Snapshot`] and drops its store; the slot, the fiber stack and the
-//! instance go back to the pool. The host state (the outbox, channel
+//! instance go back to the stream tier's pool, which hands their pages
+//! back to the kernel (see `engine`). The host state (the outbox, channel
 //! subscriptions, the WASI context) is kept as it is. A snapshot is:
 //!
 //! - the memory's size;
@@ -44,6 +45,10 @@
 //! - mutable globals of number types only (a reference cannot move from
 //!   one store to another);
 //! - active data segments at constant offsets.
+//!
+//! Taking a snapshot reads the whole memory once (a few milliseconds for
+//! the largest a box may have, less than one event's deadline), once per
+//! idle period; restoring writes only the stored blocks.
 //!
 //! Nothing here does I/O or touches wasmtime: the plan reads bytes, the
 //! snapshot compares and writes slices, so both are tested on their own.

@@ -181,24 +181,6 @@ impl StreamApp {
 
 const WASM_PAGE: usize = 64 << 10;
 
-/// Hands the pages of a linear memory about to be dropped back to the
-/// kernel. The pool keeps a returned slot's dirty pages resident and
-/// resets them in place (`linear_memory_keep_resident`, for the request
-/// tier's speed), so without this a hibernating box would free nothing.
-/// After `MADV_DONTNEED` the slot reads as a fresh one (the memory image
-/// where the mapping has it, zeros elsewhere), which is the state the pool
-/// resets a slot to anyway; its scan then finds no dirty page to reset.
-fn release_pages(memory: &mut [u8]) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: `memory` is the whole accessible part of the instance's
-    // linear memory, borrowed mutably, so nothing else reads or writes it;
-    // the instance is dropped right after, and MADV_DONTNEED only resets
-    // the contents of this private mapping.
-    unsafe {
-        libc::madvise(memory.as_mut_ptr().cast(), memory.len(), libc::MADV_DONTNEED);
-    }
-}
-
 /// One connection's resident instance. Events are delivered one at a time,
 /// in order; after a fault the box must not be used again (the edge closes
 /// the session).
@@ -264,7 +246,6 @@ impl StreamBox {
         }
         let snapshot = Snapshot::take(memory.data(&*store), &h.plan.image, globals.into());
         let size = snapshot.heap_bytes();
-        release_pages(memory.data_mut(&mut *store));
         let Residence::Awake { store, .. } = std::mem::replace(&mut self.residence, Residence::Moving) else { unreachable!() };
         let mut state = store.into_data();
         state.instance = None;

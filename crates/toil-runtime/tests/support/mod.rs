@@ -23,8 +23,16 @@ pub fn limits(deadline_ms: u64) -> Limits {
     }
 }
 
-/// A runtime of `max_instances` instances; a domain may use them all.
+/// A runtime of `max_instances` instances for requests and daemons (and
+/// a few for stream boxes); a domain may use them all.
 pub fn config(limits: Limits, max_instances: u32) -> RuntimeConfig {
     let admission = AdmissionLimits { max_running: max_instances as usize, max_waiting: 64, max_wait: limits.deadline };
-    RuntimeConfig { limits, max_instances, max_artifact_bytes: 32 << 20, epoch_tick: Duration::from_millis(1), admission }
+    RuntimeConfig {
+        limits,
+        request_instances: max_instances,
+        session_instances: 4,
+        max_artifact_bytes: 32 << 20,
+        epoch_tick: Duration::from_millis(1),
+        admission,
+    }
 }
