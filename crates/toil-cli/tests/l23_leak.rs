@@ -145,6 +145,38 @@ async fn an_idle_box_hibernates_and_wakes_with_its_state() {
     assert!(!log.contains("failed to wake"), "{log}");
 }
 
+/// A box's heap survives hibernation byte for byte; a box whose memory
+/// grew past 16 MiB stays resident (its snapshot would read it all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_box_keeps_its_heap_through_hibernation_unless_it_is_large() {
+    let server: &'static Server = Box::leak(Box::new(start_server("hibernate-heap", serde_json::json!({"limits": {"hibernateAfterMs": 200}}))));
+    let (hibernating, live) = ("toil_stream_hibernating_boxes{domain=\"misbehave\"}", "toil_live_instances{domain=\"misbehave\",tier=\"stream\"}");
+    let chaos = || async {
+        let conn = wt_endpoint_for(server, server.http).connect(format!("https://misbehave.localhost:{}/chaos", server.http.port())).await.unwrap();
+        let mut f = Frames::open(&conn).await;
+        assert!(f.recv_text().await.starts_with("hello session "));
+        (conn, f)
+    };
+    // 20 MiB kept: the box stays awake, and answers.
+    let (_large, mut big) = chaos().await;
+    big.send(b"keep 20480").await;
+    let kept = big.recv_text().await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(server.metric(hibernating).await, 0.0, "a box of over 16 MiB stays resident");
+    assert_eq!(server.metric(live).await, 1.0);
+    big.send(b"sum").await;
+    assert_eq!(big.recv_text().await, format!("sum {} frames 2", kept.rsplit(' ').next().unwrap()));
+    // 3 MiB kept: it hibernates, and wakes with every byte.
+    let (_small, mut small) = chaos().await;
+    small.send(b"keep 3072").await;
+    let kept = small.recv_text().await;
+    wait_until_at_least(server, hibernating, 1.0).await;
+    assert_eq!(server.metric(live).await, 1.0, "only the large box holds an instance");
+    small.send(b"sum").await;
+    assert_eq!(small.recv_text().await, format!("sum {} frames 2", kept.rsplit(' ').next().unwrap()));
+    assert_eq!(server.metric("toil_stream_box_wakes_total{domain=\"misbehave\"}").await, 1.0);
+}
+
 async fn wait_until_at_least(server: &Server, sample: &str, value: f64) {
     for _ in 0..200 {
         if server.metric(sample).await >= value {

@@ -107,8 +107,14 @@ pub(crate) struct Call {
 impl Call {
     /// Starts a call that reads `input`.
     pub fn begin(store: &mut Store<HostState>, input: Vec<u8>) -> Call {
-        store.data_mut().begin_call(input);
-        Call { started: Instant::now(), until: store.data().call_deadline() }
+        Call::begin_at(store, input, Instant::now())
+    }
+
+    /// [`Call::begin`] for a call whose deadline runs from `started` (an
+    /// event whose box had to wake first: both share one deadline).
+    pub fn begin_at(store: &mut Store<HostState>, input: Vec<u8>, started: Instant) -> Call {
+        store.data_mut().begin_call(input, started);
+        Call { started, until: store.data().call_deadline() }
     }
 
     /// Ends the call: `result` is the entry point's status and what else

@@ -46,9 +46,10 @@
 //!   one store to another);
 //! - active data segments at constant offsets.
 //!
-//! Taking a snapshot reads the whole memory once (a few milliseconds for
-//! the largest a box may have, less than one event's deadline), once per
-//! idle period; restoring writes only the stored blocks.
+//! Taking a snapshot reads the whole memory once per idle period, on the
+//! session's worker: a box whose memory has grown past
+//! [`MAX_MEMORY_BYTES`] (16 MiB, about 2 ms to read) stays resident.
+//! Restoring writes only the stored blocks.
 //!
 //! Nothing here does I/O or touches wasmtime: the plan reads bytes, the
 //! snapshot compares and writes slices, so both are tested on their own.
@@ -61,6 +62,14 @@ use wasmparser::{DataKind, ExternalKind, Operator, Parser, Payload, ValType};
 pub const PAGE: usize = 4096;
 /// The unit a snapshot stores: a page has 64 of them, one mask bit each.
 pub const BLOCK: usize = PAGE / 64;
+/// The most image a plan holds (a Rust guest's is a few pages): a small
+/// artifact with segments scattered over its memory must not make the
+/// node hold a page per segment.
+const MAX_IMAGE_PAGES: usize = 1024;
+/// The largest memory a box hibernates with: taking a snapshot reads all
+/// of it on the session's worker (about 2 ms at this size), so a larger
+/// box stays resident.
+pub const MAX_MEMORY_BYTES: usize = 16 << 20;
 /// The prefix of the exports the host adds (see [`Plan::prepare`]).
 const EXPORT_PREFIX: &str = "toil:hibernate:";
 
@@ -83,6 +92,7 @@ impl Plan {
     /// initial memory image and mutable globals.
     pub fn of(bytes: &[u8]) -> Result<Plan, Refusal> {
         let mut memories = 0;
+        let mut initial_bytes = 0u64;
         let mut globals = Vec::new();
         let mut memory_export = None;
         let mut image = Image::default();
@@ -97,7 +107,13 @@ impl Plan {
                         }
                     }
                 }
-                Payload::MemorySection(r) => memories += r.count(),
+                Payload::MemorySection(r) => {
+                    for memory in r {
+                        let memory = memory.map_err(|e| e.to_string())?;
+                        memories += 1;
+                        initial_bytes = memory.initial.saturating_mul(1u64 << memory.page_size_log2.unwrap_or(16));
+                    }
+                }
                 Payload::GlobalSection(r) => {
                     for global in r {
                         let global = global.map_err(|e| e.to_string())?;
@@ -127,12 +143,21 @@ impl Plan {
                     for segment in r {
                         let segment = segment.map_err(|e| e.to_string())?;
                         if let DataKind::Active { offset_expr, .. } = segment.kind {
-                            let offset = match offset_expr.get_operators_reader().read().map_err(|e| e.to_string())? {
-                                Operator::I32Const { value } => value as u32 as u64,
-                                Operator::I64Const { value } => value as u64,
-                                other => return Err(format!("a data segment's offset is not a constant ({other:?})")),
+                            let mut expr = offset_expr.get_operators_reader();
+                            let (first, second) = (expr.read().map_err(|e| e.to_string())?, expr.read().map_err(|e| e.to_string())?);
+                            let offset = match (first, second) {
+                                (Operator::I32Const { value }, Operator::End) => value as u32 as u64,
+                                (Operator::I64Const { value }, Operator::End) => value as u64,
+                                _ => return Err("a data segment's offset is an expression, not a constant".into()),
                             };
+                            // Such a module fails to instantiate anyway.
+                            if offset.checked_add(segment.data.len() as u64).is_none_or(|end| end > initial_bytes) {
+                                return Err("a data segment ends past the memory's initial size".into());
+                            }
                             image.write(offset, segment.data);
+                            if image.pages.len() > MAX_IMAGE_PAGES {
+                                return Err(format!("its data segments cover more than {MAX_IMAGE_PAGES} pages"));
+                            }
                         }
                     }
                 }
@@ -410,10 +435,20 @@ mod tests {
             (r#"(module (func (export "f")))"#, "0 linear memories"),
             (r#"(module (memory 1) (memory 1) (func (export "f")))"#, "2 linear memories"),
             (r#"(module (memory (export "toil:hibernate:global:0") 1))"#, "reserves"),
+            (r#"(module (memory 1) (data (i32.add (i32.const 8) (i32.const 8)) "x"))"#, "not a constant"),
+            (r#"(module (memory 1) (data (i32.const 65535) "xy"))"#, "past the memory's initial size"),
+            (r#"(module (memory 1) (data (i32.const -1) "x"))"#, "past the memory's initial size"),
         ] {
             let why = plan(wat).expect_err(wat);
             assert!(why.contains(reason), "{wat}: {why:?} does not say {reason:?}");
         }
+    }
+
+    #[test]
+    fn an_image_scattered_over_memory_is_refused_before_it_is_held() {
+        let segments: String = (0..=MAX_IMAGE_PAGES).map(|page| format!("(data (i32.const {}) \"x\")", page * PAGE)).collect();
+        let why = plan(&format!("(module (memory 100) {segments})")).unwrap_err();
+        assert!(why.contains("more than 1024 pages"), "{why}");
     }
 
     /// Memory as a guest leaves it: the image plus writes.

@@ -94,13 +94,13 @@ impl HostState {
             .0
     }
 
-    /// Prepares for a call with `input`.
-    pub(crate) fn begin_call(&mut self, input: Vec<u8>) {
+    /// Prepares for a call with `input`, its deadline running from `started`.
+    pub(crate) fn begin_call(&mut self, input: Vec<u8>, started: std::time::Instant) {
         self.input = input;
         self.output.clear();
         self.output_overflow = false;
         self.abi_violation = None;
-        self.call_started = std::time::Instant::now();
+        self.call_started = started;
     }
 
     /// Ends a call: flushes partial log lines and classifies an error.

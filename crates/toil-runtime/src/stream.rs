@@ -19,6 +19,7 @@
 //! that stops reading stalls its own session, not the node.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use toil_abi::channel::ChannelEvent;
 use toil_abi::stream::{Direction, FrameKind, StreamEnd, StreamEvent, StreamId};
@@ -31,7 +32,7 @@ use crate::artifact::LoadError;
 use crate::call::{Call, Site};
 use crate::engine::{bounded, Loaded, Runtime};
 use crate::fault::GuestFault;
-use crate::hibernate::{Plan, Refusal, Snapshot};
+use crate::hibernate::{Plan, Refusal, Snapshot, MAX_MEMORY_BYTES};
 use crate::host::HostState;
 use crate::limits::Limits;
 use crate::metrics::{GuestMetrics, LiveGuard};
@@ -60,8 +61,14 @@ struct Hibernation {
 impl StreamApp {
     /// Validates, compiles and links `bytes` as `domain`'s stream artifact.
     pub fn load(runtime: &Runtime, registry: &Registry, domain: &str, bytes: &[u8]) -> Result<Self, LoadError> {
-        let mut plan = Err(Refusal::new());
+        // Without hibernation the module is compiled as it came: trap
+        // messages then name the offsets of the developer's own file.
+        let mut plan = Err(Refusal::from("hibernation is off (limits.hibernateAfterMs is 0)"));
+        let hibernates = runtime.limits().hibernate_after.is_some();
         let loaded = runtime.load_with(domain, Tier::Stream, bytes, |bytes| {
+            if !hibernates {
+                return None;
+            }
             let prepared = Plan::of(bytes).and_then(|p| Ok((p.prepare(bytes)?, p)));
             let (prepared, p) = match prepared {
                 Ok((prepared, p)) => (Some(prepared), Ok(p)),
@@ -76,7 +83,7 @@ impl StreamApp {
             let globals = plan.globals.iter().map(|&(index, _)| export(&Plan::global_export(index))).collect::<Result<_, _>>()?;
             Ok(Hibernation { plan, memory, globals })
         });
-        if let (Err(why), Some(_)) = (&hibernation, runtime.limits().hibernate_after) {
+        if let (Err(why), true) = (&hibernation, hibernates) {
             tracing::info!(domain, "this domain's idle stream boxes stay resident: they cannot hibernate, as {why}");
         }
         let dispatch = loaded.export_index(exports::STREAM_DISPATCH).expect("inspect checked the export");
@@ -233,13 +240,18 @@ impl StreamBox {
     }
 
     /// Gives the box's instance back, keeping a snapshot of its state, if
-    /// its app can hibernate and it is awake. Returns the snapshot's size
-    /// in bytes, if it hibernated. The next event wakes it.
+    /// its app can hibernate, it is awake and its memory is at most
+    /// [`MAX_MEMORY_BYTES`]. Returns the snapshot's size in bytes, if it
+    /// hibernated; `None` means it never will (memory does not shrink).
+    /// The next event wakes it.
     pub fn hibernate(&mut self) -> Option<usize> {
         let h = self.app.hibernation.as_ref().ok()?;
         let Residence::Awake { store, dispatch: Some(_), .. } = &mut self.residence else { return None };
         let instance = store.data().instance?;
         let memory = instance.get_module_export(&mut *store, &h.memory).and_then(|e| e.into_memory())?;
+        if memory.data_size(&*store) > MAX_MEMORY_BYTES {
+            return None;
+        }
         let mut globals = Vec::with_capacity(h.globals.len());
         for export in &h.globals {
             globals.push(instance.get_module_export(&mut *store, export).and_then(|e| e.into_global())?.get(&mut *store));
@@ -253,8 +265,9 @@ impl StreamBox {
         Some(size)
     }
 
-    /// Instantiates a hibernating box again, under a call's deadline.
-    async fn wake(&mut self) -> Result<(), GuestFault> {
+    /// Instantiates a hibernating box again, under the deadline of the
+    /// event that woke it, which runs from `started`.
+    async fn wake(&mut self, started: Instant) -> Result<(), GuestFault> {
         let Residence::Hibernating { state, snapshot, .. } = std::mem::replace(&mut self.residence, Residence::Moving) else {
             unreachable!("only a hibernating box wakes")
         };
@@ -262,7 +275,7 @@ impl StreamBox {
         app.wakes.inc();
         let mut store = app.runtime.store_with(*state);
         let live = app.metrics.live_instance();
-        let call = Call::begin(&mut store, Vec::new());
+        let call = Call::begin_at(&mut store, Vec::new(), started);
         let woke = bounded(call.until, app.revive(&mut store, &snapshot)).await;
         let site = Site::StreamWake { stream: &self.name, session: self.session };
         let dispatch = call.end(&mut store, woke.map(|()| (status::OK, ())), &site, &app.metrics, |store, ()| app.dispatch_func(store));
@@ -337,14 +350,15 @@ impl StreamBox {
     }
 
     async fn deliver(&mut self, event: StreamEvent<'_>) -> Result<(), GuestFault> {
+        let started = Instant::now();
         if self.is_hibernating() {
-            Box::pin(self.wake()).await?;
+            Box::pin(self.wake(started)).await?;
         }
         let Residence::Awake { store, dispatch, .. } = &mut self.residence else { unreachable!("awake after a wake") };
         let dispatch = dispatch.clone().ok_or_else(|| GuestFault::Abi("the box was lost when it failed to wake".into()))?;
         let (code, input) = event.encode();
         let input_len = input.len() as i32;
-        let call = Call::begin(store, input);
+        let call = Call::begin_at(store, input, started);
         let result = bounded(call.until, dispatch.call_async(&mut *store, (code, input_len))).await;
         let site = Site::StreamEvent { stream: &self.name, session: self.session, event: event_name(code) };
         call.end(store, result.map(|rc| (rc, ())), &site, &self.app.metrics, |_, ()| Ok(()))

@@ -249,16 +249,16 @@ impl Driver {
                     } => next,
                 }
             };
-            if let (Next::Idle, Some(after), Some(alarm)) = (&next, hibernate_after, alarm.as_mut()) {
-                if last_event.elapsed() >= after {
-                    if let Some(bytes) = boxed.hibernate() {
-                        tracing::trace!(domain = %self.app.domain(), session = self.permit.id, bytes, "box hibernated");
-                    }
+            if let (Next::Idle, Some(after)) = (&next, hibernate_after) {
+                if last_event.elapsed() < after {
+                    alarm.as_mut().expect("an alarm rang").as_mut().reset(last_event + after);
+                } else if let Some(bytes) = boxed.hibernate() {
+                    tracing::trace!(domain = %self.app.domain(), session = self.permit.id, bytes, "box hibernated");
+                } else {
+                    alarm = None; // this box stays resident (see `StreamBox::hibernate`)
                 }
-                alarm.as_mut().reset(last_event + after);
                 continue;
             }
-            last_event = tokio::time::Instant::now();
             let delivered = match next {
                 Next::Read(id, Read::Frame(bytes)) => {
                     self.metrics.frames[0][FrameKind::Stream as usize].inc();
@@ -297,6 +297,9 @@ impl Driver {
                 Ok(()) => self.flush(boxed).await,
                 Err(fault) => Some(End::Fault(fault.to_string())),
             };
+            // Idle time starts once the event's output is written: a
+            // client slow to take it does not make the box look idle.
+            last_event = tokio::time::Instant::now();
             if let Some(end) = end {
                 return end;
             }

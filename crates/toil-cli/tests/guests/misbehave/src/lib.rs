@@ -93,12 +93,21 @@ impl Misbehave {
 /// - `reply-finish-write`: replies `done` and finishes, then writes once
 ///   more to the same stream; the error goes to the primary stream;
 /// - `watch`: from now on every `stream_end` is reported on the primary
-///   stream as `end <id> <how>`.
+///   stream as `end <id> <how>`;
+/// - `keep <KiB>`: keeps that many bytes of a pattern in the box and
+///   answers their checksum; `sum` answers it again with the frame count
+///   (state that must survive hibernation).
 #[derive(Default)]
 struct Chaos {
     frames: u32,
     hoard: Vec<StreamId>,
     watch: bool,
+    /// Bytes kept across events (`keep`), to check state survives hibernation.
+    kept: Vec<u8>,
+}
+
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().enumerate().fold(0u64, |sum, (i, b)| sum.wrapping_mul(31).wrapping_add(*b as u64 ^ i as u64))
 }
 
 fn outcome(r: Result<(), SendError>) -> String {
@@ -158,6 +167,12 @@ impl Chaos {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
                 cx.send(b"woke").unwrap();
             }
+            "keep" => {
+                let kib: usize = words.next().and_then(|c| c.parse().ok()).unwrap_or(1);
+                self.kept = (0..kib << 10).map(|i| (i * 31 + 7) as u8).collect();
+                cx.reply(&frame, format!("kept {kib} KiB sum {}", checksum(&self.kept)).as_bytes()).unwrap();
+            }
+            "sum" => cx.reply(&frame, format!("sum {} frames {}", checksum(&self.kept), self.frames).as_bytes()).unwrap(),
             "datagram" => {
                 cx.send_datagram(format!("datagram {}", self.frames).as_bytes()).unwrap();
             }
