@@ -4,8 +4,9 @@
 //! 1. echo round-trip p50/p99 over WebTransport to `examples/echo` served by
 //!    a real `toil dev` (a resident wasm box per session), against a native
 //!    echo — the same QUIC/HTTP/3/WebTransport stack (`toil_edge::webtransport::protocol`) with
-//!    the echo written in Rust, no wasm, no box — in alternating rounds of
-//!    the same run, as a ratio;
+//!    the echo written in Rust, no wasm, no box — a session to each, their
+//!    round trips taken in turns of 50 (so a noisy machine's quiet and busy
+//!    moments fall on both alike), as a ratio;
 //! 2. sessions per second: open a session, one frame round trip, close;
 //! 3. requests per second on a stream each (RPC style: open a stream, one
 //!    frame, finish, read the answer to the stream's end), 16 in flight on
@@ -75,15 +76,18 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64, hold: Dur
     )));
     let native = native_server(server).await;
 
-    // 1. Round trips, alternating servers.
+    // 1. Round trips: a session to each server, taken in turns.
     let (mut toil_p50, mut toil_p99, mut native_p50, mut native_p99) = (vec![], vec![], vec![], vec![]);
     for round in 1..=rounds {
-        for (name, addr, p50, p99) in [("toil", server.http, &mut toil_p50, &mut toil_p99), ("native", native, &mut native_p50, &mut native_p99)] {
-            let (a, b) = round_trips(server, addr, samples).await;
-            eprintln!("round {round}: {name:<6} p50 {a:>7.1} µs  p99 {b:>7.1} µs");
-            p50.push(a);
-            p99.push(b);
-        }
+        let [(tp50, tp99), (np50, np99)] = round_trips(server, [server.http, native], samples).await;
+        eprintln!(
+            "round {round}: p50 toil {tp50:>6.1} µs, native {np50:>6.1} µs = {:.2}×; p99 toil {tp99:>7.1} µs, native {np99:>7.1} µs",
+            tp50 / np50
+        );
+        toil_p50.push(tp50);
+        toil_p99.push(tp99);
+        native_p50.push(np50);
+        native_p99.push(np99);
     }
 
     // 2. Sessions per second (8 clients, each: open, one round trip, close).
@@ -155,7 +159,7 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64, hold: Dur
     println!("| measurement | value |");
     println!("|---|---|");
     println!(
-        "| echo round trip p50, toil (wasm box) / native (same run, median of {rounds} rounds × {samples}) | {tp50:.1} µs / {np50:.1} µs = {:.2}× |",
+        "| echo round trip p50, toil (wasm box) / native (same run, in turns of {TURN}, median of {rounds} rounds × {samples}) | {tp50:.1} µs / {np50:.1} µs = {:.2}× |",
         tp50 / np50
     );
     println!("| echo round trip p99, toil / native | {tp99:.1} µs / {np99:.1} µs = {:.2}× |", tp99 / np99);
@@ -381,25 +385,42 @@ fn echo_url(addr: SocketAddr) -> String {
     format!("https://echo.localhost:{}/echo", addr.port())
 }
 
-/// p50 and p99 in µs of sequential frame round trips on one session.
-async fn round_trips(server: &Server, addr: SocketAddr, n: usize) -> (f64, f64) {
-    let conn = wt_endpoint_for(server, addr).connect(echo_url(addr)).await.expect("session");
-    let mut frames = Frames::open(&conn).await;
-    for _ in 0..n / 10 {
-        frames.send(PAYLOAD).await;
-        frames.recv().await.unwrap();
+/// Round trips timed in turns of this many, so a noisy machine's quiet and
+/// busy moments fall on both servers alike.
+const TURN: usize = 50;
+
+/// p50 and p99 in µs of `n` sequential frame round trips on one session
+/// to each of `addrs`, taken `TURN` at a time from each in turn (each
+/// turn starting with the other server).
+async fn round_trips(server: &Server, addrs: [SocketAddr; 2], n: usize) -> [(f64, f64); 2] {
+    let mut sessions = Vec::new();
+    for addr in addrs {
+        let conn = wt_endpoint_for(server, addr).connect(echo_url(addr)).await.expect("session");
+        let mut frames = Frames::open(&conn).await;
+        for _ in 0..n / 10 {
+            frames.send(PAYLOAD).await;
+            frames.recv().await.unwrap();
+        }
+        sessions.push((conn, frames));
     }
-    let mut t = Vec::with_capacity(n);
-    for _ in 0..n {
-        let start = Instant::now();
-        frames.send(PAYLOAD).await;
-        let reply = frames.recv().await.unwrap();
-        t.push(start.elapsed());
-        assert!(reply.ends_with(PAYLOAD));
+    let mut times = [Vec::with_capacity(n), Vec::with_capacity(n)];
+    for turn in 0..n.div_ceil(TURN) {
+        for i in [turn % 2, 1 - turn % 2] {
+            let frames = &mut sessions[i].1;
+            for _ in 0..TURN {
+                let start = Instant::now();
+                frames.send(PAYLOAD).await;
+                let reply = frames.recv().await.unwrap();
+                times[i].push(start.elapsed());
+                assert!(reply.ends_with(PAYLOAD));
+            }
+        }
     }
-    t.sort();
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
-    (us(t[n / 2]), us(t[n * 99 / 100]))
+    times.map(|mut t| {
+        t.sort();
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        (us(t[t.len() / 2]), us(t[t.len() * 99 / 100]))
+    })
 }
 
 async fn sessions_per_second(server: &'static Server, addr: SocketAddr, dur: Duration) -> f64 {

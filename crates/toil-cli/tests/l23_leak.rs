@@ -167,7 +167,7 @@ async fn a_box_keeps_its_heap_through_hibernation_unless_it_is_large() {
     big.send(b"sum").await;
     assert_eq!(big.recv_text().await, format!("sum {} frames 2", kept.rsplit(' ').next().unwrap()));
     // 3 MiB kept: it hibernates, and wakes with every byte.
-    let (_small, mut small) = chaos().await;
+    let (small_conn, mut small) = chaos().await;
     small.send(b"keep 3072").await;
     let kept = small.recv_text().await;
     wait_until_at_least(server, hibernating, 1.0).await;
@@ -175,6 +175,22 @@ async fn a_box_keeps_its_heap_through_hibernation_unless_it_is_large() {
     small.send(b"sum").await;
     assert_eq!(small.recv_text().await, format!("sum {} frames 2", kept.rsplit(' ').next().unwrap()));
     assert_eq!(server.metric("toil_stream_box_wakes_total{domain=\"misbehave\"}").await, 1.0);
+
+    // Meanwhile the node serves other domains, on both tiers.
+    let echo = wt_endpoint_for(server, server.http).connect(format!("https://echo.localhost:{}/echo", server.http.port())).await.unwrap();
+    let mut e = Frames::open(&echo).await;
+    e.send(b"hi").await;
+    assert_eq!(e.recv_text().await, "1:hi");
+    assert_eq!(http1(server.http, get("hello.localhost", "/")).await.status, 200);
+
+    // A woken box is held to the deadline of the event that woke it.
+    wait_until_at_least(server, hibernating, 1.0).await;
+    small.send(b"sleep 10000").await;
+    let (code, reason) = tokio::time::timeout(Duration::from_secs(5), closed(&small_conn)).await.expect("closed well before the sleep ends").unwrap();
+    assert_eq!(code, toil_abi::stream::close_code::GUEST_FAULT as u64, "{reason}");
+    assert!(reason.contains("deadline"), "{reason}");
+    big.send(b"sum").await;
+    assert!(big.recv_text().await.ends_with("frames 3"), "the resident box is untouched");
 }
 
 async fn wait_until_at_least(server: &Server, sample: &str, value: f64) {

@@ -17,6 +17,7 @@ use std::time::Instant;
 use toil_abi::status;
 use wasmtime::Store;
 
+use crate::epoch::Running;
 use crate::fault::GuestFault;
 use crate::host::HostState;
 use crate::metrics::GuestMetrics;
@@ -102,6 +103,8 @@ pub(crate) struct Call {
     started: Instant,
     /// When the call must have ended, time blocked in host calls included.
     pub until: Instant,
+    /// Keeps the epoch moving while the call runs.
+    _running: Running,
 }
 
 impl Call {
@@ -114,7 +117,11 @@ impl Call {
     /// event whose box had to wake first: both share one deadline).
     pub fn begin_at(store: &mut Store<HostState>, input: Vec<u8>, started: Instant) -> Call {
         store.data_mut().begin_call(input, started);
-        Call { started, until: store.data().call_deadline() }
+        // One epoch from now, not from when the store was made: a resident
+        // box's first check would otherwise find its deadline long passed
+        // and yield for nothing.
+        store.set_epoch_deadline(1);
+        Call { started, until: store.data().call_deadline(), _running: store.data().epochs.running() }
     }
 
     /// Ends the call: `result` is the entry point's status and what else

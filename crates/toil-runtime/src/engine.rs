@@ -1,5 +1,6 @@
 //! The node's wasmtime engines: pooling allocators, copy-on-write memory
-//! images, and the epoch ticker behind every deadline.
+//! images, and the epoch callback behind every deadline (the ticker that
+//! moves the epoch is `epoch`).
 //!
 //! There are two pools, because the tiers use instances in opposite ways.
 //! A request's instance lives for one call and the next request reuses its
@@ -11,7 +12,6 @@
 //! (`limits.maxSessions`), so a waking box always finds one; requests and
 //! daemons share the rest of `limits.maxInstances`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use wasmtime::{Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, 
 
 use crate::admission::AdmissionLimits;
 use crate::artifact::{inspect, ArtifactInfo, LoadError};
+use crate::epoch::{Epochs, Stop};
 use crate::fault::GuestId;
 use crate::host::{add_to_linker, HostState};
 use crate::limits::Limits;
@@ -58,8 +59,10 @@ pub struct Runtime {
     /// What `channel_publish` and `channel_subscribe` reach; without it they
     /// fail with `Disabled`.
     channels: Option<Channels>,
+    /// Every call holds it running while it runs.
+    epochs: Epochs,
     /// Held for its `Drop`: the epoch thread stops with the last clone.
-    _ticker: Arc<EpochTicker>,
+    _ticker: Arc<Stop>,
 }
 
 /// An engine with its instance pool, and the linker of its modules.
@@ -96,17 +99,6 @@ impl Pool {
         let mut linker = Linker::new(&engine);
         add_to_linker(&mut linker)?;
         Ok(Pool { engine, linker: Arc::new(linker) })
-    }
-}
-
-/// Stops the epoch thread when the last runtime clone is dropped.
-struct EpochTicker {
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -158,21 +150,10 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
         let per_request = Pool::new(config.request_instances, &config.limits, true)?;
         let per_session = Pool::new(config.session_instances, &config.limits, false)?;
-        let stop = Arc::new(AtomicBool::new(false));
         let engines = [per_request.engine.weak(), per_session.engine.weak()];
-        let (tick, stop2) = (config.epoch_tick, stop.clone());
-        std::thread::Builder::new().name("toil-epoch".into()).spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                std::thread::sleep(tick);
-                for weak in &engines {
-                    match weak.upgrade() {
-                        Some(e) => e.increment_epoch(),
-                        None => return,
-                    }
-                }
-            }
-        })?;
-        Ok(Runtime { per_request, per_session, config: Arc::new(config), channels: None, _ticker: Arc::new(EpochTicker { stop }) })
+        let (epochs, stop) =
+            Epochs::start(config.epoch_tick, move || engines.iter().all(|weak| weak.upgrade().map(|engine| engine.increment_epoch()).is_some()))?;
+        Ok(Runtime { per_request, per_session, config: Arc::new(config), channels: None, epochs, _ticker: Arc::new(stop) })
     }
 
     /// The pool a tier's instances come from.
@@ -226,9 +207,10 @@ impl Runtime {
 
     /// A store for one instance. Every epoch tick a running guest yields to
     /// the executor (so a busy guest never starves other connections on its
-    /// thread) and is interrupted once its call has run past the deadline.
+    /// thread) and is interrupted once its call has run past the deadline
+    /// (each call sets the store's deadline one epoch ahead: `Call::begin`).
     pub(crate) fn store(&self, id: &GuestId) -> Store<HostState> {
-        let mut state = HostState::new(id.clone(), &self.config.limits);
+        let mut state = HostState::new(id.clone(), &self.config.limits, self.epochs.clone());
         state.channels = self.channels.clone();
         self.store_with(state)
     }
@@ -237,7 +219,6 @@ impl Runtime {
     pub(crate) fn store_with(&self, state: HostState) -> Store<HostState> {
         let mut store = Store::new(&self.pool(state.id().tier).engine, state);
         store.limiter(|s| s.limiter());
-        store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
             let state = ctx.data();
             Ok(if state.call_started.elapsed() >= state.deadline() { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })

@@ -11,6 +11,7 @@ use toil_channels::{Channels, Inbox};
 use wasmtime::{Caller, Linker, ResourceLimiter, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
+use crate::epoch::Epochs;
 use crate::fault::{GuestFault, GuestId};
 use crate::guest_log::{GuestLog, LogState};
 use crate::limits::{GuestLimiter, Limits};
@@ -30,6 +31,8 @@ pub struct HostState {
     abi_violation: Option<String>,
     /// When the current call started; the epoch callback measures the deadline from it.
     pub(crate) call_started: std::time::Instant,
+    /// The epoch ticker, kept running by each call (`Call::begin`).
+    pub(crate) epochs: Epochs,
     /// Built on the first WASI call, with the log behind its stdout and
     /// stderr: most requests never make one.
     wasi: Option<(WasiP1Ctx, Arc<Mutex<LogState>>)>,
@@ -44,7 +47,7 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub fn new(id: GuestId, limits: &Limits) -> Self {
+    pub(crate) fn new(id: GuestId, limits: &Limits, epochs: Epochs) -> Self {
         HostState {
             limiter: GuestLimiter::new(limits),
             limits: limits.clone(),
@@ -54,6 +57,7 @@ impl HostState {
             output_overflow: false,
             abi_violation: None,
             call_started: std::time::Instant::now(),
+            epochs,
             wasi: None,
             stream: None,
             instance: None,

@@ -7,6 +7,9 @@
 //! - `guest_log`: WASI stdout/stderr → `tracing`, tagged with domain and
 //!   tier, within a per-call budget;
 //! - [`outbox`]: a stream box's outbound frames, bounded per event;
+//! - `epoch`: the ticker that moves the engines' epoch while a guest
+//!   call runs (what makes a busy guest yield and a late one stop), and
+//!   parks while none does;
 //! - [`host`]: the per-instance host state and the `toil` import module;
 //! - [`artifact`]: reads and validates an artifact *before* any guest code
 //!   runs — wasm validity, the manifest, ABI version, the tier's exports and
@@ -37,6 +40,7 @@ pub mod artifact;
 mod call;
 pub mod daemon;
 mod engine;
+mod epoch;
 pub mod fault;
 mod guest_log;
 mod hibernate;

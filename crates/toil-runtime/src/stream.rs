@@ -58,6 +58,17 @@ struct Hibernation {
     globals: Vec<wasmtime::ModuleExport>,
 }
 
+impl Hibernation {
+    /// What a snapshot holds of `store`'s instance: its memory and its
+    /// mutable globals, in the plan's order.
+    fn state_of(&self, store: &mut Store<HostState>) -> Option<(wasmtime::Memory, Vec<wasmtime::Global>)> {
+        let instance = store.data().instance?;
+        let memory = instance.get_module_export(&mut *store, &self.memory)?.into_memory()?;
+        let globals = self.globals.iter().map(|export| instance.get_module_export(&mut *store, export)?.into_global()).collect::<Option<_>>()?;
+        Some((memory, globals))
+    }
+}
+
 impl StreamApp {
     /// Validates, compiles and links `bytes` as `domain`'s stream artifact.
     pub fn load(runtime: &Runtime, registry: &Registry, domain: &str, bytes: &[u8]) -> Result<Self, LoadError> {
@@ -161,16 +172,13 @@ impl StreamApp {
         let h = self.hibernation.as_ref().map_err(|why| wasmtime::format_err!("cannot hibernate: {why}"))?;
         let instance = self.loaded.pre.instantiate_async(&mut *store).await?;
         store.data_mut().instance = Some(instance);
-        let memory =
-            instance.get_module_export(&mut *store, &h.memory).and_then(|e| e.into_memory()).ok_or_else(|| wasmtime::format_err!("no memory"))?;
+        let (memory, globals) = h.state_of(store).ok_or_else(|| wasmtime::format_err!("the prepared module lacks a hibernation export"))?;
         let grow = snapshot.memory_bytes.saturating_sub(memory.data_size(&*store)) / WASM_PAGE;
         if grow > 0 {
             memory.grow(&mut *store, grow as u64)?;
         }
         snapshot.restore(memory.data_mut(&mut *store));
-        for (export, value) in h.globals.iter().zip(snapshot.globals.iter()) {
-            let global =
-                instance.get_module_export(&mut *store, export).and_then(|e| e.into_global()).ok_or_else(|| wasmtime::format_err!("no global"))?;
+        for (global, value) in globals.iter().zip(snapshot.globals.iter()) {
             global.set(&mut *store, *value)?;
         }
         Ok(())
@@ -247,16 +255,12 @@ impl StreamBox {
     pub fn hibernate(&mut self) -> Option<usize> {
         let h = self.app.hibernation.as_ref().ok()?;
         let Residence::Awake { store, dispatch: Some(_), .. } = &mut self.residence else { return None };
-        let instance = store.data().instance?;
-        let memory = instance.get_module_export(&mut *store, &h.memory).and_then(|e| e.into_memory())?;
+        let (memory, globals) = h.state_of(store)?;
         if memory.data_size(&*store) > MAX_MEMORY_BYTES {
             return None;
         }
-        let mut globals = Vec::with_capacity(h.globals.len());
-        for export in &h.globals {
-            globals.push(instance.get_module_export(&mut *store, export).and_then(|e| e.into_global())?.get(&mut *store));
-        }
-        let snapshot = Snapshot::take(memory.data(&*store), &h.plan.image, globals.into());
+        let globals = globals.iter().map(|g| g.get(&mut *store)).collect();
+        let snapshot = Snapshot::take(memory.data(&*store), &h.plan.image, globals);
         let size = snapshot.heap_bytes();
         let Residence::Awake { store, .. } = std::mem::replace(&mut self.residence, Residence::Moving) else { unreachable!() };
         let mut state = store.into_data();
@@ -272,7 +276,6 @@ impl StreamBox {
             unreachable!("only a hibernating box wakes")
         };
         let app = self.app.clone();
-        app.wakes.inc();
         let mut store = app.runtime.store_with(*state);
         let live = app.metrics.live_instance();
         let call = Call::begin_at(&mut store, Vec::new(), started);
@@ -280,7 +283,7 @@ impl StreamBox {
         let site = Site::StreamWake { stream: &self.name, session: self.session };
         let dispatch = call.end(&mut store, woke.map(|()| (status::OK, ())), &site, &app.metrics, |store, ()| app.dispatch_func(store));
         self.residence = Residence::Awake { store, dispatch: dispatch.as_ref().ok().cloned(), _live: live };
-        dispatch.map(|_| ())
+        dispatch.map(|_| app.wakes.inc())
     }
 
     /// Delivers an inbound frame that came on `stream` (`None`: a datagram).

@@ -209,9 +209,16 @@ impl Driver {
     /// Delivers events to the box, in order, and writes what it sends,
     /// until the session must end.
     async fn serve_events(&mut self, boxed: &mut StreamBox, mut rx: mpsc::Receiver<Inbound>, connect: ConnectRecv) -> End {
-        let mut shutdown = self.edge.shutdown.subscribe();
         let mut deliveries = boxed.take_deliveries();
+        // What ends the session from outside is watched by futures made once:
+        // one per event would subscribe, lock and register wakers per frame.
         let mut client_close = std::pin::pin!(client_close(connect));
+        let mut shutdown = self.edge.shutdown.subscribe();
+        let mut shutdown = std::pin::pin!(async move { shutdown.wait_for(|s| *s).await.map(|_| ()) });
+        let domain = self.domain.clone();
+        let mut retired = std::pin::pin!(async move { domain.retired().await });
+        let quic = self.quic.clone();
+        let mut lost = std::pin::pin!(async move { quic.closed().await });
         if let Some(end) = self.flush(boxed).await {
             return end;
         }
@@ -232,8 +239,8 @@ impl Driver {
             } else {
                 tokio::select! {
                     biased;
-                    _ = shutdown.wait_for(|s| *s) => return End::Close { code: close_code::SHUTDOWN, reason: "node shutting down".into(), by_host: true },
-                    r = self.domain.retired() => return End::Close { code: r.code, reason: r.reason, by_host: true },
+                    _ = &mut shutdown => return End::Close { code: close_code::SHUTDOWN, reason: "node shutting down".into(), by_host: true },
+                    r = &mut retired => return End::Close { code: r.code, reason: r.reason, by_host: true },
                     next = async {
                         tokio::select! {
                             Some((id, read)) = self.reads.next(), if !self.reads.is_empty() => Next::Read(id, read),
@@ -243,20 +250,14 @@ impl Driver {
                                 Ok((code, reason)) => Next::PeerClose(code, reason),
                                 Err(why) => Next::Read(StreamId(0), Read::Violation(close_code::MALFORMED_FRAME, why)),
                             },
-                            err = self.quic.closed() => Next::Closed(err),
+                            err = &mut lost => Next::Closed(err),
                             () = nap(&mut alarm), if awake => Next::Idle,
                         }
                     } => next,
                 }
             };
             if let (Next::Idle, Some(after)) = (&next, hibernate_after) {
-                if last_event.elapsed() < after {
-                    alarm.as_mut().expect("an alarm rang").as_mut().reset(last_event + after);
-                } else if let Some(bytes) = boxed.hibernate() {
-                    tracing::trace!(domain = %self.app.domain(), session = self.permit.id, bytes, "box hibernated");
-                } else {
-                    alarm = None; // this box stays resident (see `StreamBox::hibernate`)
-                }
+                self.alarm_rang(boxed, &mut alarm, last_event + after);
                 continue;
             }
             let delivered = match next {
@@ -283,7 +284,7 @@ impl Driver {
                 },
                 Next::PeerClose(code, reason) => return End::PeerClosed(code, reason),
                 Next::Idle => Ok(()),
-                Next::Inbound(None) => return classify(self.quic.closed().await),
+                Next::Inbound(None) => return classify(lost.await),
                 Next::Closed(err) => return classify(err),
                 Next::Channel(delivery) => {
                     let result = boxed.channel(&delivery).await;
@@ -303,6 +304,18 @@ impl Driver {
             if let Some(end) = end {
                 return end;
             }
+        }
+    }
+
+    /// The idle alarm rang: the box hibernates if it has had no event
+    /// since `idle_at` passed, or the alarm is set again for then.
+    fn alarm_rang(&self, boxed: &mut StreamBox, alarm: &mut Option<Pin<Box<tokio::time::Sleep>>>, idle_at: tokio::time::Instant) {
+        if tokio::time::Instant::now() < idle_at {
+            alarm.as_mut().expect("an alarm rang").as_mut().reset(idle_at);
+        } else if let Some(bytes) = boxed.hibernate() {
+            tracing::trace!(domain = %self.app.domain(), session = self.permit.id, bytes, "box hibernated");
+        } else {
+            *alarm = None; // this box stays resident (see `StreamBox::hibernate`)
         }
     }
 

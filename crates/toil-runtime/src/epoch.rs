@@ -1,0 +1,207 @@
+//! The epoch ticker: what makes a running guest yield, and what ends it at
+//! its deadline.
+//!
+//! wasmtime checks its engine's epoch at function entries and loop back
+//! edges. Every call sets its store's deadline one epoch ahead, so once the
+//! epoch moves the guest reaches the store's callback (`engine`), which
+//! yields to the executor (a busy guest never starves the other sessions
+//! of its thread) or, past the call's deadline, interrupts it. The epoch
+//! only moves if a thread moves it: this one, every `tick`.
+//!
+//! Only while guest code may run, though. Waking every millisecond costs
+//! a node that runs none about 5% of a core on a small VM (measured: some
+//! 50 µs of CPU per wake-up on the 2-core CI machines), for nothing. So a
+//! call holds a [`Running`] guard, and the ticker parks once a whole tick
+//! has passed with no call running or started; the next call to start
+//! unparks it. A node under load never parks it (a call started within
+//! the tick), so the call path pays one atomic add and one subtract, and
+//! the unpark (a system call) only on the first call after an idle spell.
+//!
+//! Parking is race-free without a lock: the ticker announces it parks,
+//! then looks at the calls again; a call counts itself, then looks at the
+//! announcement. Whichever comes second sees the other (both are
+//! sequentially consistent), and an unpark that comes before the park
+//! makes the park return at once.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
+use std::time::Duration;
+
+/// The ticker's state, shared with every store's host state.
+#[derive(Clone)]
+pub(crate) struct Epochs {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Low 32 bits: calls running now; high 32 bits: calls started so far
+    /// (wrapping). One word, so a call is counted with one atomic add and
+    /// the ticker reads both at once.
+    calls: AtomicU64,
+    /// The ticker parked, or is about to.
+    parked: AtomicBool,
+    stop: AtomicBool,
+    thread: OnceLock<Thread>,
+}
+
+const STARTED: u64 = 1 << 32;
+const RUNNING: u64 = STARTED - 1;
+
+/// A guest call under way: the epoch moves until it is dropped.
+pub(crate) struct Running {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shared.calls.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Stops the ticker's thread when dropped.
+pub(crate) struct Stop(Epochs);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.0.shared.stop.store(true, SeqCst);
+        self.0.unpark();
+    }
+}
+
+impl Epochs {
+    /// Starts the ticker's thread: while calls run, it calls `advance`
+    /// every `tick`, and ends when `advance` returns false or [`Stop`] is
+    /// dropped.
+    pub fn start(tick: Duration, advance: impl Fn() -> bool + Send + 'static) -> std::io::Result<(Epochs, Stop)> {
+        let epochs = Epochs {
+            shared: Arc::new(Shared {
+                calls: AtomicU64::new(0),
+                parked: AtomicBool::new(false),
+                stop: AtomicBool::new(false),
+                thread: OnceLock::new(),
+            }),
+        };
+        let shared = epochs.shared.clone();
+        let thread = std::thread::Builder::new().name("toil-epoch".into()).spawn(move || shared.run(tick, advance))?;
+        let _ = epochs.shared.thread.set(thread.thread().clone());
+        Ok((epochs.clone(), Stop(epochs)))
+    }
+
+    /// Counts a call as running until the guard is dropped.
+    pub fn running(&self) -> Running {
+        self.shared.calls.fetch_add(STARTED + 1, SeqCst);
+        if self.shared.parked.load(SeqCst) {
+            self.unpark();
+        }
+        Running { shared: self.shared.clone() }
+    }
+
+    fn unpark(&self) {
+        if let Some(thread) = self.shared.thread.get() {
+            thread.unpark();
+        }
+    }
+
+    /// Whether the ticker is parked (for tests).
+    #[cfg(test)]
+    fn is_parked(&self) -> bool {
+        self.shared.parked.load(SeqCst)
+    }
+}
+
+impl Shared {
+    fn run(&self, tick: Duration, advance: impl Fn() -> bool) {
+        let mut seen = self.calls.load(SeqCst);
+        loop {
+            std::thread::sleep(tick);
+            if self.stop.load(SeqCst) {
+                return;
+            }
+            let calls = self.calls.load(SeqCst);
+            if calls & RUNNING != 0 || calls != seen {
+                seen = calls;
+                if !advance() {
+                    return;
+                }
+                continue;
+            }
+            // No call ran during the last tick: sleep until one starts.
+            self.parked.store(true, SeqCst);
+            while self.calls.load(SeqCst) == seen && !self.stop.load(SeqCst) {
+                std::thread::park();
+            }
+            self.parked.store(false, SeqCst);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Instant;
+
+    use super::*;
+
+    fn ticker() -> (Epochs, Stop, Arc<AtomicUsize>) {
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let counted = ticks.clone();
+        let (epochs, stop) = Epochs::start(Duration::from_millis(1), move || {
+            counted.fetch_add(1, SeqCst);
+            true
+        })
+        .unwrap();
+        (epochs, stop, ticks)
+    }
+
+    fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            assert!(start.elapsed() < Duration::from_secs(10), "waited 10 s for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn ticks_while_a_call_runs_and_parks_when_none_does() {
+        let (epochs, _stop, ticks) = ticker();
+        wait_until("the idle ticker to park", || epochs.is_parked());
+        let before = ticks.load(SeqCst);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(ticks.load(SeqCst), before, "a parked ticker does not tick");
+
+        let call = epochs.running();
+        wait_until("ten ticks during one call", || ticks.load(SeqCst) >= before + 10);
+        assert!(!epochs.is_parked());
+        drop(call);
+        wait_until("the ticker to park after the call", || epochs.is_parked());
+    }
+
+    #[test]
+    fn short_calls_wake_it_and_keep_it_ticking() {
+        let (epochs, _stop, ticks) = ticker();
+        wait_until("the idle ticker to park", || epochs.is_parked());
+        // A call shorter than a tick, after the park: it is seen.
+        drop(epochs.running());
+        let before = ticks.load(SeqCst);
+        wait_until("a tick for a call that has ended", || ticks.load(SeqCst) > before);
+        // Calls that start and end between ticks keep it ticking.
+        let before = ticks.load(SeqCst);
+        wait_until("ten ticks of short calls", || {
+            drop(epochs.running());
+            std::thread::sleep(Duration::from_micros(100));
+            ticks.load(SeqCst) >= before + 10
+        });
+        wait_until("the ticker to park once calls stop", || epochs.is_parked());
+    }
+
+    #[test]
+    fn stops_when_told_even_while_parked() {
+        let (epochs, stop, _ticks) = ticker();
+        wait_until("the idle ticker to park", || epochs.is_parked());
+        let thread = epochs.shared.clone();
+        drop(stop);
+        // The thread holds the other reference; it drops it as it ends.
+        wait_until("the thread to end", || Arc::strong_count(&thread) == 2);
+    }
+}
