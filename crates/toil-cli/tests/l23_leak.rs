@@ -193,6 +193,64 @@ async fn a_box_keeps_its_heap_through_hibernation_unless_it_is_large() {
     assert!(big.recv_text().await.ends_with("frames 3"), "the resident box is untouched");
 }
 
+/// A module that a fresh instance would not reproduce (here: it has a
+/// start function) cannot hibernate: its boxes stay resident and keep
+/// their state, and the load log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_box_whose_module_cannot_hibernate_stays_resident() {
+    let server: &'static Server = Box::leak(Box::new(start_server("resident", serde_json::json!({"limits": {"hibernateAfterMs": 100}}))));
+    let mut manifest = toil_abi::manifest::header_record(toil_abi::Tier::Stream).to_vec();
+    toil_abi::manifest::encode_stream(&mut manifest, "count");
+    // Counts its events in a global; the start function zeroes it. Every
+    // event answers OK and sends nothing, but the last (close or
+    // disconnect) traps if fewer than 3 came before it (connect and two
+    // frames): a lost count shows as a fault in the log.
+    let wasm = wat::parse_str(format!(
+        r#"(module
+            (memory (export "memory") 1)
+            (global $events (mut i32) (i32.const 7))
+            (func $start (global.set $events (i32.const 0)))
+            (start $start)
+            (func (export "stream_dispatch") (param $event i32) (param $len i32) (result i32)
+                (if (i32.or (i32.eq (local.get $event) (i32.const {close})) (i32.eq (local.get $event) (i32.const {disconnect})))
+                    (then (if (i32.lt_u (global.get $events) (i32.const 3)) (then unreachable))))
+                (global.set $events (i32.add (global.get $events) (i32.const 1)))
+                (i32.const 0))
+            (@custom "toil.manifest" "{escaped}"))"#,
+        close = toil_abi::stream::CLOSE,
+        disconnect = toil_abi::stream::DISCONNECT,
+        escaped = manifest.iter().map(|b| format!("\\{b:02x}")).collect::<String>(),
+    ))
+    .unwrap();
+    let file = server.dir.join("count-stream.wasm");
+    std::fs::write(&file, wasm).unwrap();
+    let out = toil()
+        .args(["deploy", "--domain", "count", "--stream"])
+        .arg(&file)
+        .arg("--admin")
+        .arg(server.admin.to_string())
+        .arg("--token-file")
+        .arg(&server.token_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let conn = wt_endpoint_for(server, server.http).connect(format!("https://count.localhost:{}/count", server.http.port())).await.unwrap();
+    let mut f = Frames::open(&conn).await;
+    f.send(b"one").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(server.metric("toil_stream_hibernating_boxes{domain=\"count\"}").await, 0.0, "it cannot hibernate");
+    assert_eq!(server.metric("toil_live_instances{domain=\"count\",tier=\"stream\"}").await, 1.0, "it stays resident");
+    f.send(b"two").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.close(wtransport::VarInt::from_u32(0), b"");
+    wait_until_at_most(server, "toil_live_instances{domain=\"count\",tier=\"stream\"}", 0.0).await;
+    let log = server.log();
+    assert!(log.contains("this domain's idle stream boxes stay resident: they cannot hibernate, as it has a start function"), "{log}");
+    assert!(!log.contains("stream box failed"), "the box kept its count: {log}");
+    assert_eq!(server.metric("toil_stream_box_wakes_total{domain=\"count\"}").await, 0.0);
+}
+
 async fn wait_until_at_least(server: &Server, sample: &str, value: f64) {
     for _ in 0..200 {
         if server.metric(sample).await >= value {
