@@ -9,8 +9,9 @@
 //! only moves if a thread moves it: this one, every `tick`.
 //!
 //! Only while guest code may run, though. Waking every millisecond costs
-//! a node that runs none about 5% of a core on a small VM (measured: some
-//! 50 µs of CPU per wake-up on the 2-core CI machines), for nothing. So a
+//! a node that runs none 4.4% of a core on a small VM (measured: a 1 ms
+//! sleep loop, some 50 µs of CPU per wake-up on the 2-core CI machines),
+//! for nothing. So a
 //! call holds a [`Running`] guard, and the ticker parks once a whole tick
 //! has passed with no call running or started; the next call to start
 //! unparks it. A node under load never parks it (a call started within

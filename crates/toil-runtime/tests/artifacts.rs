@@ -191,6 +191,30 @@ async fn faults_are_classified_and_contained() {
     assert!(matches!(a.handle(&get()).await, Outcome::Fault(GuestFault::Memory { limit }) if limit == 2 << 16));
 }
 
+/// The epoch ticker sleeps while no guest call runs: a runaway guest that
+/// starts after a quiet spell must still wake it and end at its deadline.
+#[test]
+fn a_runaway_guest_after_a_quiet_spell_ends_at_the_deadline() {
+    let a = std::sync::Arc::new(app("(loop (br 0)) (i32.const 0)", support::limits(20)));
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(50)); // the ticker parks
+                                                                  // Not interrupted, the guest would hold its thread forever (and a
+                                                                  // tokio timer on a runtime it shares would never fire): the call
+                                                                  // runs on a thread of its own, watched from this one.
+        let (done, outcome) = std::sync::mpsc::channel();
+        let a = a.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let _ = done.send(rt.block_on(a.handle(&get())));
+        });
+        match outcome.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(Outcome::Fault(f)) => assert_eq!(f.kind(), "deadline", "{f}"),
+            Ok(other) => panic!("expected a deadline fault, got {other:?}"),
+            Err(_) => panic!("the runaway guest was never interrupted"),
+        }
+    }
+}
+
 #[test]
 fn invalid_stream_names() {
     let stream = |names: &[&str]| {
