@@ -105,6 +105,60 @@ async fn the_session_cap_refuses_with_503_and_frees_slots() {
     wt_endpoint_for(server, server.http).connect(&url).await.expect("a slot freed by the closed session");
 }
 
+/// Requests, daemons and open sessions share the node's instances: with no
+/// session open, requests use the instances `maxSessions` would allow
+/// sessions; an open session (awake or not) holds its instance, so a
+/// CONNECT finding every instance held is refused with 503, and requests
+/// then find the node full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_and_sessions_share_the_nodes_instances() {
+    let limits = serde_json::json!({"deadlineMs": 4000, "maxInstances": 10, "maxSessions": 6, "maxRequestsPerDomain": 4});
+    let server: &'static Server = Box::leak(Box::new(start_server("shared", serde_json::json!({"limits": limits}))));
+    // The jobs and misbehave daemons hold one instance each: eight are left.
+    for domain in ["jobs", "misbehave"] {
+        wait_until_at_least(server, &format!("toil_live_instances{{domain=\"{domain}\",tier=\"daemon\"}}"), 1.0).await;
+    }
+    let slow = |n: usize| -> Vec<_> {
+        (0..n).map(|_| tokio::spawn(async move { http1(server.http, get("misbehave.localhost", "/sleep?ms=2500")).await })).collect()
+    };
+    let url = format!("https://echo.localhost:{}/echo", server.http.port());
+    let open_session = || async { wt_endpoint_for(server, server.http).connect(&url).await };
+
+    // Four slow requests run at once: more than the 10 - 6 instances a
+    // pool of requests' own would have had, daemons included.
+    let requests = slow(4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // While they run, six instances are held: four sessions fit, not five.
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        sessions.push(open_session().await.expect("a session while instances are free"));
+    }
+    match open_session().await {
+        Err(wtransport::error::ConnectingError::SessionRejected) => {}
+        other => panic!("a session past the node's instances was not refused: {other:?}"),
+    }
+    for r in requests {
+        let r = r.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(server.metric("toil_stream_sessions_refused_total{domain=\"echo\"}").await, 1.0);
+    assert!(server.log().contains("all 10 of the node's instances (limits.maxInstances) are held"), "{}", server.log());
+
+    // The requests ended: two more sessions fit (six, maxSessions), and
+    // then requests get the two instances left.
+    for _ in 0..2 {
+        sessions.push(open_session().await.expect("a session in an instance a request gave back"));
+    }
+    let outcomes: Vec<_> = futures_util::future::join_all(slow(3)).await.into_iter().map(|r| r.unwrap()).collect();
+    let full: Vec<_> = outcomes.iter().filter(|r| r.status == 503).collect();
+    assert_eq!((outcomes.len() - full.len(), full.len()), (2, 1), "two ran, one found no instance");
+    assert_eq!(full[0].header("x-toil-overload"), Some("node_full"), "{}", full[0].text());
+    // Each session still has its box.
+    let mut f = Frames::open(&sessions[5]).await;
+    f.send(b"still here").await;
+    assert_eq!(f.recv_text().await, "1:still here");
+}
+
 /// An idle echo box hibernates (no instance left), and the next frame,
 /// datagram or close finds its count where it was, cycle after cycle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,9 +215,15 @@ impl LimitsConfig {
     pub fn instances_for_requests(&self) -> usize {
         (self.max_instances as usize).saturating_sub(self.max_sessions)
     }
+
+    /// Instance slots the runtime reserves: one per instance for requests
+    /// and daemons, and one per session for stream boxes (their own pool).
+    pub fn pool_slots(&self) -> u64 {
+        u64::from(self.max_instances) + self.max_sessions as u64
+    }
 }
 
-/// Virtual address space the instance pool reserves per instance: wasmtime
+/// Virtual address space the instance pools reserve per slot: wasmtime
 /// reserves 4 GiB for each 32-bit linear memory plus a 32 MiB guard, with
 /// the stack, table and instance slots on top (rounded up here).
 pub const POOL_BYTES_PER_INSTANCE: u64 = (4 << 30) + (64 << 20);
@@ -869,20 +875,7 @@ fn box_limits(l: &Obj, limits: &mut LimitsConfig) -> Result<(), ConfigError> {
         limits.max_response_body = v as usize;
     }
     if let Some(v) = l.positive("maxInstances")? {
-        let most = POOL_ADDRESS_SPACE / POOL_BYTES_PER_INSTANCE;
-        if v > most {
-            return Err(l.err(
-                "maxInstances",
-                format!(
-                    "{v} instances would reserve {} TiB of address space ({} MiB each: a 4 GiB linear memory reservation and guards, \
-                     whatever memoryMb is); at most {most} fit in the {} TiB a node may reserve",
-                    (v * POOL_BYTES_PER_INSTANCE) >> 40,
-                    POOL_BYTES_PER_INSTANCE >> 20,
-                    POOL_ADDRESS_SPACE >> 40
-                ),
-            ));
-        }
-        limits.max_instances = v as u32;
+        limits.max_instances = u32::try_from(v).map_err(|_| l.err("maxInstances", "too large"))?;
     }
     let per_domain_given = l.positive("maxSessionsPerDomain")?;
     if let Some(v) = l.positive("maxSessions")? {
@@ -898,6 +891,22 @@ fn box_limits(l: &Obj, limits: &mut LimitsConfig) -> Result<(), ConfigError> {
             format!(
                 "{} leaves no instance for requests: every session holds one of the {} instances (maxInstances)",
                 limits.max_sessions, limits.max_instances
+            ),
+        ));
+    }
+    let (slots, most) = (limits.pool_slots(), POOL_ADDRESS_SPACE / POOL_BYTES_PER_INSTANCE);
+    if slots > most {
+        return Err(l.err(
+            "maxInstances",
+            format!(
+                "{} instances and {} session slots would reserve {} TiB of address space ({} MiB each: a 4 GiB linear memory \
+                 reservation and guards, whatever memoryMb is); maxInstances + maxSessions may be at most {most} in the {} TiB a node \
+                 may reserve",
+                limits.max_instances,
+                limits.max_sessions,
+                (slots * POOL_BYTES_PER_INSTANCE) >> 40,
+                POOL_BYTES_PER_INSTANCE >> 20,
+                POOL_ADDRESS_SPACE >> 40
             ),
         ));
     }
@@ -1213,6 +1222,11 @@ mod tests {
         let (key, problem) = key_error(json!({"apps": [app], "limits": {"maxInstances": 40_000}}));
         assert_eq!(key, "limits.maxInstances");
         assert!(problem.contains("address space") && problem.contains("at most 16131"), "{problem}");
+        // Stream boxes have a pool of their own: its slots count too.
+        let (key, problem) = key_error(json!({"apps": [app], "limits": {"maxInstances": 16_000}}));
+        assert_eq!(key, "limits.maxInstances");
+        assert!(problem.contains("16000 instances and 500 session slots"), "{problem}");
+        assert!(parse(json!({"apps": [app], "limits": {"maxInstances": 16_000, "maxSessions": 131}})).is_ok());
         let (key, problem) = key_error(json!({"apps": [app], "limits": {"maxInstances": 100, "maxSessions": 50, "maxRequestsPerDomain": 51}}));
         assert_eq!(key, "limits.maxRequestsPerDomain");
         assert!(problem.contains("50 instances left"), "{problem}");

@@ -53,7 +53,7 @@ impl LimitsConfig {
     pub fn runtime(&self) -> RuntimeConfig {
         RuntimeConfig {
             limits: self.guest_limits(),
-            request_instances: self.instances_for_requests() as u32,
+            max_instances: self.max_instances,
             session_instances: self.max_sessions as u32,
             max_artifact_bytes: MAX_ARTIFACT_BYTES,
             epoch_tick: EPOCH_TICK,
@@ -104,22 +104,6 @@ impl LimitsConfig {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_default_runtime_pool_fits_the_default_sessions_and_request_shares() {
-        let l = LimitsConfig::default();
-        let runtime = l.runtime();
-        assert_eq!(runtime.request_instances + runtime.session_instances, l.max_instances);
-        assert_eq!(runtime.session_instances as usize, l.sessions().max_sessions);
-        assert!(runtime.admission.max_running <= l.instances_for_requests());
-        assert_eq!(l.edge().sessions, l.sessions());
-        assert_eq!(runtime.limits.deadline, l.deadline);
-    }
-}
-
 /// Longest a channel publish waits for NATS, at most; a publish also
 /// leaves a quarter of the call's deadline to the guest.
 pub const CHANNEL_PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -137,5 +121,22 @@ impl Config {
             max_topics_per_domain: c.max_topics_per_domain,
             publish_timeout: CHANNEL_PUBLISH_TIMEOUT.min(self.limits.deadline * 3 / 4),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_runtime_pool_fits_the_default_sessions_and_request_shares() {
+        let l = LimitsConfig::default();
+        let runtime = l.runtime();
+        assert_eq!(runtime.max_instances, l.max_instances);
+        assert!(l.pool_slots() * crate::POOL_BYTES_PER_INSTANCE <= crate::POOL_ADDRESS_SPACE, "both pools fit the address space");
+        assert_eq!(runtime.session_instances as usize, l.sessions().max_sessions);
+        assert!(runtime.admission.max_running <= l.instances_for_requests());
+        assert_eq!(l.edge().sessions, l.sessions());
+        assert_eq!(runtime.limits.deadline, l.deadline);
     }
 }

@@ -9,6 +9,7 @@ use futures_util::FutureExt;
 use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{Method, Response, StatusCode};
 use toil_metrics::Registry;
+use toil_runtime::admission::InstanceBudget;
 use toil_runtime::request::{GuestRequest, GuestResponse, Outcome};
 use toil_runtime::GuestFault;
 
@@ -85,12 +86,14 @@ pub struct EdgeSettings {
 }
 
 impl Edge {
-    pub fn new(domains: Arc<DomainTable>, settings: EdgeSettings, registry: Registry) -> Self {
+    /// An edge serving `domains`, whose sessions hold shares of `instances`
+    /// (the runtime's: `Runtime::instances`).
+    pub fn new(domains: Arc<DomainTable>, settings: EdgeSettings, instances: Arc<InstanceBudget>, registry: Registry) -> Self {
         Edge {
             domains,
             max_request_body: settings.max_request_body,
             alt_svc: None,
-            sessions: SessionTable::new(settings.sessions, registry.clone()),
+            sessions: SessionTable::new(settings.sessions, instances, registry.clone()),
             conns: ConnTable::new(settings.conns),
             quic_conns: ConnTable::new(settings.quic_conns),
             timeouts: settings.timeouts,

@@ -1,6 +1,8 @@
-//! Admission of stream sessions: the per-node and per-domain caps, and the
-//! session counters. No I/O: the WebTransport driver asks for a permit before
-//! it creates a box and holds it for the session's life.
+//! Admission of stream sessions: the per-node and per-domain caps, the
+//! session's share of the node's instances, and the session counters. No
+//! I/O: the WebTransport driver asks for a permit before it creates a box
+//! and holds it for the session's life, hibernating or not, so a box that
+//! wakes always has its instance (requests use what sessions leave).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use toil_metrics::{Counter, Gauge, Registry};
+use toil_runtime::admission::{InstanceBudget, InstanceShare};
 
 use crate::metrics::DomainSessionMetrics;
 
@@ -36,11 +39,14 @@ pub enum Refused {
     NodeFull(usize),
     #[error("the domain's limit of {0} open sessions is reached")]
     DomainFull(usize),
+    #[error("all {0} of the node's instances (limits.maxInstances) are held by requests, daemons and sessions")]
+    NoInstance(usize),
 }
 
 /// The open sessions of a node, by domain.
 pub struct SessionTable {
     limits: SessionLimits,
+    instances: Arc<InstanceBudget>,
     state: Mutex<Open>,
     next_id: AtomicU64,
     registry: Registry,
@@ -61,6 +67,7 @@ pub struct SessionPermit {
     pub id: u64,
     pub metrics: Arc<DomainSessionMetrics>,
     worker_boxes: Arc<Gauge>,
+    _instance: InstanceShare,
 }
 
 impl Drop for SessionPermit {
@@ -79,9 +86,11 @@ impl Drop for SessionPermit {
 }
 
 impl SessionTable {
-    pub fn new(limits: SessionLimits, registry: Registry) -> Arc<Self> {
+    /// Sessions under `limits`, each holding a share of `instances`.
+    pub fn new(limits: SessionLimits, instances: Arc<InstanceBudget>, registry: Registry) -> Arc<Self> {
         Arc::new(SessionTable {
             limits,
+            instances,
             state: Mutex::default(),
             next_id: AtomicU64::new(1),
             registry,
@@ -111,10 +120,11 @@ impl SessionTable {
         } else {
             None
         };
-        if let Some(r) = refused {
-            metrics.refused.inc();
-            return Err(r);
-        }
+        let instance = match refused {
+            None => self.instances.take().ok_or(Refused::NoInstance(self.instances.max())),
+            Some(r) => Err(r),
+        };
+        let instance = instance.inspect_err(|_| metrics.refused.inc())?;
         open.total += 1;
         *open.by_domain.entry(domain.to_string()).or_default() += 1;
         drop(open);
@@ -123,7 +133,8 @@ impl SessionTable {
         let (worker_boxes, worker_sessions) = self.worker_metrics(worker);
         worker_boxes.inc();
         worker_sessions.inc();
-        Ok(SessionPermit { table: self.clone(), domain: domain.to_string(), id: self.next_id.fetch_add(1, Ordering::Relaxed), metrics, worker_boxes })
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        Ok(SessionPermit { table: self.clone(), domain: domain.to_string(), id, metrics, worker_boxes, _instance: instance })
     }
 
     /// Resident boxes now and sessions so far on a QUIC worker (`None`: not on one).
@@ -151,16 +162,21 @@ impl SessionTable {
 mod tests {
     use super::*;
 
-    #[test]
-    fn caps_are_enforced_and_released() {
+    /// A table of `max_sessions` per node and `per_domain` per domain.
+    fn table(max_sessions: usize, per_domain: usize, instances: &Arc<InstanceBudget>) -> Arc<SessionTable> {
         let limits = SessionLimits {
-            max_sessions: 3,
-            max_sessions_per_domain: 2,
+            max_sessions,
+            max_sessions_per_domain: per_domain,
             max_sessions_per_connection: 1,
             inbound_queue_frames: 32,
             send_stall_timeout: Duration::from_secs(10),
         };
-        let table = SessionTable::new(limits, Registry::new());
+        SessionTable::new(limits, instances.clone(), Registry::new())
+    }
+
+    #[test]
+    fn caps_are_enforced_and_released() {
+        let table = table(3, 2, &InstanceBudget::new(4));
         let a1 = table.admit("a", Some(0)).unwrap();
         let _a2 = table.admit("a", Some(1)).unwrap();
         assert_eq!(table.admit("a", None).err(), Some(Refused::DomainFull(2)));
@@ -172,5 +188,22 @@ mod tests {
         assert!(table.admit("a", None).is_ok());
         assert_eq!(table.metrics("a").refused.get(), 1);
         assert_eq!(table.metrics("b").refused.get(), 1);
+    }
+
+    #[test]
+    fn a_session_holds_a_share_of_the_nodes_instances() {
+        let instances = InstanceBudget::new(4);
+        let table = table(3, 3, &instances);
+        // Requests hold three of the four instances: one session fits.
+        let requests: Vec<_> = (0..3).map(|_| instances.take().unwrap()).collect();
+        let first = table.admit("a", None).unwrap();
+        assert_eq!(table.admit("a", None).err(), Some(Refused::NoInstance(4)));
+        assert_eq!(table.metrics("a").refused.get(), 1);
+        assert!(instances.take().is_none(), "the session's share is not a request's");
+        drop(requests);
+        let _more: Vec<_> = (0..2).map(|_| table.admit("a", None).unwrap()).collect();
+        assert_eq!(instances.held(), 3);
+        drop(first);
+        assert_eq!((instances.held(), table.open()), (2, 2), "a closed session gives its share back");
     }
 }

@@ -1,15 +1,24 @@
-//! Admission of L1 requests: each domain gets a fair share of the node's
-//! instances.
+//! Admission of guest instances: the node's instance budget, which every
+//! tier draws from, and each domain's fair share of it for L1 requests.
 //!
-//! Every live instance holds one slot of the pooling allocator, and the pool
-//! is shared by all domains. Without a per-domain cap, one domain's slow
-//! requests could take every slot and make every other domain fail. So each
-//! domain may run at most `max_running` requests at once; up to
-//! `max_waiting` more wait, first come first served, for at most `max_wait`;
-//! past that a request is refused at once with [`Busy`], which the edge
-//! answers `503` with `Retry-After`. Waiting costs no instance.
+//! [`InstanceBudget`] counts what holds one of the node's instances
+//! (`limits.maxInstances`): a request's or a daemon's instance while it
+//! lives, and a stream session while it is open, awake or hibernating. A
+//! hibernating box holds its share so that it finds an instance when it
+//! wakes; requests and daemons may use every instance no session holds.
+//! The wasmtime pools behind it are sized so that the budget, not a pool,
+//! runs out first (see `engine`).
+//!
+//! The budget is shared by all domains. Without a per-domain cap, one
+//! domain's slow requests could take every instance and make every other
+//! domain fail. So each domain may run at most `max_running` requests at
+//! once; up to `max_waiting` more wait, first come first served, for at
+//! most `max_wait`; past that a request is refused at once with [`Busy`],
+//! which the edge answers `503` with `Retry-After`. Waiting costs no
+//! instance.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -33,6 +42,45 @@ impl Busy {
             Busy::WaitedTooLong(_) => "queue_timeout",
             Busy::NodeFull => "node_full",
         }
+    }
+}
+
+/// The node's instances, and how many are held (module doc).
+#[derive(Debug)]
+pub struct InstanceBudget {
+    max: usize,
+    held: AtomicUsize,
+}
+
+/// One instance's share of the [`InstanceBudget`]; given back on drop.
+#[derive(Debug)]
+pub struct InstanceShare(Arc<InstanceBudget>);
+
+impl InstanceBudget {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(InstanceBudget { max, held: AtomicUsize::new(0) })
+    }
+
+    /// Instances the node may have at once (`limits.maxInstances`).
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Shares held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// A share, unless every instance is held.
+    pub fn take(self: &Arc<Self>) -> Option<InstanceShare> {
+        self.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1)).ok()?;
+        Some(InstanceShare(self.clone()))
+    }
+}
+
+impl Drop for InstanceShare {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -97,6 +145,39 @@ mod tests {
 
     fn admission(max_running: usize, max_waiting: usize) -> Admission {
         Admission::new(AdmissionLimits { max_running, max_waiting, max_wait: Duration::from_millis(20) })
+    }
+
+    #[test]
+    fn the_budget_gives_shares_up_to_its_max_and_takes_them_back_on_drop() {
+        let budget = InstanceBudget::new(2);
+        let first = budget.take().unwrap();
+        let second = budget.take().unwrap();
+        assert!(budget.take().is_none(), "every instance is held");
+        assert_eq!(budget.held(), 2);
+        drop(first);
+        let third = budget.take().expect("a share came back");
+        drop((second, third));
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn racing_takers_never_hold_more_than_the_max() {
+        let budget = InstanceBudget::new(3);
+        let most = Arc::new(AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..10_000 {
+                        if let Some(share) = budget.take() {
+                            most.fetch_max(budget.held(), Ordering::AcqRel);
+                            drop(share);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(most.load(Ordering::Acquire) <= 3);
+        assert_eq!(budget.held(), 0);
     }
 
     #[tokio::test]

@@ -84,18 +84,23 @@ impl DaemonApp {
 
     /// Creates the box for an ownership term and runs `daemon_start`.
     pub async fn start(self: &Arc<Self>, node: &str, fencing: u64) -> Result<DaemonBox, GuestFault> {
-        let mut store = self.runtime.store(&self.loaded.id);
+        let mut store = self.runtime.store(&self.loaded.id)?;
         let live = self.metrics.live_instance();
         let input = StartInfo { domain: self.domain(), node, fencing }.encode();
         let input_len = input.len() as i32;
         let call = Call::begin(&mut store, input);
-        let result = bounded(call.until, self.instantiate_and_start(&mut store, input_len)).await;
+        let result = bounded(call.until, self.instantiate_and_start(&call, &mut store, input_len)).await;
         let tick = call.end(&mut store, result, &Site::DaemonStart, &self.metrics, |_, tick| Ok(tick))?;
         Ok(DaemonBox { store, tick, app: self.clone(), _live: live })
     }
 
-    async fn instantiate_and_start(&self, store: &mut Store<HostState>, input_len: i32) -> wasmtime::Result<(i32, TypedFunc<(i32, i64), i32>)> {
-        let instance = self.loaded.instantiate(&mut *store).await?;
+    async fn instantiate_and_start(
+        &self,
+        call: &Call,
+        store: &mut Store<HostState>,
+        input_len: i32,
+    ) -> wasmtime::Result<(i32, TypedFunc<(i32, i64), i32>)> {
+        let instance = self.loaded.instantiate(call, &mut *store).await?;
         let func = |store: &mut Store<HostState>, export| {
             instance.get_module_export(&mut *store, export).and_then(|e| e.into_func()).ok_or_else(|| wasmtime::format_err!("export vanished"))
         };

@@ -9,8 +9,11 @@
 //! and hibernates (see `hibernate`): its pool gives a slot's pages, table
 //! and fiber stack back to the kernel when the box lets the slot go, or a
 //! hibernating box would free nothing. Sessions have a slot each
-//! (`limits.maxSessions`), so a waking box always finds one; requests and
-//! daemons share the rest of `limits.maxInstances`.
+//! (`limits.maxSessions`), so a waking box always finds one. Requests and
+//! daemons have `limits.maxInstances` slots, as many as the node's
+//! [`InstanceBudget`], which also counts open sessions: a request is
+//! refused when the budget is spent, before its pool could run out. The
+//! slots cost address space only.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,10 +22,11 @@ use toil_abi::Tier;
 use toil_channels::Channels;
 use wasmtime::{Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig, Store, UpdateDeadline};
 
-use crate::admission::AdmissionLimits;
+use crate::admission::{AdmissionLimits, InstanceBudget};
 use crate::artifact::{inspect, ArtifactInfo, LoadError};
+use crate::call::Call;
 use crate::epoch::{Epochs, Stop};
-use crate::fault::GuestId;
+use crate::fault::{GuestFault, GuestId};
 use crate::host::{add_to_linker, HostState};
 use crate::limits::Limits;
 
@@ -34,11 +38,12 @@ const KEEP_RESIDENT: usize = 4 << 20;
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
     pub limits: Limits,
-    /// Instances of requests and daemons that may be alive at once (slots
-    /// of their pool).
-    pub request_instances: u32,
-    /// Stream boxes that may hold an instance at once (slots of theirs):
-    /// one per open session.
+    /// Instances alive at once, all tiers together (the budget; open
+    /// sessions count, hibernating or not). The pool of requests and
+    /// daemons has a slot for each.
+    pub max_instances: u32,
+    /// Stream boxes that may hold an instance at once (slots of their
+    /// pool): one per open session.
     pub session_instances: u32,
     /// Largest artifact accepted, in bytes.
     pub max_artifact_bytes: usize,
@@ -61,6 +66,8 @@ pub struct Runtime {
     channels: Option<Channels>,
     /// Every call holds it running while it runs.
     epochs: Epochs,
+    /// What every live instance and open session holds a share of.
+    instances: Arc<InstanceBudget>,
     /// Held for its `Drop`: the epoch thread stops with the last clone.
     _ticker: Arc<Stop>,
 }
@@ -134,8 +141,11 @@ impl Loaded {
         self.pre.module().get_export_index(name)
     }
 
-    /// A new instance in `store`, initialized (`_initialize`) and ready for calls.
-    pub(crate) async fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<wasmtime::Instance> {
+    /// A new instance in `store`, initialized (`_initialize`) and ready for
+    /// calls. Instantiating runs guest code (a start function,
+    /// `_initialize`), so it takes the [`Call`] it runs in: only a call
+    /// keeps the epoch ticker awake, which interrupts a runaway guest.
+    pub(crate) async fn instantiate(&self, _in: &Call, store: &mut Store<HostState>) -> wasmtime::Result<wasmtime::Instance> {
         let instance = self.pre.instantiate_async(&mut *store).await?;
         if let Some(init) = &self.initialize {
             if let Some(f) = instance.get_module_export(&mut *store, init).and_then(|e| e.into_func()) {
@@ -148,12 +158,13 @@ impl Loaded {
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
-        let per_request = Pool::new(config.request_instances, &config.limits, true)?;
+        let per_request = Pool::new(config.max_instances, &config.limits, true)?;
         let per_session = Pool::new(config.session_instances, &config.limits, false)?;
         let engines = [per_request.engine.weak(), per_session.engine.weak()];
         let (epochs, stop) =
             Epochs::start(config.epoch_tick, move || engines.iter().all(|weak| weak.upgrade().map(|engine| engine.increment_epoch()).is_some()))?;
-        Ok(Runtime { per_request, per_session, config: Arc::new(config), channels: None, epochs, _ticker: Arc::new(stop) })
+        let instances = InstanceBudget::new(config.max_instances as usize);
+        Ok(Runtime { per_request, per_session, config: Arc::new(config), channels: None, epochs, instances, _ticker: Arc::new(stop) })
     }
 
     /// The pool a tier's instances come from.
@@ -180,6 +191,14 @@ impl Runtime {
 
     pub fn limits(&self) -> &Limits {
         &self.config.limits
+    }
+
+    /// The node's instances. Requests and daemons take their share when
+    /// their store is made; a stream session's share is taken by whoever
+    /// admits the session (the edge, before it accepts the CONNECT) and
+    /// held until it ends, hibernating or not.
+    pub fn instances(&self) -> &Arc<InstanceBudget> {
+        &self.instances
     }
 
     /// Validates, compiles and links an artifact of `tier` for `domain`.
@@ -209,10 +228,17 @@ impl Runtime {
     /// the executor (so a busy guest never starves other connections on its
     /// thread) and is interrupted once its call has run past the deadline
     /// (each call sets the store's deadline one epoch ahead: `Call::begin`).
-    pub(crate) fn store(&self, id: &GuestId) -> Store<HostState> {
-        let mut state = HostState::new(id.clone(), &self.config.limits, self.epochs.clone());
+    ///
+    /// A request's or daemon's store holds its share of the node's
+    /// instances; `NodeFull` if none is left.
+    pub(crate) fn store(&self, id: &GuestId) -> Result<Store<HostState>, GuestFault> {
+        let share = match id.tier {
+            Tier::Stream => None,
+            Tier::Request | Tier::Daemon => Some(self.instances.take().ok_or(GuestFault::NodeFull)?),
+        };
+        let mut state = HostState::new(id.clone(), &self.config.limits, self.epochs.clone(), share);
         state.channels = self.channels.clone();
-        self.store_with(state)
+        Ok(self.store_with(state))
     }
 
     /// [`Runtime::store`] around an existing state (a box waking up).

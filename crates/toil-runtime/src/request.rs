@@ -142,18 +142,18 @@ impl RequestApp {
     }
 
     async fn call(&self, input: Vec<u8>, site: &Site<'_>) -> Result<GuestResponse, GuestFault> {
-        let mut store = self.runtime.store(&self.loaded.id);
+        let mut store = self.runtime.store(&self.loaded.id)?;
         let _live = self.metrics.live_instance();
         let input_len = input.len() as i32;
         let call = Call::begin(&mut store, input);
-        let result = bounded(call.until, self.instantiate_and_call(&mut store, input_len)).await;
+        let result = bounded(call.until, self.instantiate_and_call(&call, &mut store, input_len)).await;
         call.end(&mut store, result.map(|rc| (rc, ())), site, &self.metrics, |store, ()| {
             GuestResponse::checked(std::mem::take(&mut store.data_mut().output), self.runtime.limits())
         })
     }
 
-    async fn instantiate_and_call(&self, store: &mut Store<HostState>, input_len: i32) -> wasmtime::Result<i32> {
-        let instance = self.loaded.instantiate(&mut *store).await?;
+    async fn instantiate_and_call(&self, call: &Call, store: &mut Store<HostState>, input_len: i32) -> wasmtime::Result<i32> {
+        let instance = self.loaded.instantiate(call, &mut *store).await?;
         let func = instance
             .get_module_export(&mut *store, &self.handle)
             .and_then(|e| e.into_func())

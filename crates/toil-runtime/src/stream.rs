@@ -140,8 +140,10 @@ impl StreamApp {
 
     /// Creates the resident box for one connection and delivers `connect`.
     /// Frames the guest sent from its connect hook are in the box's outbox.
+    /// The session's share of the node's instances is held by whoever
+    /// admitted it ([`Runtime::instances`]), not by the box.
     pub async fn open(self: &Arc<Self>, name: &str, session: u64, path: &str, query: &str) -> Result<StreamBox, GuestFault> {
-        let mut store = self.runtime.store(&self.loaded.id);
+        let mut store = self.runtime.store(&self.loaded.id)?;
         store.data_mut().stream = Some(Outbox::new(self.runtime.limits()));
         let deliveries = self.runtime.channels().map(|channels| {
             let (inbox, deliveries) = channels.inbox(self.domain());
@@ -150,7 +152,7 @@ impl StreamApp {
         });
         let live = self.metrics.live_instance();
         let call = Call::begin(&mut store, Vec::new());
-        let started = bounded(call.until, self.instantiate(&mut store)).await;
+        let started = bounded(call.until, self.instantiate(&call, &mut store)).await;
         let site = Site::StreamStart { stream: name, session };
         let dispatch = call.end(&mut store, started.map(|()| (status::OK, ())), &site, &self.metrics, |store, ()| self.dispatch_func(store))?;
         let residence = Residence::Awake { store, dispatch: Some(dispatch), _live: live };
@@ -159,16 +161,17 @@ impl StreamApp {
         Ok(boxed)
     }
 
-    async fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<()> {
-        let instance = self.loaded.instantiate(&mut *store).await?;
+    async fn instantiate(&self, call: &Call, store: &mut Store<HostState>) -> wasmtime::Result<()> {
+        let instance = self.loaded.instantiate(call, &mut *store).await?;
         store.data_mut().instance = Some(instance);
         Ok(())
     }
 
     /// A fresh instance in `store` given the state of `snapshot`: no
     /// `_initialize` (what it did is in the memory), the memory grown to
-    /// its size, the blocks written back, the globals set.
-    async fn revive(&self, store: &mut Store<HostState>, snapshot: &Snapshot<Val>) -> wasmtime::Result<()> {
+    /// its size, the blocks written back, the globals set. It runs in the
+    /// waking event's call (see `Loaded::instantiate`).
+    async fn revive(&self, _in: &Call, store: &mut Store<HostState>, snapshot: &Snapshot<Val>) -> wasmtime::Result<()> {
         let h = self.hibernation.as_ref().map_err(|why| wasmtime::format_err!("cannot hibernate: {why}"))?;
         let instance = self.loaded.pre.instantiate_async(&mut *store).await?;
         store.data_mut().instance = Some(instance);
@@ -279,7 +282,7 @@ impl StreamBox {
         let mut store = app.runtime.store_with(*state);
         let live = app.metrics.live_instance();
         let call = Call::begin_at(&mut store, Vec::new(), started);
-        let woke = bounded(call.until, app.revive(&mut store, &snapshot)).await;
+        let woke = bounded(call.until, app.revive(&call, &mut store, &snapshot)).await;
         let site = Site::StreamWake { stream: &self.name, session: self.session };
         let dispatch = call.end(&mut store, woke.map(|()| (status::OK, ())), &site, &app.metrics, |store, ()| app.dispatch_func(store));
         self.residence = Residence::Awake { store, dispatch: dispatch.as_ref().ok().cloned(), _live: live };

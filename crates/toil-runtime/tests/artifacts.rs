@@ -257,8 +257,44 @@ const SLEEP_5S: &str = r#"
 const POLL_IMPORT: &str = r#"(import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))"#;
 
 fn sleeper(config: RuntimeConfig) -> RequestApp {
-    let rt = Runtime::new(config).unwrap();
-    RequestApp::load(&rt, &Registry::new(), "t", &module(&request_manifest(), POLL_IMPORT, SLEEP_5S)).unwrap()
+    sleeper_on(&Runtime::new(config).unwrap())
+}
+
+fn sleeper_on(rt: &Runtime) -> RequestApp {
+    RequestApp::load(rt, &Registry::new(), "t", &module(&request_manifest(), POLL_IMPORT, SLEEP_5S)).unwrap()
+}
+
+/// `n` requests to `app` at once, each on a task of its own.
+async fn at_once(app: &std::sync::Arc<RequestApp>, n: usize) -> Vec<Outcome> {
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let app = app.clone();
+        calls.spawn(async move { app.handle(&get()).await });
+    }
+    calls.join_all().await
+}
+
+/// Requests may use every instance no open session holds (the node's
+/// budget, which sessions share), and no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_use_every_instance_sessions_leave() {
+    use toil_runtime::admission::{AdmissionLimits, Busy};
+    let admission = AdmissionLimits { max_running: 10, max_waiting: 0, max_wait: std::time::Duration::from_millis(10) };
+    let rt = Runtime::new(RuntimeConfig { admission, ..support::config(support::limits(300), 4) }).unwrap();
+    let app = std::sync::Arc::new(sleeper_on(&rt));
+    let count = |outcomes: &[Outcome], busy: bool| {
+        let matching =
+            |o: &&Outcome| if busy { matches!(o, Outcome::Busy(Busy::NodeFull)) } else { matches!(o, Outcome::Fault(GuestFault::Deadline(_))) };
+        outcomes.iter().filter(matching).count()
+    };
+    let outcomes = at_once(&app, 5).await;
+    assert_eq!((count(&outcomes, false), count(&outcomes, true)), (4, 1), "four ran to their deadline, one found no instance: {outcomes:?}");
+    // Two open sessions hold two of the four instances: requests get the other two.
+    let sessions = [rt.instances().take().unwrap(), rt.instances().take().unwrap()];
+    let outcomes = at_once(&app, 3).await;
+    assert_eq!((count(&outcomes, false), count(&outcomes, true)), (2, 1), "{outcomes:?}");
+    drop(sessions);
+    assert_eq!(rt.instances().held(), 0, "every request gave its share back");
 }
 
 #[tokio::test]
@@ -277,7 +313,7 @@ async fn no_free_instance_is_busy_not_a_trap() {
     use toil_runtime::admission::{AdmissionLimits, Busy};
     let limits = support::limits(400);
     let admission = AdmissionLimits { max_running: 10, max_waiting: 0, max_wait: std::time::Duration::from_millis(10) };
-    // The pool holds two instances; two sleepers take them.
+    // The node has two instances; two sleepers hold them.
     let a = sleeper(RuntimeConfig { admission, ..support::config(limits.clone(), 2) });
     let req = get();
     let third = async {

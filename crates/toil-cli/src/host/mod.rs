@@ -44,6 +44,7 @@ use toil_edge::workers::QuicWorkers;
 use toil_edge::{admin as edge_admin, quic, tcp, tls::DevCert, DomainTable, Edge};
 use toil_metrics::Registry;
 use toil_raft::ClusterNode;
+use toil_runtime::admission::InstanceBudget;
 use toil_runtime::Runtime;
 use tokio::net::TcpListener;
 
@@ -124,6 +125,7 @@ impl Node {
             ..DaemonSettings::new(host.node_id, host.name.clone())
         };
         let daemons = Daemons::start(Vec::new(), log.clone(), daemon_settings, &registry);
+        let instances = runtime.instances().clone();
         let deployer = start_deployer(config, host, runtime, &registry, &domains, &daemons, &log);
 
         // The configured apps are offered as releases; a domain the cluster
@@ -153,7 +155,7 @@ impl Node {
         let admin_listener = TcpListener::bind(host.admin).await.with_context(|| format!("binding admin {}", host.admin))?;
         // The admin token must not cross a network in the clear.
         let admin_tls = if admin_listener.local_addr()?.ip().is_loopback() { None } else { Some(edge_admin::tls_config(&cert)?) };
-        let edge = Arc::new(edge(config, domains.clone(), &registry, &cert, listen.port())?);
+        let edge = Arc::new(edge(config, domains.clone(), instances, &registry, &cert, listen.port())?);
         Ok(Node {
             registry,
             domains,
@@ -351,9 +353,17 @@ fn start_deployer(
 }
 
 /// The edge every listener shares: the config's settings, with the TCP
-/// connection cap lowered to what the open-file limit allows, `Alt-Svc`
+/// connection cap lowered to what the open-file limit allows, its
+/// sessions holding shares of the runtime's `instances`, `Alt-Svc`
 /// pointing at HTTP/3 on `port`, and the dev page's connection info.
-fn edge(config: &Config, domains: Arc<DomainTable>, registry: &Registry, cert: &DevCert, port: u16) -> anyhow::Result<Edge> {
+fn edge(
+    config: &Config,
+    domains: Arc<DomainTable>,
+    instances: Arc<InstanceBudget>,
+    registry: &Registry,
+    cert: &DevCert,
+    port: u16,
+) -> anyhow::Result<Edge> {
     let mut settings = config.limits.edge();
     let wanted = settings.conns;
     settings.conns = match conns::raise_fd_limit() {
@@ -375,7 +385,7 @@ fn edge(config: &Config, domains: Arc<DomainTable>, registry: &Registry, cert: &
         }
     };
     // QUIC connections cost no descriptor, only memory (their buffers): they keep the asked cap.
-    let mut edge = Edge::new(domains, settings, registry.clone());
+    let mut edge = Edge::new(domains, settings, instances, registry.clone());
     edge.alt_svc = http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).ok();
     let dev_info = serde_json::json!({
         "certificateSha256": cert.sha256_hex(),
