@@ -225,7 +225,7 @@ fn a_deploy_reaches_every_node_drains_sessions_and_rolls_back() {
 
 /// A request-tier module (WAT body) carrying a manifest with `manifest` records.
 fn request_module(extra: &str, manifest: &[u8]) -> Vec<u8> {
-    let escaped: String = manifest.iter().map(|b| format!("\\{b:02x}")).collect();
+    let escaped = common::wat_bytes(manifest);
     wat::parse_str(format!(
         r#"(module
             {extra}
@@ -298,7 +298,7 @@ fn invalid_releases_and_unauthenticated_requests_change_nothing() {
                     (func (export "daemon_start") (param i32) (result i32) (i32.const 0))
                     (func (export "scheduled_tick") (param i32 i64) (result i32) (i32.const 0))
                     (@custom "toil.manifest" "{}"))"#,
-                        daemon_manifest.iter().map(|b| format!("\\{b:02x}")).collect::<String>()
+                        common::wat_bytes(&daemon_manifest)
                     ))
                     .unwrap(),
                 ),

@@ -54,11 +54,10 @@ async fn a_stream_box_sleeping_in_a_host_call_is_cut_off() {
 #[tokio::test]
 async fn toil_tick_on_a_sleeping_task_reports_the_deadline_promptly() {
     let s = server();
-    let admin = s.admin.to_string();
     // The misbehave daemon's box starts (its domain is not `stuck`).
     assert!(log_contains("sleepy started on misbehave").await, "{}", s.log());
     let started = Instant::now();
-    let out = toil().args(["tick", "misbehave", "nap", "--admin", &admin, "--token-file"]).arg(&s.token_file).output().unwrap();
+    let out = s.toil_admin(&["tick", "misbehave", "nap"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("deadline"), "{err}");
@@ -73,11 +72,10 @@ async fn toil_tick_on_a_sleeping_task_reports_the_deadline_promptly() {
 async fn toil_tick_on_a_daemon_that_never_starts_says_so() {
     let misbehave = repo_root().join("crates/toil-cli/tests/guests/misbehave");
     let s = start_server("stuck", serde_json::json!({"apps": [{"domain": "stuck", "dir": misbehave}], "defaultDomain": "stuck"}));
-    let admin = s.admin.to_string();
     let mut last = String::new();
     for _ in 0..50 {
         let started = Instant::now();
-        let out = toil().args(["tick", "stuck", "nap", "--admin", &admin, "--token-file"]).arg(&s.token_file).output().unwrap();
+        let out = s.toil_admin(&["tick", "stuck", "nap"]);
         assert!(started.elapsed() < Duration::from_secs(5), "toil tick answered in {:?}", started.elapsed());
         assert!(!out.status.success());
         last = String::from_utf8_lossy(&out.stderr).into_owned();

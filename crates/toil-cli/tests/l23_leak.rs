@@ -231,11 +231,7 @@ async fn a_box_keeps_its_heap_through_hibernation_unless_it_is_large() {
     assert_eq!(server.metric("toil_stream_box_wakes_total{domain=\"misbehave\"}").await, 1.0);
 
     // Meanwhile the node serves other domains, on both tiers.
-    let echo = wt_endpoint_for(server, server.http).connect(format!("https://echo.localhost:{}/echo", server.http.port())).await.unwrap();
-    let mut e = Frames::open(&echo).await;
-    e.send(b"hi").await;
-    assert_eq!(e.recv_text().await, "1:hi");
-    assert_eq!(http1(server.http, get("hello.localhost", "/")).await.status, 200);
+    other_domains_serve(server).await;
 
     // A woken box is held to the deadline of the event that woke it.
     wait_until_at_least(server, hibernating, 1.0).await;
@@ -273,20 +269,12 @@ async fn a_box_whose_module_cannot_hibernate_stays_resident() {
             (@custom "toil.manifest" "{escaped}"))"#,
         close = toil_abi::stream::CLOSE,
         disconnect = toil_abi::stream::DISCONNECT,
-        escaped = manifest.iter().map(|b| format!("\\{b:02x}")).collect::<String>(),
+        escaped = wat_bytes(&manifest),
     ))
     .unwrap();
     let file = server.dir.join("count-stream.wasm");
     std::fs::write(&file, wasm).unwrap();
-    let out = toil()
-        .args(["deploy", "--domain", "count", "--stream"])
-        .arg(&file)
-        .arg("--admin")
-        .arg(server.admin.to_string())
-        .arg("--token-file")
-        .arg(&server.token_file)
-        .output()
-        .unwrap();
+    let out = server.toil_admin(&["deploy", "--domain", "count", "--stream", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let conn = wt_endpoint_for(server, server.http).connect(format!("https://count.localhost:{}/count", server.http.port())).await.unwrap();
@@ -296,6 +284,7 @@ async fn a_box_whose_module_cannot_hibernate_stays_resident() {
     assert_eq!(server.metric("toil_stream_hibernating_boxes{domain=\"count\"}").await, 0.0, "it cannot hibernate");
     assert_eq!(server.metric("toil_live_instances{domain=\"count\",tier=\"stream\"}").await, 1.0, "it stays resident");
     f.send(b"two").await;
+    other_domains_serve(server).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     conn.close(wtransport::VarInt::from_u32(0), b"");
     wait_until_at_most(server, "toil_live_instances{domain=\"count\",tier=\"stream\"}", 0.0).await;
@@ -303,6 +292,15 @@ async fn a_box_whose_module_cannot_hibernate_stays_resident() {
     assert!(log.contains("this domain's idle stream boxes stay resident: they cannot hibernate, as it has a start function"), "{log}");
     assert!(!log.contains("stream box failed"), "the box kept its count: {log}");
     assert_eq!(server.metric("toil_stream_box_wakes_total{domain=\"count\"}").await, 0.0);
+}
+
+/// The echo domain answers a fresh session, and hello a request.
+async fn other_domains_serve(server: &Server) {
+    let echo = wt_endpoint_for(server, server.http).connect(format!("https://echo.localhost:{}/echo", server.http.port())).await.unwrap();
+    let mut e = Frames::open(&echo).await;
+    e.send(b"hi").await;
+    assert_eq!(e.recv_text().await, "1:hi");
+    assert_eq!(http1(server.http, get("hello.localhost", "/")).await.status, 200);
 }
 
 async fn wait_until_at_least(server: &Server, sample: &str, value: f64) {

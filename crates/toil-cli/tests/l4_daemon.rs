@@ -39,8 +39,7 @@ async fn scheduled_ticks_fire_on_time_once_each() {
 #[tokio::test]
 async fn toil_tick_fires_a_task_now() {
     let s = server();
-    let admin = s.admin.to_string();
-    let tick = |domain: &str, task: &str| toil().args(["tick", domain, task, "--admin", &admin, "--token-file"]).arg(&s.token_file).output().unwrap();
+    let tick = |domain: &str, task: &str| s.toil_admin(&["tick", domain, task]);
     let out = tick("jobs", "hourly");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("fired jobs hourly"));

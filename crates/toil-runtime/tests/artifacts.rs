@@ -10,11 +10,7 @@ use toil_runtime::{GuestFault, Limits, LoadError, Runtime, RuntimeConfig};
 
 mod support;
 
-/// A `(@custom "toil.manifest" ...)` annotation carrying `bytes`.
-fn manifest_section(bytes: &[u8]) -> String {
-    let escaped: String = bytes.iter().map(|b| format!("\\{b:02x}")).collect();
-    format!("(@custom \"toil.manifest\" \"{escaped}\")")
-}
+use support::manifest_section;
 
 fn request_manifest() -> Vec<u8> {
     let mut m = header_record(Tier::Request).to_vec();

@@ -20,7 +20,7 @@ fn daemon_module() -> Vec<u8> {
     encode_task(&mut m, 0, "heartbeat", "5s");
     encode_task(&mut m, 1, "trap", "0 */5 * * *");
     encode_task(&mut m, 2, "spin", "1h");
-    let section: String = m.iter().map(|b| format!("\\{b:02x}")).collect();
+    let section = support::manifest_section(&m);
     wat::parse_str(format!(
         r#"(module
             (memory (export "memory") 1)
@@ -32,7 +32,7 @@ fn daemon_module() -> Vec<u8> {
                 (if (i32.eq (local.get 0) (i32.const 2)) (then (loop $l (br $l))))
                 (if (i32.gt_u (local.get 0) (i32.const 2)) (then (return (i32.const 2))))
                 (i32.const 0))
-            (@custom "toil.manifest" "{section}"))"#
+            {section})"#
     ))
     .unwrap()
 }

@@ -337,7 +337,7 @@ impl Cluster {
     /// A `toil` command aimed at node `id`'s admin API, with the token.
     pub fn toil_admin(&self, id: u64, args: &[&str]) -> std::process::Output {
         let node = self.nodes.iter().find(|n| n.id == id).unwrap();
-        toil().args(args).arg("--admin").arg(node.admin.to_string()).arg("--token-file").arg(&self.token_file).output().unwrap()
+        super::toil_admin(node.admin, &self.token_file, args)
     }
 
     /// Every node log's text, concatenated.

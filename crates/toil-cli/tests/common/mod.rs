@@ -17,6 +17,16 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
+/// A `toil` command aimed at the admin API at `admin`, with the token in `token_file`.
+pub fn toil_admin(admin: SocketAddr, token_file: &Path, args: &[&str]) -> std::process::Output {
+    toil().args(args).arg("--admin").arg(admin.to_string()).arg("--token-file").arg(token_file).output().unwrap()
+}
+
+/// `bytes` as a WAT string literal's contents (a custom section's data).
+pub fn wat_bytes(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("\\{b:02x}")).collect()
+}
+
 pub fn toil() -> Command {
     Command::new(env!("CARGO_BIN_EXE_toil"))
 }
@@ -181,6 +191,11 @@ impl Server {
     /// The admin token.
     pub fn token(&self) -> String {
         std::fs::read_to_string(&self.token_file).unwrap().trim().to_string()
+    }
+
+    /// A `toil` command aimed at this server's admin API, with the token.
+    pub fn toil_admin(&self, args: &[&str]) -> std::process::Output {
+        toil_admin(self.admin, &self.token_file, args)
     }
 
     /// One admin request carrying the token.

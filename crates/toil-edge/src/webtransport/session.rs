@@ -474,9 +474,14 @@ impl Driver {
 /// The sending side of a session's CONNECT stream (capsules out).
 type ConnectSend = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 
+/// Writes a frame as one buffer: every write locks the connection and wakes
+/// its driver, so a header written apart from its body costs twice that
+/// (and, should the driver run in between, a packet of its own).
 async fn write_frame(send: &mut SendHalf, bytes: &[u8]) -> std::io::Result<()> {
-    send.write_all(&framing::header(bytes.len() as u32)).await?;
-    send.write_all(bytes).await
+    let mut framed = Vec::with_capacity(framing::HEADER_LEN + bytes.len());
+    framed.extend_from_slice(&framing::header(bytes.len() as u32));
+    framed.extend_from_slice(bytes);
+    send.write_all(&framed).await
 }
 
 /// One client stream as frames, then how the client ended it. It reads

@@ -6,6 +6,12 @@ use std::time::Duration;
 use toil_runtime::admission::AdmissionLimits;
 use toil_runtime::{Limits, RuntimeConfig};
 
+/// A `(@custom "toil.manifest" ...)` annotation carrying `bytes`.
+pub fn manifest_section(bytes: &[u8]) -> String {
+    let escaped: String = bytes.iter().map(|b| format!("\\{b:02x}")).collect();
+    format!("(@custom \"toil.manifest\" \"{escaped}\")")
+}
+
 /// Generous limits with a call deadline of `deadline_ms`.
 pub fn limits(deadline_ms: u64) -> Limits {
     Limits {
