@@ -133,6 +133,8 @@ pub struct Loaded {
     pub(crate) id: GuestId,
     /// The WASI reactor initializer, run once per instance before any entry point.
     initialize: Option<wasmtime::ModuleExport>,
+    /// Where the module exports its memory.
+    memory: Option<wasmtime::ModuleExport>,
 }
 
 impl Loaded {
@@ -145,13 +147,22 @@ impl Loaded {
     /// calls. Instantiating runs guest code (a start function,
     /// `_initialize`), so it takes the [`Call`] it runs in: only a call
     /// keeps the epoch ticker awake, which interrupts a runaway guest.
-    pub(crate) async fn instantiate(&self, _in: &Call, store: &mut Store<HostState>) -> wasmtime::Result<wasmtime::Instance> {
-        let instance = self.pre.instantiate_async(&mut *store).await?;
+    pub(crate) async fn instantiate(&self, call: &Call, store: &mut Store<HostState>) -> wasmtime::Result<wasmtime::Instance> {
+        let instance = self.instantiate_bare(call, store).await?;
         if let Some(init) = &self.initialize {
             if let Some(f) = instance.get_module_export(&mut *store, init).and_then(|e| e.into_func()) {
                 f.typed::<(), ()>(&*store)?.call_async(&mut *store, ()).await?;
             }
         }
+        Ok(instance)
+    }
+
+    /// [`Loaded::instantiate`] without `_initialize` (a waking box's memory
+    /// already holds what it did). The store's state records the instance.
+    pub(crate) async fn instantiate_bare(&self, _in: &Call, store: &mut Store<HostState>) -> wasmtime::Result<wasmtime::Instance> {
+        let instance = self.pre.instantiate_async(&mut *store).await?;
+        let memory = self.memory.as_ref().and_then(|m| instance.get_module_export(&mut *store, m)).and_then(|e| e.into_memory());
+        store.data_mut().adopt(instance, memory);
         Ok(instance)
     }
 }
@@ -221,7 +232,8 @@ impl Runtime {
         let module = Module::new(&pool.engine, prepared.as_deref().unwrap_or(bytes)).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         let pre = pool.linker.instantiate_pre(&module).map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let initialize = if info.has_initialize { module.get_export_index(toil_abi::exports::INITIALIZE) } else { None };
-        Ok(Loaded { info, pre, id: GuestId { domain: domain.into(), tier }, initialize })
+        let memory = module.get_export_index(toil_abi::exports::MEMORY);
+        Ok(Loaded { info, pre, id: GuestId { domain: domain.into(), tier }, initialize, memory })
     }
 
     /// A store for one instance. Every epoch tick a running guest yields to

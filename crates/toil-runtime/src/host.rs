@@ -42,8 +42,10 @@ pub struct HostState {
     wasi: Option<(WasiP1Ctx, Arc<Mutex<LogState>>)>,
     /// A stream box's outbound frames (`stream_send` / `stream_close`).
     pub(crate) stream: Option<Outbox>,
-    /// A resident instance (stream, daemon) keeps its handle here.
-    pub(crate) instance: Option<wasmtime::Instance>,
+    /// The store's instance and its exported memory, once instantiated;
+    /// `None` while a box hibernates. The memory is looked up once here, not
+    /// by name on every host call.
+    instance: Option<(wasmtime::Instance, Option<wasmtime::Memory>)>,
     /// The node's channels (`channel_publish`), if it has them.
     pub(crate) channels: Option<Channels>,
     /// A stream box's subscriptions (`channel_subscribe`).
@@ -73,6 +75,22 @@ impl HostState {
 
     pub fn id(&self) -> &GuestId {
         &self.id
+    }
+
+    /// The store's instance, once instantiated.
+    pub(crate) fn instance(&self) -> Option<wasmtime::Instance> {
+        self.instance.map(|(instance, _)| instance)
+    }
+
+    /// Records the store's new instance and its memory export, if any.
+    pub(crate) fn adopt(&mut self, instance: wasmtime::Instance, memory: Option<wasmtime::Memory>) {
+        self.instance = Some((instance, memory));
+    }
+
+    /// Forgets the instance: its store is going away (hibernation), and the
+    /// handles would name another store's objects in the next one.
+    pub(crate) fn forget_instance(&mut self) {
+        self.instance = None;
     }
 
     pub(crate) fn deadline(&self) -> Duration {
@@ -299,6 +317,10 @@ fn add_channels(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 }
 
 fn guest_memory(caller: &mut Caller<'_, HostState>) -> wasmtime::Result<wasmtime::Memory> {
+    // Known once instantiation is done; a start function's host calls look it up.
+    if let Some((_, Some(memory))) = caller.data().instance {
+        return Ok(memory);
+    }
     caller.get_export(toil_abi::exports::MEMORY).and_then(|e| e.into_memory()).ok_or_else(|| wasmtime::format_err!("guest exports no memory"))
 }
 

@@ -62,7 +62,7 @@ impl Hibernation {
     /// What a snapshot holds of `store`'s instance: its memory and its
     /// mutable globals, in the plan's order.
     fn state_of(&self, store: &mut Store<HostState>) -> Option<(wasmtime::Memory, Vec<wasmtime::Global>)> {
-        let instance = store.data().instance?;
+        let instance = store.data().instance()?;
         let memory = instance.get_module_export(&mut *store, &self.memory)?.into_memory()?;
         let globals = self.globals.iter().map(|export| instance.get_module_export(&mut *store, export)?.into_global()).collect::<Option<_>>()?;
         Some((memory, globals))
@@ -162,19 +162,16 @@ impl StreamApp {
     }
 
     async fn instantiate(&self, call: &Call, store: &mut Store<HostState>) -> wasmtime::Result<()> {
-        let instance = self.loaded.instantiate(call, &mut *store).await?;
-        store.data_mut().instance = Some(instance);
-        Ok(())
+        self.loaded.instantiate(call, &mut *store).await.map(drop)
     }
 
     /// A fresh instance in `store` given the state of `snapshot`: no
     /// `_initialize` (what it did is in the memory), the memory grown to
     /// its size, the blocks written back, the globals set. It runs in the
     /// waking event's call (see `Loaded::instantiate`).
-    async fn revive(&self, _in: &Call, store: &mut Store<HostState>, snapshot: &Snapshot<Val>) -> wasmtime::Result<()> {
+    async fn revive(&self, call: &Call, store: &mut Store<HostState>, snapshot: &Snapshot<Val>) -> wasmtime::Result<()> {
         let h = self.hibernation.as_ref().map_err(|why| wasmtime::format_err!("cannot hibernate: {why}"))?;
-        let instance = self.loaded.pre.instantiate_async(&mut *store).await?;
-        store.data_mut().instance = Some(instance);
+        self.loaded.instantiate_bare(call, &mut *store).await?;
         let (memory, globals) = h.state_of(store).ok_or_else(|| wasmtime::format_err!("the prepared module lacks a hibernation export"))?;
         let grow = snapshot.memory_bytes.saturating_sub(memory.data_size(&*store)) / WASM_PAGE;
         if grow > 0 {
@@ -188,7 +185,7 @@ impl StreamApp {
     }
 
     fn dispatch_func(&self, store: &mut Store<HostState>) -> Result<TypedFunc<(i32, i32), i32>, GuestFault> {
-        let instance = store.data().instance.ok_or_else(|| GuestFault::Abi("no instance".into()))?;
+        let instance = store.data().instance().ok_or_else(|| GuestFault::Abi("no instance".into()))?;
         let f = instance
             .get_module_export(&mut *store, &self.dispatch)
             .and_then(|e| e.into_func())
@@ -267,7 +264,7 @@ impl StreamBox {
         let size = snapshot.heap_bytes();
         let Residence::Awake { store, .. } = std::mem::replace(&mut self.residence, Residence::Moving) else { unreachable!() };
         let mut state = store.into_data();
-        state.instance = None;
+        state.forget_instance();
         self.residence = Residence::Hibernating { state: Box::new(state), snapshot, _counted: LiveGuard::new(&self.app.hibernating) };
         Some(size)
     }
