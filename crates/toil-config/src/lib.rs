@@ -216,10 +216,12 @@ impl LimitsConfig {
         (self.max_instances as usize).saturating_sub(self.max_sessions)
     }
 
-    /// Instance slots the runtime reserves: one per instance for requests
-    /// and daemons, and one per session for stream boxes (their own pool).
-    pub fn pool_slots(&self) -> u64 {
-        u64::from(self.max_instances) + self.max_sessions as u64
+    /// Slots of the pool of requests and daemons: one per instance (they
+    /// may use every instance no session holds), as far as the address
+    /// space the stream boxes' pool leaves allows. Past them a request is
+    /// refused as `node_full`, as past `maxInstances`.
+    pub fn request_pool_slots(&self) -> u32 {
+        u64::from(self.max_instances).min(MAX_POOL_SLOTS.saturating_sub(self.max_sessions as u64)) as u32
     }
 }
 
@@ -230,6 +232,8 @@ pub const POOL_BYTES_PER_INSTANCE: u64 = (4 << 30) + (64 << 20);
 /// The part of the 128 TiB user address space of x86-64 and aarch64 Linux
 /// the pool may take.
 pub const POOL_ADDRESS_SPACE: u64 = 64 << 40;
+/// Pool slots a node may reserve, both pools together: 16131.
+pub const MAX_POOL_SLOTS: u64 = POOL_ADDRESS_SPACE / POOL_BYTES_PER_INSTANCE;
 /// Longest QUIC idle timeout (QUIC carries it as a varint of milliseconds;
 /// a day is far past any useful value).
 pub const MAX_IDLE_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
@@ -875,7 +879,19 @@ fn box_limits(l: &Obj, limits: &mut LimitsConfig) -> Result<(), ConfigError> {
         limits.max_response_body = v as usize;
     }
     if let Some(v) = l.positive("maxInstances")? {
-        limits.max_instances = u32::try_from(v).map_err(|_| l.err("maxInstances", "too large"))?;
+        if v > MAX_POOL_SLOTS {
+            return Err(l.err(
+                "maxInstances",
+                format!(
+                    "{v} instances would reserve {} TiB of address space ({} MiB each: a 4 GiB linear memory reservation and guards, \
+                     whatever memoryMb is); at most {MAX_POOL_SLOTS} fit in the {} TiB a node may reserve",
+                    (v * POOL_BYTES_PER_INSTANCE) >> 40,
+                    POOL_BYTES_PER_INSTANCE >> 20,
+                    POOL_ADDRESS_SPACE >> 40
+                ),
+            ));
+        }
+        limits.max_instances = v as u32;
     }
     let per_domain_given = l.positive("maxSessionsPerDomain")?;
     if let Some(v) = l.positive("maxSessions")? {
@@ -891,22 +907,6 @@ fn box_limits(l: &Obj, limits: &mut LimitsConfig) -> Result<(), ConfigError> {
             format!(
                 "{} leaves no instance for requests: every session holds one of the {} instances (maxInstances)",
                 limits.max_sessions, limits.max_instances
-            ),
-        ));
-    }
-    let (slots, most) = (limits.pool_slots(), POOL_ADDRESS_SPACE / POOL_BYTES_PER_INSTANCE);
-    if slots > most {
-        return Err(l.err(
-            "maxInstances",
-            format!(
-                "{} instances and {} session slots would reserve {} TiB of address space ({} MiB each: a 4 GiB linear memory \
-                 reservation and guards, whatever memoryMb is); maxInstances + maxSessions may be at most {most} in the {} TiB a node \
-                 may reserve",
-                limits.max_instances,
-                limits.max_sessions,
-                (slots * POOL_BYTES_PER_INSTANCE) >> 40,
-                POOL_BYTES_PER_INSTANCE >> 20,
-                POOL_ADDRESS_SPACE >> 40
             ),
         ));
     }
@@ -1222,11 +1222,11 @@ mod tests {
         let (key, problem) = key_error(json!({"apps": [app], "limits": {"maxInstances": 40_000}}));
         assert_eq!(key, "limits.maxInstances");
         assert!(problem.contains("address space") && problem.contains("at most 16131"), "{problem}");
-        // Stream boxes have a pool of their own: its slots count too.
-        let (key, problem) = key_error(json!({"apps": [app], "limits": {"maxInstances": 16_000}}));
-        assert_eq!(key, "limits.maxInstances");
-        assert!(problem.contains("16000 instances and 500 session slots"), "{problem}");
-        assert!(parse(json!({"apps": [app], "limits": {"maxInstances": 16_000, "maxSessions": 131}})).is_ok());
+        // Stream boxes have a pool of their own: requests get the slots it leaves.
+        let limits = |l: serde_json::Value| parse(json!({"apps": [app], "limits": l})).unwrap().limits;
+        let many = limits(json!({"maxInstances": 16_000, "maxSessions": 10_000}));
+        assert_eq!(many.request_pool_slots(), 6131);
+        assert_eq!(limits(json!({"maxInstances": 1000, "maxSessions": 500})).request_pool_slots(), 1000);
         let (key, problem) = key_error(json!({"apps": [app], "limits": {"maxInstances": 100, "maxSessions": 50, "maxRequestsPerDomain": 51}}));
         assert_eq!(key, "limits.maxRequestsPerDomain");
         assert!(problem.contains("50 instances left"), "{problem}");

@@ -19,7 +19,12 @@ use crate::{Config, LimitsConfig};
 pub const MAX_LOG_BYTES_PER_CALL: usize = 64 << 10;
 /// Largest artifact a node accepts.
 pub const MAX_ARTIFACT_BYTES: usize = 32 << 20;
-/// The epoch ticker's period: the granularity of call deadlines.
+/// The epoch ticker's period: the granularity of call deadlines, and how
+/// long a busy guest runs before it yields its worker thread to the other
+/// connections on it. Shorter than most hosts' (Spin ticks every 10 ms,
+/// `wasmtime serve` every 50 ms) because a stream box's neighbours are
+/// realtime sessions; the price is a wake-up of the ticker thread per tick
+/// while guest calls run (none while none do).
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Inbound frames a session reads ahead of its box.
 pub const INBOUND_QUEUE_FRAMES: usize = 32;
@@ -54,6 +59,7 @@ impl LimitsConfig {
         RuntimeConfig {
             limits: self.guest_limits(),
             max_instances: self.max_instances,
+            request_slots: self.request_pool_slots(),
             session_instances: self.max_sessions as u32,
             max_artifact_bytes: MAX_ARTIFACT_BYTES,
             epoch_tick: EPOCH_TICK,
@@ -133,7 +139,7 @@ mod tests {
         let l = LimitsConfig::default();
         let runtime = l.runtime();
         assert_eq!(runtime.max_instances, l.max_instances);
-        assert!(l.pool_slots() * crate::POOL_BYTES_PER_INSTANCE <= crate::POOL_ADDRESS_SPACE, "both pools fit the address space");
+        assert_eq!(runtime.request_slots, l.max_instances, "requests may use every instance");
         assert_eq!(runtime.session_instances as usize, l.sessions().max_sessions);
         assert!(runtime.admission.max_running <= l.instances_for_requests());
         assert_eq!(l.edge().sessions, l.sessions());

@@ -10,10 +10,10 @@
 //! and fiber stack back to the kernel when the box lets the slot go, or a
 //! hibernating box would free nothing. Sessions have a slot each
 //! (`limits.maxSessions`), so a waking box always finds one. Requests and
-//! daemons have `limits.maxInstances` slots, as many as the node's
-//! [`InstanceBudget`], which also counts open sessions: a request is
-//! refused when the budget is spent, before its pool could run out. The
-//! slots cost address space only.
+//! daemons have a slot per instance of the node's [`InstanceBudget`]
+//! (`limits.maxInstances`), which also counts open sessions, so a request
+//! is refused when the budget is spent; only a node whose two pools would
+//! not fit the address space together gives requests fewer slots.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,9 +39,11 @@ const KEEP_RESIDENT: usize = 4 << 20;
 pub struct RuntimeConfig {
     pub limits: Limits,
     /// Instances alive at once, all tiers together (the budget; open
-    /// sessions count, hibernating or not). The pool of requests and
-    /// daemons has a slot for each.
+    /// sessions count, hibernating or not).
     pub max_instances: u32,
+    /// Slots of the pool of requests and daemons: `max_instances`, unless
+    /// the address space left beside the stream boxes' pool holds fewer.
+    pub request_slots: u32,
     /// Stream boxes that may hold an instance at once (slots of their
     /// pool): one per open session.
     pub session_instances: u32,
@@ -169,7 +171,7 @@ impl Loaded {
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
-        let per_request = Pool::new(config.max_instances, &config.limits, true)?;
+        let per_request = Pool::new(config.request_slots, &config.limits, true)?;
         let per_session = Pool::new(config.session_instances, &config.limits, false)?;
         let engines = [per_request.engine.weak(), per_session.engine.weak()];
         let (epochs, stop) =

@@ -318,6 +318,15 @@ async fn no_free_instance_is_busy_not_a_trap() {
     };
     let (_, _, third) = tokio::join!(a.handle(&req), a.handle(&req), third);
     assert!(matches!(third, Outcome::Busy(Busy::NodeFull)), "{third:?}");
+    // A pool with fewer slots than the budget (its address space ran short):
+    // the request past them is refused alike, and gives its share back.
+    let a = sleeper(RuntimeConfig { admission, request_slots: 1, ..support::config(limits.clone(), 2) });
+    let second = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        a.handle(&req).await
+    };
+    let (_, second) = tokio::join!(a.handle(&req), second);
+    assert!(matches!(second, Outcome::Busy(Busy::NodeFull)), "{second:?}");
     // The domain's own cap: one running, none waiting.
     let admission = AdmissionLimits { max_running: 1, max_waiting: 0, max_wait: std::time::Duration::from_millis(10) };
     let a = sleeper(RuntimeConfig { admission, ..support::config(limits, 8) });

@@ -33,5 +33,13 @@ pub fn limits(deadline_ms: u64) -> Limits {
 /// a few for stream boxes); a domain may use them all.
 pub fn config(limits: Limits, max_instances: u32) -> RuntimeConfig {
     let admission = AdmissionLimits { max_running: max_instances as usize, max_waiting: 64, max_wait: limits.deadline };
-    RuntimeConfig { limits, max_instances, session_instances: 4, max_artifact_bytes: 32 << 20, epoch_tick: Duration::from_millis(1), admission }
+    RuntimeConfig {
+        limits,
+        max_instances,
+        request_slots: max_instances,
+        session_instances: 4,
+        max_artifact_bytes: 32 << 20,
+        epoch_tick: Duration::from_millis(1),
+        admission,
+    }
 }
