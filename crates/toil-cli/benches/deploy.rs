@@ -40,7 +40,7 @@ fn main() {
     let artifacts = [("A", build_guest(&a)), ("B", build_guest(&b))];
 
     // Baseline: compile and link the three artifacts of one version here.
-    let runtime = toil_runtime::Runtime::new(toil_config::LimitsConfig::default().runtime()).unwrap();
+    let runtime = toil_runtime::Runtime::new(toil_config::LimitsConfig::default().runtime(None)).unwrap();
     let registry = toil_metrics::Registry::new();
     let mut compile_ms = Vec::new();
     for i in 0..runs.max(3) {

@@ -63,7 +63,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let limits = toil_config::LimitsConfig::default();
-        let runtime = Runtime::new(limits.runtime())?;
+        let runtime = Runtime::new(limits.runtime(None))?;
         let registry = Registry::new();
         let app = Arc::new(RequestApp::load(&runtime, &registry, "hello", &bytes)?);
 

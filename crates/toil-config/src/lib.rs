@@ -218,10 +218,24 @@ impl LimitsConfig {
 
     /// Slots of the pool of requests and daemons: one per instance (they
     /// may use every instance no session holds), as far as the address
-    /// space the stream boxes' pool leaves allows. Past them a request is
-    /// refused as `node_full`, as past `maxInstances`.
-    pub fn request_pool_slots(&self) -> u32 {
-        u64::from(self.max_instances).min(MAX_POOL_SLOTS.saturating_sub(self.max_sessions as u64)) as u32
+    /// space the stream boxes' pool leaves allows, and the process's memory
+    /// mappings (`vm.max_map_count`, if known) at full load; never fewer
+    /// than the instances sessions leave. Past them a request is refused as
+    /// `node_full`, as past `maxInstances`.
+    pub fn request_pool_slots(&self, max_map_count: Option<u64>) -> u32 {
+        let (instances, sessions) = (u64::from(self.max_instances), self.max_sessions as u64);
+        let mut slots = instances.min(MAX_POOL_SLOTS.saturating_sub(sessions));
+        if let Some(maps) = max_map_count {
+            let fit = maps.saturating_sub(MAPS_RESERVE + MAPS_PER_INSTANCE * instances) / MAPS_PER_SLOT;
+            slots = slots.min(fit.saturating_sub(sessions));
+        }
+        slots.max(self.instances_for_requests() as u64) as u32
+    }
+
+    /// Memory mappings the pools need at full load: every slot, and every
+    /// instance alive.
+    pub fn pool_maps(&self, request_slots: u32) -> u64 {
+        MAPS_RESERVE + MAPS_PER_SLOT * (u64::from(request_slots) + self.max_sessions as u64) + MAPS_PER_INSTANCE * u64::from(self.max_instances)
     }
 }
 
@@ -234,6 +248,15 @@ pub const POOL_BYTES_PER_INSTANCE: u64 = (4 << 30) + (64 << 20);
 pub const POOL_ADDRESS_SPACE: u64 = 64 << 40;
 /// Pool slots a node may reserve, both pools together: 16131.
 pub const MAX_POOL_SLOTS: u64 = POOL_ADDRESS_SPACE / POOL_BYTES_PER_INSTANCE;
+/// Memory mappings (`/proc/PID/maps` lines) a pool slot costs from the
+/// start (its fiber stack and that stack's guard page), measured: 1000 more
+/// slots, 2004 more mappings.
+pub const MAPS_PER_SLOT: u64 = 2;
+/// Mappings an instance alive adds: its linear memory and its table made
+/// accessible inside their reservations, splitting each in three.
+pub const MAPS_PER_INSTANCE: u64 = 4;
+/// Mappings left for everything else (code, heap arenas, thread stacks).
+pub const MAPS_RESERVE: u64 = 4096;
 /// Longest QUIC idle timeout (QUIC carries it as a varint of milliseconds;
 /// a day is far past any useful value).
 pub const MAX_IDLE_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
@@ -1225,8 +1248,17 @@ mod tests {
         // Stream boxes have a pool of their own: requests get the slots it leaves.
         let limits = |l: serde_json::Value| parse(json!({"apps": [app], "limits": l})).unwrap().limits;
         let many = limits(json!({"maxInstances": 16_000, "maxSessions": 10_000}));
-        assert_eq!(many.request_pool_slots(), 6131);
-        assert_eq!(limits(json!({"maxInstances": 1000, "maxSessions": 500})).request_pool_slots(), 1000);
+        assert_eq!(many.request_pool_slots(None), 6131);
+        let default = limits(json!({"maxInstances": 1000, "maxSessions": 500}));
+        assert_eq!(default.request_pool_slots(Some(65_530)), 1000);
+        // Linux's default vm.max_map_count cannot map 10 000 boxes, a
+        // request slot per instance and all of them alive: requests get
+        // what fits, and never fewer than the sessions leave.
+        let crowded = limits(json!({"maxInstances": 10_200, "maxSessions": 10_100}));
+        let slots = crowded.request_pool_slots(Some(65_530));
+        assert_eq!(slots, 217);
+        assert!(crowded.pool_maps(slots) <= 65_530 && crowded.pool_maps(slots + 1) > 65_530);
+        assert_eq!(crowded.request_pool_slots(Some(1000)), 100, "the instances sessions leave, whatever fits");
         let (key, problem) = key_error(json!({"apps": [app], "limits": {"maxInstances": 100, "maxSessions": 50, "maxRequestsPerDomain": 51}}));
         assert_eq!(key, "limits.maxRequestsPerDomain");
         assert!(problem.contains("50 instances left"), "{problem}");

@@ -54,12 +54,13 @@ impl LimitsConfig {
         }
     }
 
-    /// The wasm runtime: the limits, the instance pool, request admission.
-    pub fn runtime(&self) -> RuntimeConfig {
+    /// The wasm runtime: the limits, the instance pools (within the
+    /// process's `max_map_count`, if known), request admission.
+    pub fn runtime(&self, max_map_count: Option<u64>) -> RuntimeConfig {
         RuntimeConfig {
             limits: self.guest_limits(),
             max_instances: self.max_instances,
-            request_slots: self.request_pool_slots(),
+            request_slots: self.request_pool_slots(max_map_count),
             session_instances: self.max_sessions as u32,
             max_artifact_bytes: MAX_ARTIFACT_BYTES,
             epoch_tick: EPOCH_TICK,
@@ -137,7 +138,7 @@ mod tests {
     #[test]
     fn the_default_runtime_pool_fits_the_default_sessions_and_request_shares() {
         let l = LimitsConfig::default();
-        let runtime = l.runtime();
+        let runtime = l.runtime(Some(65_530));
         assert_eq!(runtime.max_instances, l.max_instances);
         assert_eq!(runtime.request_slots, l.max_instances, "requests may use every instance");
         assert_eq!(runtime.session_instances as usize, l.sessions().max_sessions);

@@ -32,7 +32,7 @@ use anyhow::Context;
 use toil_abi::stream::close_code;
 use toil_build::GuestToolchain;
 use toil_cluster::{ClaimLog, NodeId};
-use toil_config::Config;
+use toil_config::{Config, LimitsConfig};
 use toil_conns::{self as conns, ConnLimits};
 use toil_daemon::{DaemonSettings, Daemons};
 use toil_deploy::{BlobFetch, BlobStore, DeploySettings, Deployer};
@@ -105,7 +105,7 @@ impl Node {
     async fn start(config: &Config, host: &Host) -> anyhow::Result<Node> {
         trim_heap_periodically();
         let registry = Registry::new();
-        let mut runtime = Runtime::new(config.limits.runtime()).with_context(|| {
+        let mut runtime = Runtime::new(runtime_config(&config.limits)).with_context(|| {
             format!(
                 "reserving the instance pool ({} instances of {} MiB memory each: lower limits.maxInstances or limits.memoryMb)",
                 config.limits.max_instances,
@@ -350,6 +350,32 @@ fn start_deployer(
         log.clone(),
         host.fetch.clone(),
     )
+}
+
+/// The runtime's settings, its pools sized to the memory mappings the
+/// kernel lets the process have (`vm.max_map_count`): an instance that
+/// cannot be mapped would fail as an out-of-memory trap, far from its cause.
+fn runtime_config(limits: &LimitsConfig) -> toil_runtime::RuntimeConfig {
+    let max_map_count = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let runtime = limits.runtime(max_map_count);
+    if let Some(maps) = max_map_count {
+        let needed = limits.pool_maps(runtime.request_slots);
+        if needed > maps {
+            tracing::warn!(
+                "at full load the instance pools need about {needed} memory mappings and vm.max_map_count is {maps}: instances past it \
+                 fail to start; raise vm.max_map_count or lower limits.maxInstances and limits.maxSessions"
+            );
+        } else if runtime.request_slots < limits.max_instances {
+            tracing::info!(
+                "requests and daemons have {} instance slots, not limits.maxInstances ({}): vm.max_map_count ({maps}) leaves no more \
+                 beside {} session slots; raise it to let requests use every instance no session holds",
+                runtime.request_slots,
+                limits.max_instances,
+                limits.max_sessions
+            );
+        }
+    }
+    runtime
 }
 
 /// The edge every listener shares: the config's settings, with the TCP
