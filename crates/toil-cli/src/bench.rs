@@ -74,7 +74,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let domains = Arc::new(DomainTable::new());
         let domain = Domain::new("hello", 0, Some(app.clone()), None);
         domains.insert(domain, &["hello.localhost".into()], true);
-        let edge = Arc::new(Edge::new(domains, limits.edge(), runtime.instances().clone(), registry));
+        let edge = Arc::new(Edge::new(domains, limits.edge(), runtime.instance_budget().clone(), registry));
         let toil_listener = TcpListener::bind("127.0.0.1:0").await?;
         let toil_addr = toil_listener.local_addr()?;
         tokio::spawn(tcp::serve(toil_listener, edge, tcp::TcpSettings::cleartext_only()));

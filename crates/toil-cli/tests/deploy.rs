@@ -342,11 +342,7 @@ fn invalid_releases_and_unauthenticated_requests_change_nothing() {
     assert!(wrong.starts_with("HTTP/1.1 401") && wrong.contains("wrong admin token"), "{wrong}");
     let bad_token = dir.join("wrong.token");
     std::fs::write(&bad_token, "not-the-token-at-all\n").unwrap();
-    let out = common::toil()
-        .args(["deploy", a_artifacts.to_str().unwrap(), "--domain", "versioned", "--admin", &admin.to_string(), "--token-file"])
-        .arg(&bad_token)
-        .output()
-        .unwrap();
+    let out = common::toil_admin(admin, &bad_token, &["deploy", a_artifacts.to_str().unwrap(), "--domain", "versioned"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
     // Metrics stay readable without a token (for scrapers).

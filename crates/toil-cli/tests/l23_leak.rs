@@ -119,7 +119,7 @@ async fn requests_and_sessions_share_the_nodes_instances() {
         wait_until_at_least(server, &format!("toil_live_instances{{domain=\"{domain}\",tier=\"daemon\"}}"), 1.0).await;
     }
     let slow = |n: usize| -> Vec<_> {
-        (0..n).map(|_| tokio::spawn(async move { http1(server.http, get("misbehave.localhost", "/sleep?ms=2500")).await })).collect()
+        (0..n).map(|_| tokio::spawn(async move { http1(server.http, get("misbehave.localhost", "/sleep?ms=3500")).await })).collect()
     };
     let url = format!("https://echo.localhost:{}/echo", server.http.port());
     let open_session = || async { wt_endpoint_for(server, server.http).connect(&url).await };
@@ -127,7 +127,7 @@ async fn requests_and_sessions_share_the_nodes_instances() {
     // Four slow requests run at once: more than the 10 - 6 instances a
     // pool of requests' own would have had, daemons included.
     let requests = slow(4);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until_at_least(server, "toil_live_instances{domain=\"misbehave\",tier=\"request\"}", 4.0).await;
     // While they run, six instances are held: four sessions fit, not five.
     let mut sessions = Vec::new();
     for _ in 0..4 {

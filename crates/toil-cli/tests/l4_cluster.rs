@@ -189,7 +189,7 @@ fn unauthenticated_peers_are_refused_and_nodes_can_be_removed() {
     });
     c.kill(3);
     c.wait_for(Duration::from_secs(20), "a tick after the removal", |c| c.status(1).is_some_and(|s| s["tasks"][0]["claimed"].as_u64() > Some(0)));
-    let out = toil().args(["status", "--admin", &c.nodes[0].admin.to_string(), "--token-file"]).arg(&c.token_file).output().unwrap();
+    let out = c.toil_admin(c.nodes[0].id, &["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("members:") && text.contains("pulse") && text.contains("beat"), "{text}");
 }

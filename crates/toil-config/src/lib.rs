@@ -233,7 +233,7 @@ impl LimitsConfig {
     }
 
     /// Memory mappings the pools need at full load: every slot, and every
-    /// instance alive.
+    /// instance the budget allows.
     pub fn pool_maps(&self, request_slots: u32) -> u64 {
         MAPS_RESERVE + MAPS_PER_SLOT * (u64::from(request_slots) + self.max_sessions as u64) + MAPS_PER_INSTANCE * u64::from(self.max_instances)
     }
@@ -252,8 +252,10 @@ pub const MAX_POOL_SLOTS: u64 = POOL_ADDRESS_SPACE / POOL_BYTES_PER_INSTANCE;
 /// start (its fiber stack and that stack's guard page), measured: 1000 more
 /// slots, 2004 more mappings.
 pub const MAPS_PER_SLOT: u64 = 2;
-/// Mappings an instance alive adds: its linear memory and its table made
-/// accessible inside their reservations, splitting each in three.
+/// Mappings a slot adds once an instance has used it: its linear memory and
+/// its table made accessible inside their reservations, splitting each in
+/// three. They stay after the instance (measured: 10 000 hibernated boxes'
+/// slots, 60 754 mappings in all), so every instance the budget allows counts.
 pub const MAPS_PER_INSTANCE: u64 = 4;
 /// Mappings left for everything else (code, heap arenas, thread stacks).
 pub const MAPS_RESERVE: u64 = 4096;
@@ -967,7 +969,7 @@ fn box_limits(l: &Obj, limits: &mut LimitsConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// The per-domain share of the pool and its queue (after the pool's size is known).
+/// The per-domain share of the instance budget and its queue (after the budget is known).
 fn admission_limits(l: &Obj, limits: &mut LimitsConfig) -> Result<(), ConfigError> {
     let free = limits.instances_for_requests();
     limits.max_requests_per_domain = (free / 2).max(1);

@@ -5,9 +5,9 @@
 //! (`limits.maxInstances`): a request's or a daemon's instance while it
 //! lives, and a stream session while it is open, awake or hibernating. A
 //! hibernating box holds its share so that it finds an instance when it
-//! wakes; requests and daemons may use every instance no session holds.
-//! The wasmtime pools behind it are sized so that the budget, not a pool,
-//! runs out first (see `engine`).
+//! wakes; requests and daemons may use every instance no session holds, as
+//! far as their wasmtime pool has slots (see `engine`: a node short of
+//! address space or memory mappings gives it fewer).
 //!
 //! The budget is shared by all domains. Without a per-domain cap, one
 //! domain's slow requests could take every instance and make every other

@@ -71,7 +71,7 @@ impl Site<'_> {
     /// target (what `TOIL_LOG` filters by). A request that found no free
     /// instance is not the guest's failure: the request tier refuses it as
     /// busy (counted there).
-    fn failed(&self, metrics: &GuestMetrics, domain: &str, fault: &GuestFault) {
+    pub(crate) fn failed(&self, metrics: &GuestMetrics, domain: &str, fault: &GuestFault) {
         let kind = fault.kind();
         match *self {
             Site::Request { .. } if *fault == GuestFault::NodeFull => return,

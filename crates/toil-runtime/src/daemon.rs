@@ -19,6 +19,7 @@ use toil_metrics::Registry;
 use toil_schedule::{Schedule, Tz};
 use wasmtime::{Store, TypedFunc};
 
+use crate::admission::InstanceShare;
 use crate::artifact::LoadError;
 use crate::call::{Call, Site};
 use crate::engine::{bounded, Loaded, Runtime};
@@ -84,14 +85,21 @@ impl DaemonApp {
 
     /// Creates the box for an ownership term and runs `daemon_start`.
     pub async fn start(self: &Arc<Self>, node: &str, fencing: u64) -> Result<DaemonBox, GuestFault> {
-        let mut store = self.runtime.store(&self.loaded.id)?;
+        let share = match self.runtime.instance_share() {
+            Ok(share) => share,
+            Err(fault) => {
+                Site::DaemonStart.failed(&self.metrics, self.domain(), &fault);
+                return Err(fault);
+            }
+        };
+        let mut store = self.runtime.store(&self.loaded.id);
         let live = self.metrics.live_instance();
         let input = StartInfo { domain: self.domain(), node, fencing }.encode();
         let input_len = input.len() as i32;
         let call = Call::begin(&mut store, input);
         let result = bounded(call.until, self.instantiate_and_start(&call, &mut store, input_len)).await;
         let tick = call.end(&mut store, result, &Site::DaemonStart, &self.metrics, |_, tick| Ok(tick))?;
-        Ok(DaemonBox { store, tick, app: self.clone(), _live: live })
+        Ok(DaemonBox { store, tick, app: self.clone(), _live: live, _share: share })
     }
 
     async fn instantiate_and_start(
@@ -117,6 +125,9 @@ pub struct DaemonBox {
     tick: TypedFunc<(i32, i64), i32>,
     app: Arc<DaemonApp>,
     _live: LiveGuard,
+    /// After `store`: fields drop in order, and the share must outlive the
+    /// store's pool slot (`Runtime::instance_share`).
+    _share: InstanceShare,
 }
 
 impl DaemonBox {

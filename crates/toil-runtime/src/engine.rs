@@ -12,8 +12,10 @@
 //! (`limits.maxSessions`), so a waking box always finds one. Requests and
 //! daemons have a slot per instance of the node's [`InstanceBudget`]
 //! (`limits.maxInstances`), which also counts open sessions, so a request
-//! is refused when the budget is spent; only a node whose two pools would
-//! not fit the address space together gives requests fewer slots.
+//! is refused when the budget is spent. A node whose pools would not fit
+//! the address space or the process's memory mappings (`vm.max_map_count`)
+//! gives requests fewer slots, never fewer than the sessions leave; past
+//! them a request is refused alike (`toil_config::LimitsConfig::request_pool_slots`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +24,7 @@ use toil_abi::Tier;
 use toil_channels::Channels;
 use wasmtime::{Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig, Store, UpdateDeadline};
 
-use crate::admission::{AdmissionLimits, InstanceBudget};
+use crate::admission::{AdmissionLimits, InstanceBudget, InstanceShare};
 use crate::artifact::{inspect, ArtifactInfo, LoadError};
 use crate::call::Call;
 use crate::epoch::{Epochs, Stop};
@@ -42,7 +44,8 @@ pub struct RuntimeConfig {
     /// sessions count, hibernating or not).
     pub max_instances: u32,
     /// Slots of the pool of requests and daemons: `max_instances`, unless
-    /// the address space left beside the stream boxes' pool holds fewer.
+    /// the address space or the memory mappings left beside the stream
+    /// boxes' pool hold fewer.
     pub request_slots: u32,
     /// Stream boxes that may hold an instance at once (slots of their
     /// pool): one per open session.
@@ -161,7 +164,7 @@ impl Loaded {
 
     /// [`Loaded::instantiate`] without `_initialize` (a waking box's memory
     /// already holds what it did). The store's state records the instance.
-    pub(crate) async fn instantiate_bare(&self, _in: &Call, store: &mut Store<HostState>) -> wasmtime::Result<wasmtime::Instance> {
+    pub(crate) async fn instantiate_bare(&self, _call: &Call, store: &mut Store<HostState>) -> wasmtime::Result<wasmtime::Instance> {
         let instance = self.pre.instantiate_async(&mut *store).await?;
         let memory = self.memory.as_ref().and_then(|m| instance.get_module_export(&mut *store, m)).and_then(|e| e.into_memory());
         store.data_mut().adopt(instance, memory);
@@ -206,12 +209,21 @@ impl Runtime {
         &self.config.limits
     }
 
-    /// The node's instances. Requests and daemons take their share when
-    /// their store is made; a stream session's share is taken by whoever
-    /// admits the session (the edge, before it accepts the CONNECT) and
-    /// held until it ends, hibernating or not.
-    pub fn instances(&self) -> &Arc<InstanceBudget> {
+    /// The node's instance budget. Requests and daemons take their share
+    /// before their store is made ([`Runtime::instance_share`]); a stream
+    /// session's share is taken by whoever admits the session (the edge,
+    /// before it accepts the CONNECT) and held until it ends, hibernating
+    /// or not.
+    pub fn instance_budget(&self) -> &Arc<InstanceBudget> {
         &self.instances
+    }
+
+    /// A request's or daemon's share of the node's instances; `NodeFull` if
+    /// none is left. The holder keeps it until after its store is dropped:
+    /// wasmtime frees a store's pool slot after dropping the store's data,
+    /// so a share inside the store would come free before its slot.
+    pub(crate) fn instance_share(&self) -> Result<InstanceShare, GuestFault> {
+        self.instances.take().ok_or(GuestFault::NodeFull)
     }
 
     /// Validates, compiles and links an artifact of `tier` for `domain`.
@@ -242,17 +254,10 @@ impl Runtime {
     /// the executor (so a busy guest never starves other connections on its
     /// thread) and is interrupted once its call has run past the deadline
     /// (each call sets the store's deadline one epoch ahead: `Call::begin`).
-    ///
-    /// A request's or daemon's store holds its share of the node's
-    /// instances; `NodeFull` if none is left.
-    pub(crate) fn store(&self, id: &GuestId) -> Result<Store<HostState>, GuestFault> {
-        let share = match id.tier {
-            Tier::Stream => None,
-            Tier::Request | Tier::Daemon => Some(self.instances.take().ok_or(GuestFault::NodeFull)?),
-        };
-        let mut state = HostState::new(id.clone(), &self.config.limits, self.epochs.clone(), share);
+    pub(crate) fn store(&self, id: &GuestId) -> Store<HostState> {
+        let mut state = HostState::new(id.clone(), &self.config.limits, self.epochs.clone());
         state.channels = self.channels.clone();
-        Ok(self.store_with(state))
+        self.store_with(state)
     }
 
     /// [`Runtime::store`] around an existing state (a box waking up).

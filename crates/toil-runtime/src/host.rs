@@ -11,7 +11,6 @@ use toil_channels::{Channels, Inbox};
 use wasmtime::{Caller, Linker, ResourceLimiter, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
 
-use crate::admission::InstanceShare;
 use crate::epoch::Epochs;
 use crate::fault::{GuestFault, GuestId};
 use crate::guest_log::{GuestLog, LogState};
@@ -34,9 +33,6 @@ pub struct HostState {
     pub(crate) call_started: std::time::Instant,
     /// The epoch ticker, kept running by each call (`Call::begin`).
     pub(crate) epochs: Epochs,
-    /// A request's or daemon's share of the node's instances, held as long
-    /// as its instance (a stream box's is held by its session).
-    _share: Option<InstanceShare>,
     /// Built on the first WASI call, with the log behind its stdout and
     /// stderr: most requests never make one.
     wasi: Option<(WasiP1Ctx, Arc<Mutex<LogState>>)>,
@@ -53,7 +49,7 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub(crate) fn new(id: GuestId, limits: &Limits, epochs: Epochs, share: Option<InstanceShare>) -> Self {
+    pub(crate) fn new(id: GuestId, limits: &Limits, epochs: Epochs) -> Self {
         HostState {
             limiter: GuestLimiter::new(limits),
             limits: limits.clone(),
@@ -64,7 +60,6 @@ impl HostState {
             abi_violation: None,
             call_started: std::time::Instant::now(),
             epochs,
-            _share: share,
             wasi: None,
             stream: None,
             instance: None,

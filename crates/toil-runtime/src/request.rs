@@ -142,7 +142,9 @@ impl RequestApp {
     }
 
     async fn call(&self, input: Vec<u8>, site: &Site<'_>) -> Result<GuestResponse, GuestFault> {
-        let mut store = self.runtime.store(&self.loaded.id)?;
+        // Declared before the store, so dropped after it (and its slot).
+        let _share = self.runtime.instance_share()?;
+        let mut store = self.runtime.store(&self.loaded.id);
         let _live = self.metrics.live_instance();
         let input_len = input.len() as i32;
         let call = Call::begin(&mut store, input);

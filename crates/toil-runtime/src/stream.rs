@@ -141,9 +141,9 @@ impl StreamApp {
     /// Creates the resident box for one connection and delivers `connect`.
     /// Frames the guest sent from its connect hook are in the box's outbox.
     /// The session's share of the node's instances is held by whoever
-    /// admitted it ([`Runtime::instances`]), not by the box.
+    /// admitted it ([`Runtime::instance_budget`]), not by the box.
     pub async fn open(self: &Arc<Self>, name: &str, session: u64, path: &str, query: &str) -> Result<StreamBox, GuestFault> {
-        let mut store = self.runtime.store(&self.loaded.id)?;
+        let mut store = self.runtime.store(&self.loaded.id);
         store.data_mut().stream = Some(Outbox::new(self.runtime.limits()));
         let deliveries = self.runtime.channels().map(|channels| {
             let (inbox, deliveries) = channels.inbox(self.domain());

@@ -276,7 +276,7 @@ async fn at_once(app: &std::sync::Arc<RequestApp>, n: usize) -> Vec<Outcome> {
 async fn requests_use_every_instance_sessions_leave() {
     use toil_runtime::admission::{AdmissionLimits, Busy};
     let admission = AdmissionLimits { max_running: 10, max_waiting: 0, max_wait: std::time::Duration::from_millis(10) };
-    let rt = Runtime::new(RuntimeConfig { admission, ..support::config(support::limits(300), 4) }).unwrap();
+    let rt = Runtime::new(RuntimeConfig { admission, ..support::config(support::limits(1000), 4) }).unwrap();
     let app = std::sync::Arc::new(sleeper_on(&rt));
     let count = |outcomes: &[Outcome], busy: bool| {
         let matching =
@@ -286,11 +286,11 @@ async fn requests_use_every_instance_sessions_leave() {
     let outcomes = at_once(&app, 5).await;
     assert_eq!((count(&outcomes, false), count(&outcomes, true)), (4, 1), "four ran to their deadline, one found no instance: {outcomes:?}");
     // Two open sessions hold two of the four instances: requests get the other two.
-    let sessions = [rt.instances().take().unwrap(), rt.instances().take().unwrap()];
+    let sessions = [rt.instance_budget().take().unwrap(), rt.instance_budget().take().unwrap()];
     let outcomes = at_once(&app, 3).await;
     assert_eq!((count(&outcomes, false), count(&outcomes, true)), (2, 1), "{outcomes:?}");
     drop(sessions);
-    assert_eq!(rt.instances().held(), 0, "every request gave its share back");
+    assert_eq!(rt.instance_budget().held(), 0, "every request gave its share back");
 }
 
 #[tokio::test]

@@ -105,13 +105,10 @@ impl Node {
     async fn start(config: &Config, host: &Host) -> anyhow::Result<Node> {
         trim_heap_periodically();
         let registry = Registry::new();
-        let mut runtime = Runtime::new(runtime_config(&config.limits)).with_context(|| {
-            format!(
-                "reserving the instance pool ({} instances of {} MiB memory each: lower limits.maxInstances or limits.memoryMb)",
-                config.limits.max_instances,
-                config.limits.memory_bytes >> 20
-            )
-        })?;
+        let runtime_config = runtime_config(&config.limits);
+        let pools = format!("{} slots for requests and daemons, {} for stream boxes", runtime_config.request_slots, runtime_config.session_instances);
+        let mut runtime = Runtime::new(runtime_config)
+            .with_context(|| format!("reserving the instance pools ({pools}): lower limits.maxInstances or limits.maxSessions"))?;
         let channels = channels::open(config, host.cluster.is_some(), &registry).await?;
         if let Some(c) = channels.get() {
             runtime = runtime.with_channels(c.clone());
@@ -125,7 +122,7 @@ impl Node {
             ..DaemonSettings::new(host.node_id, host.name.clone())
         };
         let daemons = Daemons::start(Vec::new(), log.clone(), daemon_settings, &registry);
-        let instances = runtime.instances().clone();
+        let instances = runtime.instance_budget().clone();
         let deployer = start_deployer(config, host, runtime, &registry, &domains, &daemons, &log);
 
         // The configured apps are offered as releases; a domain the cluster
@@ -358,22 +355,22 @@ fn start_deployer(
 fn runtime_config(limits: &LimitsConfig) -> toil_runtime::RuntimeConfig {
     let max_map_count = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok().and_then(|s| s.trim().parse::<u64>().ok());
     let runtime = limits.runtime(max_map_count);
-    if let Some(maps) = max_map_count {
-        let needed = limits.pool_maps(runtime.request_slots);
-        if needed > maps {
-            tracing::warn!(
-                "at full load the instance pools need about {needed} memory mappings and vm.max_map_count is {maps}: instances past it \
-                 fail to start; raise vm.max_map_count or lower limits.maxInstances and limits.maxSessions"
-            );
-        } else if runtime.request_slots < limits.max_instances {
-            tracing::info!(
-                "requests and daemons have {} instance slots, not limits.maxInstances ({}): vm.max_map_count ({maps}) leaves no more \
-                 beside {} session slots; raise it to let requests use every instance no session holds",
-                runtime.request_slots,
-                limits.max_instances,
-                limits.max_sessions
-            );
-        }
+    let (slots, sessions, most) = (runtime.request_slots, limits.max_sessions, limits.max_instances);
+    let needed = limits.pool_maps(slots);
+    match max_map_count {
+        Some(maps) if needed > maps => tracing::warn!(
+            "at full load the instance pools need about {needed} memory mappings and vm.max_map_count is {maps}: instances past it \
+             fail to start; raise vm.max_map_count or lower limits.maxInstances and limits.maxSessions"
+        ),
+        Some(maps) if slots < limits.request_pool_slots(None) => tracing::info!(
+            "requests and daemons have {slots} instance slots, not limits.maxInstances ({most}): vm.max_map_count ({maps}) leaves no more \
+             beside {sessions} session slots; raise it to let requests use every instance no session holds"
+        ),
+        _ if slots < most => tracing::info!(
+            "requests and daemons have {slots} instance slots, not limits.maxInstances ({most}): the address space a node may reserve \
+             leaves no more beside {sessions} session slots"
+        ),
+        _ => {}
     }
     runtime
 }
