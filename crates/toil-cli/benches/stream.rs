@@ -6,7 +6,10 @@
 //!    echo — the same QUIC/HTTP/3/WebTransport stack (`toil_edge::webtransport::protocol`) with
 //!    the echo written in Rust, no wasm, no box — a session to each, their
 //!    round trips taken in turns of 50 (so a noisy machine's quiet and busy
-//!    moments fall on both alike), as a ratio;
+//!    moments fall on both alike), as a ratio; and each server's CPU time
+//!    per round trip over those turns (every thread, to the nanosecond from
+//!    `/proc/.../schedstat`), which a busy machine disturbs far less than
+//!    latency: what toil adds per event;
 //! 2. sessions per second: open a session, one frame round trip, close;
 //! 3. requests per second on a stream each (RPC style: open a stream, one
 //!    frame, finish, read the answer to the stream's end), 16 in flight on
@@ -78,16 +81,25 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64, hold: Dur
 
     // 1. Round trips: a session to each server, taken in turns.
     let (mut toil_p50, mut toil_p99, mut native_p50, mut native_p99) = (vec![], vec![], vec![], vec![]);
+    let (mut toil_cpu, mut native_cpu) = (vec![], vec![]);
     for round in 1..=rounds {
-        let [(tp50, tp99), (np50, np99)] = round_trips(server, [server.http, native], samples).await;
+        let [toil, native] = round_trips(server, [server.http, native], samples).await;
         eprintln!(
-            "round {round}: p50 toil {tp50:>6.1} µs, native {np50:>6.1} µs = {:.2}×; p99 toil {tp99:>7.1} µs, native {np99:>7.1} µs",
-            tp50 / np50
+            "round {round}: p50 toil {:>6.1} µs, native {:>6.1} µs = {:.2}×; p99 toil {:>7.1} µs, native {:>7.1} µs; CPU per round trip toil {:.1} µs, native {:.1} µs",
+            toil.p50,
+            native.p50,
+            toil.p50 / native.p50,
+            toil.p99,
+            native.p99,
+            toil.cpu,
+            native.cpu
         );
-        toil_p50.push(tp50);
-        toil_p99.push(tp99);
-        native_p50.push(np50);
-        native_p99.push(np99);
+        toil_p50.push(toil.p50);
+        toil_p99.push(toil.p99);
+        native_p50.push(native.p50);
+        native_p99.push(native.p99);
+        toil_cpu.push(toil.cpu);
+        native_cpu.push(native.cpu);
     }
 
     // 2. Sessions per second (8 clients, each: open, one round trip, close).
@@ -163,6 +175,12 @@ async fn run(rounds: usize, samples: usize, idle: usize, seconds: u64, hold: Dur
         tp50 / np50
     );
     println!("| echo round trip p99, toil / native | {tp99:.1} µs / {np99:.1} µs = {:.2}× |", tp99 / np99);
+    let (tcpu, ncpu) = (median(&mut toil_cpu), median(&mut native_cpu));
+    println!(
+        "| server CPU per echo round trip (every thread, user + kernel), toil / native; what toil adds | {tcpu:.1} µs / {ncpu:.1} µs = {:.2}×; {:.1} µs |",
+        tcpu / ncpu,
+        tcpu - ncpu
+    );
     println!("| sessions per second (open + 1 round trip + close, 8 clients), toil / native | {toil_sps:.0} / {native_sps:.0} |");
     let (trps, nrps) = (median(&mut toil_rps), median(&mut native_rps));
     println!("| requests on a stream each per second (16 in flight, one session), toil / native | {trps:.0} / {nrps:.0} = {:.2}× |", trps / nrps);
@@ -392,7 +410,7 @@ const TURN: usize = 50;
 /// p50 and p99 in µs of `n` sequential frame round trips on one session
 /// to each of `addrs`, taken `TURN` at a time from each in turn (each
 /// turn starting with the other server).
-async fn round_trips(server: &Server, addrs: [SocketAddr; 2], n: usize) -> [(f64, f64); 2] {
+async fn round_trips(server: &Server, addrs: [SocketAddr; 2], n: usize) -> [Trips; 2] {
     let mut sessions = Vec::new();
     for addr in addrs {
         let conn = wt_endpoint_for(server, addr).connect(echo_url(addr)).await.expect("session");
@@ -403,6 +421,10 @@ async fn round_trips(server: &Server, addrs: [SocketAddr; 2], n: usize) -> [(f64
         }
         sessions.push((conn, frames));
     }
+    // The servers' CPU time is read over all turns: each is idle in the
+    // other's (toil's epoch ticker parks), so what it used is its own turns'.
+    let cpu = || [native::process_cpu_time(server.pid), native::cpu_time()];
+    let cpu_before = cpu();
     let mut times = [Vec::with_capacity(n), Vec::with_capacity(n)];
     for turn in 0..n.div_ceil(TURN) {
         for i in [turn % 2, 1 - turn % 2] {
@@ -416,11 +438,23 @@ async fn round_trips(server: &Server, addrs: [SocketAddr; 2], n: usize) -> [(f64
             }
         }
     }
+    let cpu_after = cpu();
+    let mut i = 0;
     times.map(|mut t| {
         t.sort();
         let us = |d: Duration| d.as_secs_f64() * 1e6;
-        (us(t[t.len() / 2]), us(t[t.len() * 99 / 100]))
+        let cpu = us(cpu_after[i] - cpu_before[i]) / t.len() as f64;
+        i += 1;
+        Trips { p50: us(t[t.len() / 2]), p99: us(t[t.len() * 99 / 100]), cpu }
     })
+}
+
+/// One server's echo round trips in a run of [`round_trips`], in µs.
+struct Trips {
+    p50: f64,
+    p99: f64,
+    /// The server's CPU time (every thread, user and kernel) per round trip.
+    cpu: f64,
 }
 
 async fn sessions_per_second(server: &'static Server, addr: SocketAddr, dur: Duration) -> f64 {

@@ -24,7 +24,9 @@ pub const MAX_ARTIFACT_BYTES: usize = 32 << 20;
 /// connections on it. Shorter than most hosts' (Spin ticks every 10 ms,
 /// `wasmtime serve` every 50 ms) because a stream box's neighbours are
 /// realtime sessions; the price is a wake-up of the ticker thread per tick
-/// while guest calls run (none while none do).
+/// while a guest call runs, one every few ticks while calls start and end
+/// between wake-ups (a call then runs up to that long before its first
+/// yield), and none while none run (`toil_runtime`'s `epoch` module).
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Inbound frames a session reads ahead of its box.
 pub const INBOUND_QUEUE_FRAMES: usize = 32;

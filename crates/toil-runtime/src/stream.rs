@@ -358,7 +358,7 @@ impl StreamBox {
             Box::pin(self.wake(started)).await?;
         }
         let Residence::Awake { store, dispatch, .. } = &mut self.residence else { unreachable!("awake after a wake") };
-        let dispatch = dispatch.clone().ok_or_else(|| GuestFault::Abi("the box was lost when it failed to wake".into()))?;
+        let dispatch = dispatch.as_ref().ok_or_else(|| GuestFault::Abi("the box was lost when it failed to wake".into()))?;
         let (code, input) = event.encode();
         let input_len = input.len() as i32;
         let call = Call::begin_at(store, input, started);

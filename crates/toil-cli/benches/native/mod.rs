@@ -34,9 +34,10 @@ where
     let addr = socket.local_addr().unwrap();
     let serve = Arc::new(serve);
     std::thread::spawn(move || {
+        note_thread();
         let rt = match threads {
             1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-            n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+            n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).on_thread_start(note_thread).enable_all().build(),
         }
         .unwrap();
         rt.block_on(async move {
@@ -52,6 +53,37 @@ where
         });
     });
     addr
+}
+
+/// The threads of this process's native servers, whose CPU time
+/// [`cpu_time`] sums.
+static THREADS: std::sync::Mutex<Vec<libc::pid_t>> = std::sync::Mutex::new(Vec::new());
+
+fn note_thread() {
+    // SAFETY: gettid has no preconditions.
+    THREADS.lock().unwrap().push(unsafe { libc::gettid() });
+}
+
+/// CPU time the native servers' threads have used, to the nanosecond.
+#[allow(dead_code)] // not every bench reads it
+pub fn cpu_time() -> Duration {
+    let threads = THREADS.lock().unwrap();
+    threads.iter().map(|tid| thread_cpu_time(std::process::id() as libc::pid_t, *tid)).sum()
+}
+
+/// CPU time of every live thread of process `pid`, to the nanosecond
+/// (`/proc/PID/stat` counts in clock ticks, 10 ms).
+#[allow(dead_code)]
+pub fn process_cpu_time(pid: u32) -> Duration {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+    tasks.filter_map(|t| t.ok()?.file_name().to_str()?.parse().ok()).map(|tid| thread_cpu_time(pid as libc::pid_t, tid)).sum()
+}
+
+/// A thread's time on a CPU: the first field of its `schedstat`, in ns
+/// (zero once the thread is gone).
+fn thread_cpu_time(pid: libc::pid_t, tid: libc::pid_t) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).unwrap_or_default();
+    Duration::from_nanos(stat.split_whitespace().next().and_then(|ns| ns.parse().ok()).unwrap_or(0))
 }
 
 /// The connection's first request, if it is a WebTransport CONNECT.

@@ -3,12 +3,13 @@
 //! [the module doc](super)).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use futures_util::stream::{SelectAll, StreamExt};
+use futures_util::stream::{FuturesUnordered, SelectAll, StreamExt};
 use toil_abi::stream::{close_code, framing, Direction, FrameKind, StreamEnd, StreamId};
 use toil_channels::{Deliveries, Delivery};
 use toil_runtime::outbox::{Out, To};
@@ -135,9 +136,6 @@ enum Next {
     Inbound(Option<Inbound>),
     Read(StreamId, Read),
     Channel(Delivery),
-    /// The client closed the session (a close capsule, or the CONNECT stream ended).
-    PeerClose(u32, String),
-    Closed(quinn::ConnectionError),
     /// The box may have had no event for `limits.hibernateAfterMs`.
     Idle,
 }
@@ -210,15 +208,13 @@ impl Driver {
     /// until the session must end.
     async fn serve_events(&mut self, boxed: &mut StreamBox, mut rx: mpsc::Receiver<Inbound>, connect: ConnectRecv) -> End {
         let mut deliveries = boxed.take_deliveries();
-        // What ends the session from outside is watched by futures made once:
-        // one per event would subscribe, lock and register wakers per frame.
-        let mut client_close = std::pin::pin!(client_close(connect));
-        let mut shutdown = self.edge.shutdown.subscribe();
-        let mut shutdown = std::pin::pin!(async move { shutdown.wait_for(|s| *s).await.map(|_| ()) });
-        let domain = self.domain.clone();
-        let mut retired = std::pin::pin!(async move { domain.retired().await });
-        let quic = self.quic.clone();
-        let mut lost = std::pin::pin!(async move { quic.closed().await });
+        // What ends the session from outside its events is watched apart
+        // from them, behind a gate that polls it only once one of its
+        // wakers fired: polled with the events, its four watchers (a watch
+        // subscription, two notifications and a read of the CONNECT stream,
+        // each with a lock) would be polled again for every frame.
+        let mut outside = FuturesUnordered::new();
+        outside.push(outside_end(&self.edge, &self.domain, &self.quic, connect));
         if let Some(end) = self.flush(boxed).await {
             return end;
         }
@@ -229,9 +225,9 @@ impl Driver {
         let mut alarm = hibernate_after.map(|after| Box::pin(tokio::time::sleep(after)));
         loop {
             boxed.set_max_datagram(self.quic.max_datagram_size().unwrap_or(0));
-            // Shutdown and retirement come first: a client that keeps the
-            // queue full must not keep an old version alive. Frames and
-            // channel deliveries take turns.
+            // What ends the session comes first: a client that keeps the
+            // queue full must not keep an old version alive. Frames, new
+            // streams and channel deliveries take turns.
             let stopped = self.stopped.pop_front().map(|(id, end)| Next::Read(id, Read::End(end)));
             let awake = !boxed.is_hibernating();
             let next = if let Some(next) = stopped {
@@ -239,18 +235,12 @@ impl Driver {
             } else {
                 tokio::select! {
                     biased;
-                    _ = &mut shutdown => return End::Close { code: close_code::SHUTDOWN, reason: "node shutting down".into(), by_host: true },
-                    r = &mut retired => return End::Close { code: r.code, reason: r.reason, by_host: true },
+                    Some(end) = outside.next() => return end,
                     next = async {
                         tokio::select! {
                             Some((id, read)) = self.reads.next(), if !self.reads.is_empty() => Next::Read(id, read),
                             inbound = rx.recv() => Next::Inbound(inbound),
                             delivery = next_delivery(&mut deliveries) => Next::Channel(delivery),
-                            close = &mut client_close => match close {
-                                Ok((code, reason)) => Next::PeerClose(code, reason),
-                                Err(why) => Next::Read(StreamId(0), Read::Violation(close_code::MALFORMED_FRAME, why)),
-                            },
-                            err = &mut lost => Next::Closed(err),
                             () = nap(&mut alarm), if awake => Next::Idle,
                         }
                     } => next,
@@ -282,10 +272,8 @@ impl Driver {
                     Some(end) => return end,
                     None => Ok(()),
                 },
-                Next::PeerClose(code, reason) => return End::PeerClosed(code, reason),
                 Next::Idle => Ok(()),
-                Next::Inbound(None) => return classify(lost.await),
-                Next::Closed(err) => return classify(err),
+                Next::Inbound(None) => return classify(self.quic.closed().await),
                 Next::Channel(delivery) => {
                     let result = boxed.channel(&delivery).await;
                     if let (Ok(()), Some(d)) = (&result, &deliveries) {
@@ -340,7 +328,7 @@ impl Driver {
                 }
                 Out::Frame { to: To::Stream(id), bytes } => self.write(id, &bytes, stall).await,
                 Out::Finish(id) => self.finish(id, stall).await,
-                Out::Open { stream, direction } => match tokio::time::timeout(stall, self.session.open(direction == Direction::Bidi)).await {
+                Out::Open { stream, direction } => match unless_stalled(stall, self.session.open(direction == Direction::Bidi)).await {
                     Ok(Ok((send, recv))) => {
                         self.writers.push((stream, send));
                         if let Some(recv) = recv {
@@ -368,7 +356,7 @@ impl Driver {
             self.metrics.dropped.inc();
             return Ok(());
         };
-        match tokio::time::timeout(stall, write_frame(&mut self.writers[at].1, bytes)).await {
+        match unless_stalled(stall, write_frame(&mut self.writers[at].1, bytes)).await {
             Ok(Ok(())) => {
                 self.metrics.frames[1][0].inc();
                 Ok(())
@@ -392,7 +380,7 @@ impl Driver {
             return Ok(());
         };
         let (_, mut send) = self.writers.swap_remove(at);
-        match tokio::time::timeout(stall, send.shutdown()).await {
+        match unless_stalled(stall, send.shutdown()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => match StreamFailure::of_io(&e) {
                 StreamFailure::ByPeer(code) => {
@@ -471,6 +459,17 @@ impl Driver {
     }
 }
 
+/// `op` if it completes within `stall` (`Err` if not). Writes almost
+/// always complete at once, into quinn's send buffer: the timer (and the
+/// clock read that sets it) is made only for one that has to wait.
+async fn unless_stalled<F: Future>(stall: Duration, op: F) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut op = std::pin::pin!(op);
+    if let std::task::Poll::Ready(done) = std::future::poll_fn(|cx| std::task::Poll::Ready(op.as_mut().poll(cx))).await {
+        return Ok(done);
+    }
+    tokio::time::timeout(stall, op).await
+}
+
 /// The sending side of a session's CONNECT stream (capsules out).
 type ConnectSend = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 
@@ -532,6 +531,26 @@ fn frames(recv: RecvHalf, id: StreamId, max_frame: usize) -> Pin<Box<dyn futures
 
 /// The receiving side of a session's CONNECT stream (capsules in).
 type ConnectRecv = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
+
+/// Why the session ends from outside its events, once it must: the node
+/// shuts down, its version is retired, the client closes the session
+/// (a close capsule, or the CONNECT stream's end) or the connection is lost.
+fn outside_end(edge: &Edge, domain: &Arc<Domain>, quic: &quinn::Connection, connect: ConnectRecv) -> Pin<Box<dyn Future<Output = End> + Send>> {
+    let mut shutdown = edge.shutdown.subscribe();
+    let (domain, quic) = (domain.clone(), quic.clone());
+    Box::pin(async move {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => End::Close { code: close_code::SHUTDOWN, reason: "node shutting down".into(), by_host: true },
+            r = domain.retired() => End::Close { code: r.code, reason: r.reason, by_host: true },
+            close = client_close(connect) => match close {
+                Ok((code, reason)) => End::PeerClosed(code, reason),
+                Err(reason) => End::Close { code: close_code::MALFORMED_FRAME, reason, by_host: true },
+            },
+            err = quic.closed() => classify(err),
+        }
+    })
+}
 
 /// Watches the CONNECT stream for the client's close: its code and reason,
 /// or (`Err`) why the capsules are malformed. A lost connection never
