@@ -268,9 +268,11 @@ pub struct Deliveries {
 }
 
 impl Deliveries {
-    /// The next delivery, waiting for one.
-    pub async fn next(&mut self) -> Delivery {
-        self.mailbox.next().await
+    /// The deliveries as they arrive, in order: a stream that waits on the
+    /// mailbox between them, so a driver that polls it only when woken
+    /// (in a `SelectAll`) takes no lock for a box without deliveries.
+    pub fn arrivals(&self) -> impl futures_util::Stream<Item = Delivery> + Send + 'static {
+        futures_util::stream::unfold(self.mailbox.clone(), |mailbox| async move { Some((mailbox.next().await, mailbox)) })
     }
 
     /// Counts a delivery the box's hook has taken.

@@ -55,7 +55,7 @@ fn main() {
     let arg = |name: &str, default: usize| -> usize {
         args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
     };
-    let (rounds, samples, idle, seconds) = (arg("--rounds", 3), arg("--samples", 3000), arg("--idle", 10_000), arg("--seconds", 5));
+    let (rounds, samples, idle, seconds) = (arg("--rounds", 5), arg("--samples", 3000), arg("--idle", 10_000), arg("--seconds", 5));
     let hold = Duration::from_secs(arg("--hold", 0) as u64);
     if let Some(dir) = args.iter().position(|a| a == "--native-server").and_then(|i| args.get(i + 1)) {
         return serve_native(std::path::Path::new(dir));
@@ -425,6 +425,8 @@ async fn round_trips(server: &Server, addrs: [SocketAddr; 2], n: usize) -> [Trip
     // other's (toil's epoch ticker parks), so what it used is its own turns'.
     let cpu = || [native::process_cpu_time(server.pid), native::cpu_time()];
     let cpu_before = cpu();
+    let packets = |s: &Vec<(wtransport::Connection, Frames)>| s.iter().map(|(c, _)| c.quic_connection().stats()).collect::<Vec<_>>();
+    let stats_before = packets(&sessions);
     let mut times = [Vec::with_capacity(n), Vec::with_capacity(n)];
     for turn in 0..n.div_ceil(TURN) {
         for i in [turn % 2, 1 - turn % 2] {
@@ -439,6 +441,16 @@ async fn round_trips(server: &Server, addrs: [SocketAddr; 2], n: usize) -> [Trip
         }
     }
     let cpu_after = cpu();
+    for (i, (before, after)) in stats_before.iter().zip(packets(&sessions)).enumerate() {
+        let n = n as f64;
+        eprintln!(
+            "  server {i}: per round trip, client sent {:.2} datagrams ({:.2} ACK frames), received {:.2} ({:.2} ACK frames)",
+            (after.udp_tx.datagrams - before.udp_tx.datagrams) as f64 / n,
+            (after.frame_tx.acks - before.frame_tx.acks) as f64 / n,
+            (after.udp_rx.datagrams - before.udp_rx.datagrams) as f64 / n,
+            (after.frame_rx.acks - before.frame_rx.acks) as f64 / n,
+        );
+    }
     let mut i = 0;
     times.map(|mut t| {
         t.sort();

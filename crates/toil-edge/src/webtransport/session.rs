@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use futures_util::stream::{FuturesUnordered, SelectAll, StreamExt};
 use toil_abi::stream::{close_code, framing, Direction, FrameKind, StreamEnd, StreamId};
-use toil_channels::{Deliveries, Delivery};
+use toil_channels::Delivery;
 use toil_runtime::outbox::{Out, To};
 use toil_runtime::stream::{StreamApp, StreamBox};
 use tokio::io::AsyncWriteExt;
@@ -148,14 +148,6 @@ async fn nap(alarm: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
     }
 }
 
-/// The box's next channel delivery; never, for a box without channels.
-async fn next_delivery(deliveries: &mut Option<Deliveries>) -> Delivery {
-    match deliveries {
-        Some(d) => d.next().await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Driver {
     async fn run(mut self, connect: ConnectStream, rx: mpsc::Receiver<Inbound>, path: String, query: String) {
         let name = path.trim_start_matches('/');
@@ -207,7 +199,10 @@ impl Driver {
     /// Delivers events to the box, in order, and writes what it sends,
     /// until the session must end.
     async fn serve_events(&mut self, boxed: &mut StreamBox, mut rx: mpsc::Receiver<Inbound>, connect: ConnectRecv) -> End {
-        let mut deliveries = boxed.take_deliveries();
+        let deliveries = boxed.take_deliveries();
+        // Polled only when a delivery woke it, like the streams.
+        let mut arrivals = SelectAll::new();
+        arrivals.extend(deliveries.as_ref().map(|d| Box::pin(d.arrivals())));
         // What ends the session from outside its events is watched apart
         // from them, behind a gate that polls it only once one of its
         // wakers fired: polled with the events, its four watchers (a watch
@@ -240,7 +235,7 @@ impl Driver {
                         tokio::select! {
                             Some((id, read)) = self.reads.next(), if !self.reads.is_empty() => Next::Read(id, read),
                             inbound = rx.recv() => Next::Inbound(inbound),
-                            delivery = next_delivery(&mut deliveries) => Next::Channel(delivery),
+                            Some(delivery) = arrivals.next(), if !arrivals.is_empty() => Next::Channel(delivery),
                             () = nap(&mut alarm), if awake => Next::Idle,
                         }
                     } => next,
