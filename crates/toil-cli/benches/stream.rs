@@ -423,7 +423,7 @@ async fn round_trips(server: &Server, addrs: [SocketAddr; 2], n: usize) -> [Trip
     }
     // The servers' CPU time is read over all turns: each is idle in the
     // other's (toil's epoch ticker parks), so what it used is its own turns'.
-    let cpu = || [native::process_cpu_time(server.pid), native::cpu_time()];
+    let cpu = || [native::CpuTimes::of_process(server.pid), native::CpuTimes::of_native()];
     let cpu_before = cpu();
     let packets = |s: &Vec<(wtransport::Connection, Frames)>| s.iter().map(|(c, _)| c.quic_connection().stats()).collect::<Vec<_>>();
     let stats_before = packets(&sessions);
@@ -455,7 +455,7 @@ async fn round_trips(server: &Server, addrs: [SocketAddr; 2], n: usize) -> [Trip
     times.map(|mut t| {
         t.sort();
         let us = |d: Duration| d.as_secs_f64() * 1e6;
-        let cpu = us(cpu_after[i] - cpu_before[i]) / t.len() as f64;
+        let cpu = us(cpu_after[i].since(&cpu_before[i])) / t.len() as f64;
         i += 1;
         Trips { p50: us(t[t.len() / 2]), p99: us(t[t.len() * 99 / 100]), cpu }
     })

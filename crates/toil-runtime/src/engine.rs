@@ -125,14 +125,10 @@ impl Pool {
 /// (as after any fault).
 pub(crate) async fn bounded<T>(until: std::time::Instant, call: impl std::future::Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
     // Most calls end in their first poll, never waiting in a host call:
-    // the timer is made only for one that does.
-    let mut call = std::pin::pin!(call);
-    if let std::task::Poll::Ready(result) = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await {
-        return result;
-    }
-    match tokio::time::timeout_at(until.into(), call).await {
-        Ok(result) => result,
-        Err(_) => Err(wasmtime::Error::new(wasmtime::Trap::Interrupt)),
+    // the timer is made only for one that waits.
+    match crate::wait::within(|| until.into(), call).await {
+        Some(result) => result,
+        None => Err(wasmtime::Error::new(wasmtime::Trap::Interrupt)),
     }
 }
 

@@ -2,6 +2,8 @@
 //!
 //! It owns everything between artifact bytes and a guest call. From the
 //! bottom up (each module imports only modules listed before it):
+//! - [`wait`]: a timeout made only once its future has to wait (every
+//!   guest call and, in `toil-edge`, every write has one);
 //! - [`limits`]: the [`Limits`] enforced on every call, and the memory limiter;
 //! - [`fault`]: who a guest is (domain, tier) and how its calls fail ([`GuestFault`]);
 //! - `guest_log`: WASI stdout/stderr → `tracing`, tagged with domain and
@@ -51,6 +53,7 @@ pub mod outbox;
 pub mod request;
 pub mod stream;
 pub mod streams;
+pub mod wait;
 
 pub use artifact::{ArtifactInfo, LoadError};
 pub use engine::{Runtime, RuntimeConfig};

@@ -64,26 +64,33 @@ fn note_thread() {
     THREADS.lock().unwrap().push(unsafe { libc::gettid() });
 }
 
-/// CPU time the native servers' threads have used, to the nanosecond.
+/// Each thread's CPU time at one moment, to the nanosecond (the first
+/// field of its `schedstat`; `/proc/PID/stat` counts in 10 ms ticks).
 #[allow(dead_code)] // not every bench reads it
-pub fn cpu_time() -> Duration {
-    let threads = THREADS.lock().unwrap();
-    threads.iter().map(|tid| thread_cpu_time(std::process::id() as libc::pid_t, *tid)).sum()
-}
+pub struct CpuTimes(std::collections::HashMap<libc::pid_t, Duration>);
 
-/// CPU time of every live thread of process `pid`, to the nanosecond
-/// (`/proc/PID/stat` counts in clock ticks, 10 ms).
 #[allow(dead_code)]
-pub fn process_cpu_time(pid: u32) -> Duration {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
-    tasks.filter_map(|t| t.ok()?.file_name().to_str()?.parse().ok()).map(|tid| thread_cpu_time(pid as libc::pid_t, tid)).sum()
-}
+impl CpuTimes {
+    /// Every live thread of process `pid`.
+    pub fn of_process(pid: u32) -> CpuTimes {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+        CpuTimes::of(pid, tasks.filter_map(|t| t.ok()?.file_name().to_str()?.parse().ok()))
+    }
 
-/// A thread's time on a CPU: the first field of its `schedstat`, in ns
-/// (zero once the thread is gone).
-fn thread_cpu_time(pid: libc::pid_t, tid: libc::pid_t) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).unwrap_or_default();
-    Duration::from_nanos(stat.split_whitespace().next().and_then(|ns| ns.parse().ok()).unwrap_or(0))
+    /// The threads of this process's native servers.
+    pub fn of_native() -> CpuTimes {
+        CpuTimes::of(std::process::id(), THREADS.lock().unwrap().iter().copied())
+    }
+
+    fn of(pid: u32, threads: impl Iterator<Item = libc::pid_t>) -> CpuTimes {
+        let read = |tid| std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?.split_whitespace().next()?.parse().ok();
+        CpuTimes(threads.filter_map(|tid| Some((tid, Duration::from_nanos(read(tid)?)))).collect())
+    }
+
+    /// CPU time used since `earlier` by the threads alive at both moments.
+    pub fn since(&self, earlier: &CpuTimes) -> Duration {
+        self.0.iter().filter_map(|(tid, now)| Some(now.saturating_sub(*earlier.0.get(tid)?))).sum()
+    }
 }
 
 /// The connection's first request, if it is a WebTransport CONNECT.

@@ -29,9 +29,15 @@
 //! - what the connection's loop routes to the session (new streams,
 //!   datagrams) through a bounded queue; datagrams beyond it, or beyond
 //!   quinn's receive buffer, are dropped, as datagrams may be;
-//! - the client's close, from the session's CONNECT stream;
 //! - the box's channel deliveries (`toil_channels::Deliveries`, a bounded
 //!   mailbox the node's channels fill).
+//!
+//! These take turns. What ends the session comes before any of them, and
+//! is watched apart from them (polled only when it stirs, not per frame):
+//! the node shutting down, the domain's version retired, the client's
+//! close (a capsule on the session's CONNECT stream, or its end), the
+//! connection lost. Frames the client sent before its close are not
+//! delivered once the close is seen.
 //!
 //! After every event the driver carries out the box's outbox, in order,
 //! before it takes the next inbound frame: frames to the stream they name

@@ -205,9 +205,9 @@ impl Driver {
         arrivals.extend(deliveries.as_ref().map(|d| Box::pin(d.arrivals())));
         // What ends the session from outside its events is watched apart
         // from them, behind a gate that polls it only once one of its
-        // wakers fired: polled with the events, its four watchers (a watch
-        // subscription, two notifications and a read of the CONNECT stream,
-        // each with a lock) would be polled again for every frame.
+        // wakers fired: polled with the events, its four watchers (two
+        // watch receivers, quinn's close notification and a read of the
+        // CONNECT stream, each taking a lock) would be polled for every frame.
         let mut outside = FuturesUnordered::new();
         outside.push(outside_end(&self.edge, &self.domain, &self.quic, connect));
         if let Some(end) = self.flush(boxed).await {
@@ -457,13 +457,12 @@ impl Driver {
 /// `op` if it completes within `stall` (`Err` if not). Writes almost
 /// always complete at once, into quinn's send buffer: the timer (and the
 /// clock read that sets it) is made only for one that has to wait.
-async fn unless_stalled<F: Future>(stall: Duration, op: F) -> Result<F::Output, tokio::time::error::Elapsed> {
-    let mut op = std::pin::pin!(op);
-    if let std::task::Poll::Ready(done) = std::future::poll_fn(|cx| std::task::Poll::Ready(op.as_mut().poll(cx))).await {
-        return Ok(done);
-    }
-    tokio::time::timeout(stall, op).await
+async fn unless_stalled<F: Future>(stall: Duration, op: F) -> Result<F::Output, Stalled> {
+    toil_runtime::wait::within(|| tokio::time::Instant::now() + stall, op).await.ok_or(Stalled)
 }
+
+/// A write, open or finish that did not complete within the stall timeout.
+struct Stalled;
 
 /// The sending side of a session's CONNECT stream (capsules out).
 type ConnectSend = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
@@ -549,7 +548,7 @@ fn outside_end(edge: &Edge, domain: &Arc<Domain>, quic: &quinn::Connection, conn
 
 /// Watches the CONNECT stream for the client's close: its code and reason,
 /// or (`Err`) why the capsules are malformed. A lost connection never
-/// resolves (the driver sees it).
+/// resolves ([`outside_end`] sees it).
 async fn client_close(mut connect: ConnectRecv) -> Result<(u32, String), String> {
     let mut decoder = protocol::CapsuleDecoder::default();
     loop {
