@@ -239,7 +239,11 @@ impl<'a> ChannelEvent<'a> {
 
     #[cfg(feature = "alloc")]
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::default();
+        // Sized up front, as a stream frame's event is.
+        let mut w = match self {
+            ChannelEvent::Message { topic, epoch, bytes, .. } => Writer::with_capacity(1 + 4 + topic.len() + 8 + 4 + epoch.len() + 4 + bytes.len()),
+            ChannelEvent::Resync { .. } => Writer::default(),
+        };
         match self {
             ChannelEvent::Message { topic, offset, epoch, bytes } => w.u8(0).str(topic).u64(*offset).str(epoch).bytes(bytes),
             ChannelEvent::Resync { topic, offset, epoch, reason } => w.u8(1).str(topic).u64(*offset).str(epoch).str(reason),

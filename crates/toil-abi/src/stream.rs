@@ -356,7 +356,12 @@ impl<'a> StreamEvent<'a> {
     /// Encodes the event (host side); returns the event code and the input bytes.
     #[cfg(feature = "alloc")]
     pub fn encode(&self) -> (i32, Vec<u8>) {
-        let mut w = Writer::default();
+        // A frame's event is sized up front: grown from empty, a 64 KiB
+        // frame would be copied once per doubling of the buffer.
+        let mut w = match self {
+            StreamEvent::Message { bytes, .. } => Writer::with_capacity(1 + 4 + 4 + bytes.len()),
+            _ => Writer::default(),
+        };
         let code = match self {
             StreamEvent::Connect { stream, session, path, query } => {
                 w.str(stream).u64(*session).str(path).str(query);
@@ -405,6 +410,9 @@ mod tests {
         ];
         for ev in events {
             let (code, buf) = ev.encode();
+            if matches!(ev, StreamEvent::Message { .. } | StreamEvent::Channel(ChannelEvent::Message { .. })) {
+                assert_eq!(buf.capacity(), buf.len(), "a frame's event is sized up front: {ev:?}");
+            }
             assert_eq!(StreamEvent::decode(code, &buf), Ok(ev));
         }
         assert!(StreamEvent::decode(99, &[]).is_err());
