@@ -71,6 +71,7 @@ mod ending;
 mod pool;
 mod primary;
 pub mod protocol;
+mod read_set;
 mod session;
 
 pub use pool::serve_sessions;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use futures_util::stream::{FuturesUnordered, SelectAll, StreamExt};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use toil_abi::stream::{close_code, framing, Direction, FrameKind, StreamEnd, StreamId};
 use toil_channels::Delivery;
 use toil_runtime::outbox::{Out, To};
@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use super::ending::{classify, closing, too_slow, End, Step};
 use super::primary::Held;
 use super::protocol::{self, Capsule, ConnectStream, RecvHalf, SendHalf, Session, StreamFailure};
+use super::read_set::ReadSet;
 use crate::domains::Domain;
 use crate::metrics::{DomainSessionMetrics, Ending};
 use crate::serve::Edge;
@@ -51,7 +52,7 @@ enum Read {
 
 /// The session's streams, read by the driver itself when it is ready for
 /// the next event: no task per stream, and no frame read ahead of the box.
-type Reads = SelectAll<Pin<Box<dyn futures_util::Stream<Item = (StreamId, Read)> + Send>>>;
+type Reads = ReadSet<Pin<Box<dyn futures_util::Stream<Item = (StreamId, Read)> + Send>>>;
 
 /// A stream the client opened: bidirectional (with its sending half, ours
 /// to write) or unidirectional.
@@ -200,9 +201,11 @@ impl Driver {
     /// until the session must end.
     async fn serve_events(&mut self, boxed: &mut StreamBox, mut rx: mpsc::Receiver<Inbound>, connect: ConnectRecv) -> End {
         let deliveries = boxed.take_deliveries();
-        // Polled only when a delivery woke it, like the streams.
-        let mut arrivals = SelectAll::new();
-        arrivals.extend(deliveries.as_ref().map(|d| Box::pin(d.arrivals())));
+        // Polled only when a delivery woke it, as the streams are.
+        let mut arrivals = ReadSet::new();
+        if let Some(d) = &deliveries {
+            arrivals.push(Box::pin(d.arrivals()));
+        }
         // What ends the session from outside its events is watched apart
         // from them, behind a gate that polls it only once one of its
         // wakers fired: polled with the events, its four watchers (two
