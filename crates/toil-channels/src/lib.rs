@@ -270,7 +270,7 @@ pub struct Deliveries {
 impl Deliveries {
     /// The deliveries as they arrive, in order: a stream that waits on the
     /// mailbox between them, so a driver that polls it only when woken
-    /// (as the session driver does) takes no lock for a box without deliveries.
+    /// (as the session driver does) takes no mailbox lock between them.
     pub fn arrivals(&self) -> impl futures_util::Stream<Item = Delivery> + Send + 'static {
         futures_util::stream::unfold(self.mailbox.clone(), |mailbox| async move { Some((mailbox.next().await, mailbox)) })
     }

@@ -7,14 +7,16 @@
 //! its slot and its waker for its whole life. A wake-up queues the slot
 //! once (a flag per slot); the set's one waker is the driver's. After an
 //! item the slot is queued again, behind the others, since the stream may
-//! hold more: streams with data take turns.
+//! hold more: streams with data take turns. One read polls at most the
+//! slots queued when it began, so a stream that wakes itself and returns
+//! `Pending` (tokio's cooperative budget does) cannot keep it looping.
 //!
 //! No I/O: the tests drive it with in-memory streams.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
@@ -27,10 +29,14 @@ pub(super) struct ReadSet<S> {
     free: Vec<usize>,
     shared: Arc<Shared>,
     len: usize,
+    /// Numbers the streams pushed, so a wake-up from a stream that has
+    /// left does not poll the one that took its slot.
+    pushed: u64,
 }
 
 struct Slot<S> {
     stream: S,
+    generation: u64,
     flag: Arc<SlotWaker>,
     /// `flag` as a waker, made once: the same waker every poll, so quinn
     /// keeps the one it holds.
@@ -40,23 +46,26 @@ struct Slot<S> {
 /// What the slots' wakers and the set share.
 #[derive(Default)]
 struct Shared {
-    /// Slots to poll, in the order they were woken.
-    queued: Mutex<VecDeque<usize>>,
+    /// Slots to poll (slot, generation), in the order they were woken.
+    queued: Mutex<VecDeque<(usize, u64)>>,
     /// The task reading the set.
     reader: AtomicWaker,
 }
 
 struct SlotWaker {
     slot: usize,
+    generation: u64,
     /// In `queued` already: a second wake-up adds nothing.
     is_queued: AtomicBool,
-    shared: Arc<Shared>,
+    /// Weak: a waker a stream left behind does not keep the set (and the
+    /// reader's waker) alive.
+    shared: Weak<Shared>,
 }
 
 impl SlotWaker {
-    fn queue(&self) {
+    fn queue(&self, shared: &Shared) {
         if !self.is_queued.swap(true, Ordering::AcqRel) {
-            self.shared.queued.lock().expect("read set queue").push_back(self.slot);
+            shared.queued.lock().expect("read set queue").push_back((self.slot, self.generation));
         }
     }
 }
@@ -67,14 +76,16 @@ impl Wake for SlotWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.queue();
-        self.shared.reader.wake();
+        if let Some(shared) = self.shared.upgrade() {
+            self.queue(&shared);
+            shared.reader.wake();
+        }
     }
 }
 
 impl<S> ReadSet<S> {
     pub fn new() -> Self {
-        ReadSet { slots: Vec::new(), free: Vec::new(), shared: Arc::default(), len: 0 }
+        ReadSet { slots: Vec::new(), free: Vec::new(), shared: Arc::default(), len: 0, pushed: 0 }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -87,11 +98,13 @@ impl<S> ReadSet<S> {
             self.slots.push(None);
             self.slots.len() - 1
         });
-        // A fresh waker: the slot's last stream may have left its own with
-        // quinn, and that one must not mark this stream queued.
-        let flag = Arc::new(SlotWaker { slot, is_queued: AtomicBool::new(false), shared: self.shared.clone() });
-        flag.queue();
-        self.slots[slot] = Some(Slot { stream, waker: Waker::from(flag.clone()), flag });
+        // A waker of its own: the slot's last stream may have left its
+        // waker with quinn, and that one must not mark this stream queued.
+        self.pushed += 1;
+        let generation = self.pushed;
+        let flag = Arc::new(SlotWaker { slot, generation, is_queued: AtomicBool::new(false), shared: Arc::downgrade(&self.shared) });
+        flag.queue(&self.shared);
+        self.slots[slot] = Some(Slot { stream, generation, waker: Waker::from(flag.clone()), flag });
         self.len += 1;
     }
 }
@@ -102,16 +115,27 @@ impl<S: Stream + Unpin> Stream for ReadSet<S> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
         let this = &mut *self;
         this.shared.reader.register(cx.waker());
+        let mut budget = this.shared.queued.lock().expect("read set queue").len();
         loop {
-            let Some(at) = this.shared.queued.lock().expect("read set queue").pop_front() else {
-                return if this.len == 0 { Poll::Ready(None) } else { Poll::Pending };
-            };
-            let Some(slot) = this.slots.get_mut(at).and_then(Option::as_mut) else { continue };
+            if budget == 0 {
+                if this.len == 0 {
+                    return Poll::Ready(None);
+                }
+                // Slots queued since this read began (a stream that woke
+                // itself among them) wait for the next one.
+                if !this.shared.queued.lock().expect("read set queue").is_empty() {
+                    cx.waker().wake_by_ref();
+                }
+                return Poll::Pending;
+            }
+            budget -= 1;
+            let Some((at, generation)) = this.shared.queued.lock().expect("read set queue").pop_front() else { continue };
+            let Some(slot) = this.slots.get_mut(at).and_then(Option::as_mut).filter(|slot| slot.generation == generation) else { continue };
             // Cleared before the poll: a wake-up during it queues the slot again.
-            slot.flag.is_queued.store(false, Ordering::Release);
+            slot.flag.is_queued.swap(false, Ordering::AcqRel);
             match Pin::new(&mut slot.stream).poll_next(&mut Context::from_waker(&slot.waker)) {
                 Poll::Ready(Some(item)) => {
-                    slot.flag.queue();
+                    slot.flag.queue(&this.shared);
                     return Poll::Ready(Some(item));
                 }
                 Poll::Ready(None) => {
@@ -175,12 +199,71 @@ mod tests {
         drop(b);
         assert_eq!(poll(&mut set), Poll::Ready(None));
         assert!(set.is_empty());
-        // A slot freed is used again, with a waker of its own.
+        // A slot freed is used again.
         let (c, stream_c, _) = channel();
         set.push(stream_c);
         c.send(4).unwrap();
         assert_eq!(poll(&mut set), Poll::Ready(Some(4)));
         assert_eq!(set.slots.len(), 2);
+    }
+
+    #[test]
+    fn a_waker_left_behind_does_not_poll_the_slots_next_stream() {
+        let mut set: ReadSet<Boxed> = ReadSet::new();
+        // A stream that keeps the waker it was polled with, then ends.
+        let kept = Arc::new(Mutex::new(None::<Waker>));
+        let keeper = kept.clone();
+        let mut polled = 0;
+        set.push(Box::pin(futures_util::stream::poll_fn(move |cx| {
+            polled += 1;
+            *keeper.lock().unwrap() = Some(cx.waker().clone());
+            if polled == 1 {
+                Poll::Pending
+            } else {
+                Poll::Ready(None)
+            }
+        })));
+        assert_eq!(poll(&mut set), Poll::Pending);
+        kept.lock().unwrap().as_ref().unwrap().wake_by_ref();
+        assert_eq!(poll(&mut set), Poll::Ready(None), "the stream ended, and with it the set");
+        assert!(set.is_empty());
+        let (_tx, stream, polls) = channel();
+        set.push(stream);
+        assert_eq!(poll(&mut set), Poll::Pending);
+        assert_eq!(polls.load(Ordering::Relaxed), 1);
+        // The old waker fires: the new stream in its slot is not polled.
+        kept.lock().unwrap().take().unwrap().wake();
+        assert_eq!(poll(&mut set), Poll::Pending);
+        assert_eq!(polls.load(Ordering::Relaxed), 1, "polled for a wake-up that was not its own");
+    }
+
+    #[test]
+    fn a_stream_that_wakes_itself_does_not_keep_a_read_looping() {
+        let mut set: ReadSet<Boxed> = ReadSet::new();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let counted = polls.clone();
+        // As a stream out of tokio's cooperative budget behaves.
+        set.push(Box::pin(futures_util::stream::poll_fn(move |cx| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        })));
+        let woken = Arc::new(Flag::default());
+        let waker = Waker::from(woken.clone());
+        assert!(set.poll_next_unpin(&mut Context::from_waker(&waker)).is_pending());
+        assert_eq!(polls.load(Ordering::Relaxed), 1, "polled once per read");
+        assert!(woken.0.load(Ordering::Relaxed), "and the reader is woken to read again");
+        assert!(set.poll_next_unpin(&mut Context::from_waker(&waker)).is_pending());
+        assert_eq!(polls.load(Ordering::Relaxed), 2);
+    }
+
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::Relaxed);
+        }
     }
 
     #[test]
