@@ -407,9 +407,10 @@ fn echo_url(addr: SocketAddr) -> String {
 /// busy moments fall on both servers alike.
 const TURN: usize = 50;
 
-/// p50 and p99 in µs of `n` sequential frame round trips on one session
-/// to each of `addrs`, taken `TURN` at a time from each in turn (each
-/// turn starting with the other server).
+/// p50, p99 and server CPU time per round trip, in µs, of `n` sequential
+/// frame round trips on one session to each of `addrs` (toil, native),
+/// taken `TURN` at a time from each in turn (each turn starting with the
+/// other server).
 async fn round_trips(server: &Server, addrs: [SocketAddr; 2], n: usize) -> [Trips; 2] {
     let mut sessions = Vec::new();
     for addr in addrs {
@@ -441,22 +442,21 @@ async fn round_trips(server: &Server, addrs: [SocketAddr; 2], n: usize) -> [Trip
         }
     }
     let cpu_after = cpu();
-    for (i, (before, after)) in stats_before.iter().zip(packets(&sessions)).enumerate() {
+    for (name, (before, after)) in ["toil", "native"].into_iter().zip(stats_before.iter().zip(packets(&sessions))) {
         let n = n as f64;
         eprintln!(
-            "  server {i}: per round trip, client sent {:.2} datagrams ({:.2} ACK frames), received {:.2} ({:.2} ACK frames)",
+            "  {name}: per round trip, client sent {:.2} datagrams ({:.2} ACK frames), received {:.2} ({:.2} ACK frames)",
             (after.udp_tx.datagrams - before.udp_tx.datagrams) as f64 / n,
             (after.frame_tx.acks - before.frame_tx.acks) as f64 / n,
             (after.udp_rx.datagrams - before.udp_rx.datagrams) as f64 / n,
             (after.frame_rx.acks - before.frame_rx.acks) as f64 / n,
         );
     }
-    let mut i = 0;
-    times.map(|mut t| {
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    std::array::from_fn(|i| {
+        let t = &mut times[i];
         t.sort();
-        let us = |d: Duration| d.as_secs_f64() * 1e6;
         let cpu = us(cpu_after[i].since(&cpu_before[i])) / t.len() as f64;
-        i += 1;
         Trips { p50: us(t[t.len() / 2]), p99: us(t[t.len() * 99 / 100]), cpu }
     })
 }

@@ -56,7 +56,7 @@ where
 }
 
 /// The threads of this process's native servers, whose CPU time
-/// [`cpu_time`] sums.
+/// [`CpuTimes::of_native`] reads.
 static THREADS: std::sync::Mutex<Vec<libc::pid_t>> = std::sync::Mutex::new(Vec::new());
 
 fn note_thread() {

@@ -1,5 +1,5 @@
-//! The streams a session driver reads, each polled only when its own
-//! waker fired.
+//! The streams a session driver reads (and what ends the session, as a
+//! one-item stream), each polled only when its own waker fired.
 //!
 //! `futures::stream::SelectAll` does the same, but takes a stream out of
 //! its set for every item and puts it back as a new task: an allocation,

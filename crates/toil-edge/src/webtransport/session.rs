@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::StreamExt;
 use toil_abi::stream::{close_code, framing, Direction, FrameKind, StreamEnd, StreamId};
 use toil_channels::Delivery;
 use toil_runtime::outbox::{Out, To};
@@ -207,12 +207,12 @@ impl Driver {
             arrivals.push(Box::pin(d.arrivals()));
         }
         // What ends the session from outside its events is watched apart
-        // from them, behind a gate that polls it only once one of its
-        // wakers fired: polled with the events, its four watchers (two
-        // watch receivers, quinn's close notification and a read of the
-        // CONNECT stream, each taking a lock) would be polled for every frame.
-        let mut outside = FuturesUnordered::new();
-        outside.push(outside_end(&self.edge, &self.domain, &self.quic, connect));
+        // from them, in a set that polls it only once one of its wakers
+        // fired: polled with the events, its four watchers (two watch
+        // receivers, quinn's close notification and a read of the CONNECT
+        // stream, each taking a lock) would be polled for every frame.
+        let mut outside = ReadSet::new();
+        outside.push(futures_util::stream::once(outside_end(&self.edge, &self.domain, &self.quic, connect)));
         if let Some(end) = self.flush(boxed).await {
             return end;
         }
